@@ -1,0 +1,1 @@
+"""Subcommand modules of the superserve CLI (each: add_arguments(parser), run(args) -> int)."""

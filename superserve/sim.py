@@ -1,0 +1,202 @@
+"""Discrete-event simulator: the real EDF queue and the real policy, a simulated clock and simulated workers.
+
+Events are arrivals (from a trace) and batch completions. Whenever a worker is free and the queue is not empty (after
+a completion, or on an arrival while a worker idles) the policy decides; its batch occupies the worker for the batch's
+service time, read from the zoo's median latency table (linearly interpolated between profiled batch sizes) and, with
+`noise`, multiplied by a seeded log-normal factor whose 99th percentile matches the table's p99/median ratio. A worker
+that changes subnet also spends the policy's `switch_ms` (model loading for INFaaS; ~0 for SubNetAct).
+
+Requests the policy reports infeasible are shed (`late="shed"`, the default) or kept in a late backlog that workers
+serve, on the fastest subnet meeting their accuracy hints, whenever the policy has nothing else for them
+(`late="serve"`). Every request ends with exactly one record.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
+
+import numpy as np
+
+from policies.base import Policy, late_subnet
+from superserve.queue import EdfQueue, PushResult
+from superserve.records import LATE, OK, REJECTED, SHED, STATUSES, RecordTable
+from superserve.types import BatchOutcome, Request, WorkerState
+from superserve.zoo import Zoo
+
+_OK, _LATE, _SHED, _REJECTED = (STATUSES.index(s) for s in (OK, LATE, SHED, REJECTED))
+_P99_Z = 2.3263478740408408  # standard normal 99th percentile
+_NOISE_BLOCK = 65536  # normals drawn per refill
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    workers: int = 8  # identical workers, each runs one batch at a time
+    late: Literal["shed", "serve"] = "shed"  # what to do with requests the policy reports infeasible
+    noise: bool = True  # log-normal service-time noise matched to the profile's p99/median
+    seed: int = 0  # for the noise
+    switch_ms: float | None = None  # override the policy's subnet-switch cost
+    queue_capacity: int | None = None  # None = unbounded; arrivals beyond it are rejected
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"need at least one worker, got {self.workers}")
+        if self.late not in ("shed", "serve"):
+            raise ValueError(f"late must be 'shed' or 'serve', got {self.late!r}")
+
+
+class ServiceTimes:
+    """Service time in seconds of (subnet index, batch size), from the zoo's median and p99 tables."""
+
+    def __init__(self, zoo: Zoo, noise: bool, rng: np.random.Generator) -> None:
+        sizes = np.array(zoo.batch_sizes, dtype=float)
+        max_b = zoo.batch_sizes[-1]
+        b = np.arange(1, max_b + 1, dtype=float)
+        self.median_s: list[list[float]] = [[0.0]]  # [subnet][batch] (index 0 unused)
+        self.sigma: list[list[float]] = []
+        self.median_s = []
+        for e in zoo.entries:
+            med = np.array([e.latency_ms[s].median_ms for s in zoo.batch_sizes]) * 1e-3
+            p99 = np.array([e.latency_ms[s].p99_ms for s in zoo.batch_sizes]) * 1e-3
+            med_b, p99_b = np.interp(b, sizes, med), np.interp(b, sizes, p99)
+            self.median_s.append([0.0] + med_b.tolist())
+            self.sigma.append([0.0] + (np.log(np.maximum(p99_b / med_b, 1.0)) / _P99_Z).tolist())
+        self.noise = noise
+        self.rng = rng
+        self._z: list[float] = []
+        self._k = 0
+
+    def __call__(self, subnet_index: int, batch_size: int) -> float:
+        med = self.median_s[subnet_index][batch_size]
+        if not self.noise:
+            return med
+        if self._k >= len(self._z):
+            self._z = self.rng.standard_normal(_NOISE_BLOCK).tolist()
+            self._k = 0
+        z = self._z[self._k]
+        self._k += 1
+        return med * math.exp(self.sigma[subnet_index][batch_size] * z)
+
+
+def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: float | np.ndarray,
+             min_accuracy: float | np.ndarray = 0.0, config: SimConfig = SimConfig()) -> RecordTable:
+    """Replay `arrivals_s` (sorted, seconds) through `policy`; one record per request, in arrival order.
+
+    `slo_ms` and `min_accuracy` are one value for all requests or one per request.
+    """
+    arrivals = np.asarray(arrivals_s, dtype=np.float64)
+    n = len(arrivals)
+    if n and np.any(np.diff(arrivals) < 0):
+        raise ValueError("arrival times must be sorted")
+    slo = np.broadcast_to(np.asarray(slo_ms, dtype=np.float64), (n,))
+    if n and slo.min() <= 0:
+        raise ValueError("SLOs must be > 0 ms")
+    min_acc = np.broadcast_to(np.asarray(min_accuracy, dtype=np.float64), (n,))
+    zoo = policy.zoo
+    subnet_index = {sid: i for i, sid in enumerate(zoo.subnet_ids)}
+    accuracy_of = [e.accuracy for e in zoo.entries]
+    service = ServiceTimes(zoo, config.noise, np.random.default_rng(config.seed))
+    switch_s = (policy.switch_ms if config.switch_ms is None else config.switch_ms) * 1e-3
+    max_batch = zoo.batch_sizes[-1]
+    limit = policy.snapshot_limit
+
+    arrival_l = arrivals.tolist()
+    deadline_l = (arrivals + slo * 1e-3).tolist()
+    hint_l = min_acc.tolist()
+    nan = float("nan")
+    dispatch_l = [nan] * n
+    finish_l = [nan] * n
+    subnet_l = [-1] * n
+    worker_l = [-1] * n
+    status_l = [_REJECTED] * n
+
+    queue = EdfQueue(config.queue_capacity)
+    requests: list[Request | None] = [None] * n  # the queued/late Request objects, for the late backlog
+    workers = [WorkerState(w) for w in range(config.workers)]
+    idle = list(range(config.workers - 1, -1, -1))  # stack: worker 0 first
+    busy: list[tuple[float, int, int, int, tuple[int, ...], float]] = []  # (finish, seq, worker, subnet, ids, dispatch)
+    late_backlog: list[int] = []  # request ids reported infeasible, to serve late (late="serve")
+    serve_late = config.late == "serve"
+    state = policy.initial_state()
+    seq = 0
+    i = 0
+    inf = math.inf
+
+    def dispatch(now: float, w: int, sidx: int, ids: Sequence[int]) -> None:
+        nonlocal seq
+        ws = workers[w]
+        sid = zoo.subnet_ids[sidx]
+        t = service(sidx, len(ids))
+        if ws.loaded_subnet_id != sid:
+            t += switch_s
+            workers[w] = replace(ws, loaded_subnet_id=sid)
+        heapq.heappush(busy, (now + t, seq, w, sidx, tuple(ids), now))
+        seq += 1
+
+    while i < n or busy:
+        next_arrival = arrival_l[i] if i < n else inf
+        if busy and busy[0][0] <= next_arrival:
+            now = busy[0][0]
+            while busy and busy[0][0] == now:
+                fin, _, w, sidx, ids, disp = heapq.heappop(busy)
+                missed = 0
+                slo_min = inf
+                for rid in ids:
+                    dispatch_l[rid] = disp
+                    finish_l[rid] = fin
+                    subnet_l[rid] = sidx
+                    worker_l[rid] = w
+                    dl = deadline_l[rid]
+                    if fin <= dl:
+                        status_l[rid] = _OK
+                    else:
+                        status_l[rid] = _LATE
+                        missed += 1
+                    if dl - arrival_l[rid] < slo_min:
+                        slo_min = dl - arrival_l[rid]
+                idle.append(w)
+                state = policy.observe(BatchOutcome(w, zoo.subnet_ids[sidx], len(ids), disp, fin, slo_min * 1e3,
+                                                    missed), state)
+        else:
+            now = next_arrival
+            while i < n and arrival_l[i] == now:
+                req = Request(i, now, deadline_l[i], hint_l[i])
+                if queue.push(req) is PushResult.OK:
+                    requests[i] = req
+                i += 1  # a rejected request keeps its REJECTED status
+        while idle and len(queue):
+            w = idle[-1]
+            decision, state = policy.decide(queue.snapshot(limit), now, workers[w], state)
+            if decision is None:
+                break
+            if decision.infeasible_ids:
+                queue.pop_ids(decision.infeasible_ids)
+                if serve_late:
+                    late_backlog.extend(decision.infeasible_ids)
+                else:
+                    for rid in decision.infeasible_ids:
+                        status_l[rid] = _SHED
+            if decision.request_ids:
+                queue.pop_ids(decision.request_ids)
+                idle.pop()
+                dispatch(now, w, subnet_index[decision.subnet_id], decision.request_ids)  # type: ignore[index]
+        while serve_late and idle and late_backlog:
+            chunk, late_backlog = late_backlog[:max_batch], late_backlog[max_batch:]
+            batch = [requests[rid] for rid in chunk]
+            sid = late_subnet(zoo, batch)  # type: ignore[arg-type]
+            if sid is None:  # hints no subnet meets: can never be served
+                for rid in chunk:
+                    status_l[rid] = _SHED
+                continue
+            dispatch(now, idle.pop(), subnet_index[sid], chunk)
+
+    subnet_arr = np.array(subnet_l, dtype=np.int32)
+    acc_lookup = np.array(accuracy_of + [nan])
+    return RecordTable(
+        request_id=np.arange(n, dtype=np.int64), arrival_s=arrivals.copy(),
+        deadline_s=np.array(deadline_l), dispatch_s=np.array(dispatch_l), finish_s=np.array(finish_l),
+        subnet=subnet_arr, accuracy=acc_lookup[subnet_arr], status=np.array(status_l, dtype=np.int8),
+        min_accuracy=np.array(min_acc, dtype=np.float64), worker_id=np.array(worker_l, dtype=np.int32),
+        subnet_ids=zoo.subnet_ids)
