@@ -1,0 +1,106 @@
+"""The simulator: conservation, timing invariants, determinism, shed vs serve-late, rejection, service times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import make_zoo
+from loadtest.traces import gamma
+from policies.base import available, make_policy
+from superserve.metrics import summarize
+from superserve.records import LATE, OK, REJECTED, SHED, RecordTable
+from superserve.sim import ServiceTimes, SimConfig, simulate
+
+ZOO = make_zoo()
+
+
+def check_conservation(t: RecordTable, n: int, workers: int) -> None:
+    """Every request has exactly one record and a final status; served ones have consistent times; a worker runs
+    one batch at a time and batches never exceed the largest profiled size."""
+    assert len(t) == n and np.array_equal(t.request_id, np.arange(n))
+    served = t.served
+    assert np.all(served | t.status_is(SHED) | t.status_is(REJECTED))
+    assert np.all(t.dispatch_s[served] >= t.arrival_s[served] - 1e-12)
+    assert np.all(t.finish_s[served] > t.dispatch_s[served])
+    assert np.all(np.isnan(t.finish_s[~served])) and np.all(t.subnet[~served] == -1)
+    assert np.array_equal(t.met, served & (t.finish_s <= t.deadline_s))
+    for w in range(workers):
+        mine = served & (t.worker_id == w)
+        batches = sorted(set(zip(t.dispatch_s[mine].tolist(), t.finish_s[mine].tolist())))
+        for (d0, f0), (d1, _f1) in zip(batches, batches[1:]):
+            assert d1 >= f0 - 1e-12  # no overlap on one worker
+        _, sizes = np.unique(t.dispatch_s[mine], return_counts=True)
+        assert sizes.size == 0 or sizes.max() <= ZOO.batch_sizes[-1]
+
+
+@pytest.mark.parametrize("name", sorted(["slackfit", "maxacc", "maxbatch", "clipper+", "infaas", "clockwork"]))
+def test_every_policy_conserves_requests_under_a_burst(name: str) -> None:
+    arrivals = gamma(3000.0, 8.0, 2.0, np.random.default_rng(0))  # overloads this zoo at times
+    t = simulate(arrivals, make_policy(name, ZOO), slo_ms=20.0, config=SimConfig(workers=3))
+    check_conservation(t, len(arrivals), 3)
+
+
+def test_serve_late_serves_everything_and_shed_serves_on_time_only() -> None:
+    arrivals = gamma(4000.0, 8.0, 2.0, np.random.default_rng(1))
+    policy = make_policy("slackfit", ZOO)
+    shed = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, late="shed"))
+    late = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, late="serve"))
+    check_conservation(shed, len(arrivals), 2)
+    check_conservation(late, len(arrivals), 2)
+    assert shed.status_is(SHED).sum() > 0
+    assert late.status_is(SHED).sum() == 0 and late.served.all() and late.status_is(LATE).sum() > 0
+
+
+def test_light_load_meets_every_slo_on_the_most_accurate_subnet() -> None:
+    arrivals = np.arange(200) * 0.05  # one request every 50 ms, 1 worker
+    t = simulate(arrivals, make_policy("slackfit", ZOO), 36.0, config=SimConfig(workers=1, noise=False))
+    s = summarize(t)
+    assert s.slo_attainment == 1.0 and s.mean_accuracy == pytest.approx(0.98)
+    assert s.p50_latency_ms == pytest.approx(4.0)  # batch of one on the big subnet, median table, no queueing
+
+
+def test_determinism_and_seeded_noise() -> None:
+    arrivals = gamma(2000.0, 4.0, 1.0, np.random.default_rng(2))
+    policy = make_policy("slackfit", make_zoo(p99_factor=1.3))  # p99 > median: noise on
+    a = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, seed=1))
+    b = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, seed=1))
+    c = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, seed=2))
+    assert np.array_equal(a.finish_s, b.finish_s, equal_nan=True)
+    assert not np.array_equal(a.finish_s, c.finish_s, equal_nan=True)
+
+
+def test_full_queue_rejects_arrivals() -> None:
+    arrivals = np.zeros(50)  # 50 at once, room for 10
+    t = simulate(arrivals, make_policy("slackfit", ZOO), 1000.0, config=SimConfig(workers=1, queue_capacity=10))
+    assert t.status_is(REJECTED).sum() == 40 and t.status_is(OK).sum() == 10
+
+
+def test_switch_cost_is_charged_on_a_change_of_subnet() -> None:
+    arrivals = np.array([0.0, 1.0])
+    no_cost = simulate(arrivals, make_policy("infaas", ZOO, switch_ms=0.0), 36.0, config=SimConfig(1, noise=False))
+    cost = simulate(arrivals, make_policy("infaas", ZOO, switch_ms=5.0), 36.0, config=SimConfig(1, noise=False))
+    latency = (cost.finish_s - no_cost.finish_s) * 1e3
+    assert latency.tolist() == pytest.approx([5.0, 0.0])  # first batch loads the variant, the second reuses it
+
+
+def test_service_times_interpolate_and_noise_matches_p99() -> None:
+    zoo = make_zoo(p99_factor=1.5)
+    flat = ServiceTimes(zoo, noise=False, rng=np.random.default_rng(0))
+    assert flat(2, 1) == pytest.approx(4e-3) and flat(2, 3) == pytest.approx((5e-3 + 7e-3) / 2)
+    noisy = ServiceTimes(zoo, noise=True, rng=np.random.default_rng(0))
+    draws = np.array([noisy(2, 1) for _ in range(20000)])
+    assert np.median(draws) == pytest.approx(4e-3, rel=0.03)
+    assert np.percentile(draws, 99) == pytest.approx(6e-3, rel=0.05)
+
+
+def test_bad_inputs_are_rejected() -> None:
+    policy = make_policy("slackfit", ZOO)
+    with pytest.raises(ValueError, match="sorted"):
+        simulate([1.0, 0.5], policy, 36.0)
+    with pytest.raises(ValueError, match="SLO"):
+        simulate([0.0], policy, 0.0)
+    with pytest.raises(ValueError):
+        SimConfig(workers=0)
+    assert len(simulate([], policy, 36.0)) == 0
+    assert set(available()) >= {"slackfit"}
