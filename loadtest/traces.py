@@ -193,6 +193,46 @@ def azure(trace: AzureTrace, rate_qps: float, rng: np.random.Generator, function
     return np.sort(starts + rng.uniform(0.0, minute_s, size=int(n.sum())))
 
 
+AZURE_BURST_WINDOW = (1080, 40)  # minutes [1080, 1120) of the shared sample: holds the day's largest spike
+
+
+def named(spec: str, rate_qps: float, duration_s: float, rng: np.random.Generator,
+          azure_path: str | os.PathLike[str] = DEFAULT_AZURE_PATH) -> np.ndarray:
+    """A trace from a short spec, as the CLI and the experiments name them:
+
+    - `poisson`; `gamma:CV2` (e.g. `gamma:4`): `duration_s` seconds at mean `rate_qps`;
+    - `azure`: the bursty window AZURE_BURST_WINDOW of the Azure file (all functions summed), its 40 minutes
+      compressed into `duration_s`, rescaled to mean `rate_qps`; `azure:START:MINUTES` picks another window and
+      `azure-day` the whole day;
+    - `file:PATH`: a saved trace, replayed as is (rate and duration ignored).
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "poisson" and not arg:
+        return poisson(rate_qps, duration_s, rng)
+    if kind == "gamma":
+        try:
+            cv2 = float(arg)
+        except ValueError:
+            raise TraceError(f"trace {spec!r}: write gamma:CV2, e.g. gamma:4") from None
+        return gamma(rate_qps, cv2, duration_s, rng)
+    if kind in ("azure", "azure-day"):
+        trace = read_azure(azure_path)
+        if kind == "azure-day" and not arg:
+            start, minutes = 0, trace.minutes
+        elif not arg:
+            start, minutes = AZURE_BURST_WINDOW
+        else:
+            try:
+                start, minutes = (int(x) for x in arg.split(":"))
+            except ValueError:
+                raise TraceError(f"trace {spec!r}: write azure:START:MINUTES, e.g. azure:1080:40") from None
+        return azure(trace, rate_qps, rng, start_minute=start, minutes=minutes, minute_s=duration_s / minutes)
+    if kind == "file" and arg:
+        return load(arg)
+    raise TraceError(f"unknown trace {spec!r}: use poisson, gamma:CV2, azure[:START:MINUTES], azure-day or "
+                     f"file:PATH")
+
+
 # --- statistics and files -----------------------------------------------------------------------------------------
 def stats(arrivals_s: np.ndarray) -> dict[str, float]:
     """Count, duration, mean rate, CV² of inter-arrival times, and the busiest one-second window's rate."""

@@ -95,7 +95,8 @@ def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: f
         raise ValueError("SLOs must be > 0 ms")
     min_acc = np.broadcast_to(np.asarray(min_accuracy, dtype=np.float64), (n,))
     zoo = policy.zoo
-    subnet_index = {sid: i for i, sid in enumerate(zoo.subnet_ids)}
+    subnet_ids = zoo.subnet_ids  # a property that builds a tuple: read once
+    subnet_index = {sid: i for i, sid in enumerate(subnet_ids)}
     accuracy_of = [e.accuracy for e in zoo.entries]
     service = ServiceTimes(zoo, config.noise, np.random.default_rng(config.seed))
     switch_s = (policy.switch_ms if config.switch_ms is None else config.switch_ms) * 1e-3
@@ -127,7 +128,7 @@ def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: f
     def dispatch(now: float, w: int, sidx: int, ids: Sequence[int]) -> None:
         nonlocal seq
         ws = workers[w]
-        sid = zoo.subnet_ids[sidx]
+        sid = subnet_ids[sidx]
         t = service(sidx, len(ids))
         if ws.loaded_subnet_id != sid:
             t += switch_s
@@ -157,7 +158,7 @@ def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: f
                     if dl - arrival_l[rid] < slo_min:
                         slo_min = dl - arrival_l[rid]
                 idle.append(w)
-                state = policy.observe(BatchOutcome(w, zoo.subnet_ids[sidx], len(ids), disp, fin, slo_min * 1e3,
+                state = policy.observe(BatchOutcome(w, subnet_ids[sidx], len(ids), disp, fin, slo_min * 1e3,
                                                     missed), state)
         else:
             now = next_arrival
@@ -199,4 +200,4 @@ def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: f
         deadline_s=np.array(deadline_l), dispatch_s=np.array(dispatch_l), finish_s=np.array(finish_l),
         subnet=subnet_arr, accuracy=acc_lookup[subnet_arr], status=np.array(status_l, dtype=np.int8),
         min_accuracy=np.array(min_acc, dtype=np.float64), worker_id=np.array(worker_l, dtype=np.int32),
-        subnet_ids=zoo.subnet_ids)
+        subnet_ids=subnet_ids)

@@ -188,3 +188,14 @@ def test_decision_rejects_empty_or_subnetless_batches() -> None:
         Decision(None)
     with pytest.raises(ValueError):
         Decision(None, request_ids=(1,))
+
+
+def test_slackfit_without_queue_cap_follows_the_paper_rule() -> None:
+    # No cap: the top bucket's largest batch whatever the queue holds, so a lone request lands on a small subnet.
+    capped = decide(SlackFit(ZOO, buckets=1), make_snapshot(1), now_s=0.0)
+    paper = decide(SlackFit(ZOO, buckets=1, queue_headroom=float("inf")), make_snapshot(1), now_s=0.0)
+    assert capped is not None and paper is not None
+    assert capped.subnet_id == BIG  # batch-of-one choices only: the most accurate fits
+    assert paper.subnet_id == MID and paper.request_ids == (0,)  # plans batch 64: mid at 64 = 33.5 ms fits 36
+    with pytest.raises(ValueError):
+        SlackFit(ZOO, queue_headroom=0.5)

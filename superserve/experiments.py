@@ -1,0 +1,146 @@
+"""The policy trade-off experiment (simulator): every policy's (mean serving accuracy, SLO attainment) point for a
+trace and a load, and how SlackFit compares with the best baseline "at equal" attainment or accuracy.
+
+Load is relative to what the most accurate subnet sustains: `capacity_qps` = workers x its best throughput (batch /
+median latency) among batch sizes whose p99 latency is at most half the SLO. Load 1 is where the most accurate model
+alone starts to fall behind; a zoo's smaller subnets carry loads several times higher, and the fastest one's limit is
+overload for every policy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from loadtest import traces
+from policies.base import Policy, make_policy
+from superserve.metrics import summarize
+from superserve.sim import SimConfig, simulate
+from superserve.zoo import Zoo
+
+SYSTEMS = ("clipper+", "clockwork", "infaas")  # baseline systems, one instance per chosen subnet/accuracy
+ABLATIONS = ("maxacc", "maxbatch")
+
+
+def capacity_qps(zoo: Zoo, workers: int, slo_ms: float) -> float:
+    """Throughput of `workers` running the most accurate subnet that can run within half the SLO, at its best batch
+    size within half the SLO (half: a request may wait for one batch before its own runs), queries/s."""
+    for e in sorted(zoo.entries, key=lambda e: -e.accuracy):
+        fits = [b / (s.median_ms * 1e-3) for b, s in e.latency_ms.items() if s.p99_ms <= slo_ms / 2]
+        if fits:
+            return workers * max(fits)
+    raise ValueError(f"no subnet of the zoo runs within half the SLO ({slo_ms / 2} ms)")
+
+
+def spread_indices(count: int, pick: int) -> list[int]:
+    """`pick` indices spread evenly over range(count), always including the first and the last."""
+    if pick >= count:
+        return list(range(count))
+    return sorted({round(k * (count - 1) / (pick - 1)) for k in range(pick)}) if pick > 1 else [count - 1]
+
+
+def lineup(zoo: Zoo, fixed_subnets: int = 4, infaas_switch_ms: float | None = None,
+           slackfit_params: dict[str, Any] | None = None) -> list[Policy]:
+    """SlackFit, its two ablations, and the baseline systems on `fixed_subnets` subnets spread over the zoo."""
+    policies: list[Policy] = [make_policy("slackfit", zoo, **(slackfit_params or {}))]
+    policies += [make_policy(name, zoo) for name in ABLATIONS]
+    infaas_kw = {} if infaas_switch_ms is None else {"switch_ms": infaas_switch_ms}
+    for i in spread_indices(len(zoo.entries), fixed_subnets):
+        policies.append(make_policy("clipper+", zoo, subnet=i))
+        policies.append(make_policy("clockwork", zoo, subnet=i))
+        policies.append(make_policy("infaas", zoo, accuracy_floor=zoo.entries[i].accuracy, **infaas_kw))
+    return policies
+
+
+@dataclass(frozen=True)
+class Point:
+    policy: str
+    family: str  # registry name: slackfit, maxacc, clipper+, ...
+    trace: str
+    load: float  # multiple of capacity_qps (the most accurate subnet's sustainable rate)
+    rate_qps: float
+    requests: int
+    slo_attainment: float
+    mean_accuracy: float
+    p99_latency_ms: float
+    goodput_qps: float
+
+
+def run_points(zoo: Zoo, policies: Sequence[Policy], trace: str, load: float, *, workers: int, slo_ms: float,
+               duration_s: float, seed: int, config: SimConfig | None = None,
+               progress: Callable[[], None] | None = None) -> list[Point]:
+    """Simulate every policy on the same arrivals (same seed) and return their points."""
+    rate = load * capacity_qps(zoo, workers, slo_ms)
+    arrivals = traces.named(trace, rate, duration_s, np.random.default_rng(seed))
+    config = config or SimConfig(workers=workers, seed=seed)
+    out = []
+    for policy in policies:
+        s = summarize(simulate(arrivals, policy, slo_ms, config=config))
+        family = policy.name.split("[")[0]
+        out.append(Point(policy.name, family, trace, load, rate, s.requests, s.slo_attainment,
+                         s.mean_accuracy if not math.isnan(s.mean_accuracy) else 0.0, s.p99_latency_ms,
+                         s.goodput_qps))
+        if progress:
+            progress()
+    return out
+
+
+# --- "at equal": comparing one point with a frontier of baseline points --------------------------------------------
+def frontier(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated (accuracy, attainment) points, accuracy ascending (so attainment strictly descending)."""
+    out: list[tuple[float, float]] = []
+    for a, t in sorted(points, key=lambda p: (-p[0], -p[1])):  # most accurate first
+        if not out or t > out[-1][1]:
+            out.append((a, t))
+    return out[::-1]
+
+
+def attainment_at_accuracy(front: Sequence[tuple[float, float]], accuracy: float) -> float | None:
+    """The best attainment the baselines reach at mean accuracy >= `accuracy`, linearly interpolated between
+    adjacent frontier points (a time-share of two configurations gets the mix of their points). None if no baseline
+    is that accurate."""
+    if not front or accuracy > front[-1][0] + 1e-12:
+        return None
+    if accuracy <= front[0][0]:
+        return front[0][1]
+    for (a0, t0), (a1, t1) in zip(front, front[1:]):
+        if a0 <= accuracy <= a1:
+            return t0 + (t1 - t0) * (accuracy - a0) / (a1 - a0)
+    return front[-1][1]
+
+
+def accuracy_at_attainment(front: Sequence[tuple[float, float]], attainment: float) -> float | None:
+    """The best mean accuracy the baselines reach at attainment >= `attainment` (interpolated likewise). None if no
+    baseline attains that much."""
+    if not front or attainment > front[0][1] + 1e-12:
+        return None
+    if attainment <= front[-1][1]:
+        return front[-1][0]
+    for (a0, t0), (a1, t1) in zip(front, front[1:]):
+        if t1 <= attainment <= t0:
+            return a0 + (a1 - a0) * (t0 - attainment) / (t0 - t1)
+    return front[0][0]
+
+
+def compare(target: Point, baselines: Sequence[Point]) -> dict[str, Any]:
+    """SlackFit (`target`) against the baselines' frontier:
+
+    - accuracy_gain_points: 100 x (target accuracy - best baseline accuracy at attainment >= target's); None when no
+      baseline reaches the target's attainment (the target is then better on attainment outright).
+    - attainment_gain_x: target attainment / best baseline attainment at accuracy >= target's; None when no baseline
+      is as accurate (or that baseline attainment is 0).
+    """
+    front = frontier((p.mean_accuracy, p.slo_attainment) for p in baselines)
+    acc_b = accuracy_at_attainment(front, target.slo_attainment)
+    att_b = attainment_at_accuracy(front, target.mean_accuracy)
+    return {
+        "slackfit_accuracy": target.mean_accuracy, "slackfit_attainment": target.slo_attainment,
+        "baseline_accuracy_at_equal_attainment": acc_b,
+        "baseline_attainment_at_equal_accuracy": att_b,
+        "accuracy_gain_points": None if acc_b is None else 100 * (target.mean_accuracy - acc_b),
+        "attainment_gain_x": None if not att_b else target.slo_attainment / att_b,
+        "frontier": front,
+    }
