@@ -144,3 +144,35 @@ def compare(target: Point, baselines: Sequence[Point]) -> dict[str, Any]:
         "attainment_gain_x": None if not att_b else target.slo_attainment / att_b,
         "frontier": front,
     }
+
+
+@dataclass(frozen=True)
+class TradeoffSetup:
+    traces: tuple[str, ...] = ("azure", "gamma:2", "gamma:4", "gamma:8")
+    loads: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of capacity_qps: light .. overload
+    duration_s: float = 3.0  # trace length on the CPU zoo; a zoo scaled by f runs duration_s * f (same request count)
+    slo_ms: float = 36.0
+    workers: int = 8
+    fixed_subnets: int = 4  # Clipper+/Clockwork/INFaaS instances, on subnets spread over the zoo
+    infaas_switch_ms: float | None = None  # None: the INFaaS policy default
+    seed: int = 0
+
+
+def run_tradeoff(zoo: Zoo, setup: TradeoffSetup, time_scale: float = 1.0,
+                 progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Every policy's point for every (trace, load), plus SlackFit's comparison with the baselines' frontier.
+
+    Returns one dict per (trace, load): {"trace", "load", "rate_qps", "points": [Point...], "vs_all": compare(...)
+    against every other policy, "vs_systems": against Clipper+/Clockwork/INFaaS only}.
+    """
+    policies = lineup(zoo, setup.fixed_subnets, setup.infaas_switch_ms)
+    out = []
+    for trace in setup.traces:
+        for load in setup.loads:
+            points = run_points(zoo, policies, trace, load, workers=setup.workers, slo_ms=setup.slo_ms,
+                                duration_s=setup.duration_s * time_scale, seed=setup.seed, progress=progress)
+            slackfit = points[0]
+            out.append({"trace": trace, "load": load, "rate_qps": slackfit.rate_qps, "points": points,
+                        "vs_all": compare(slackfit, points[1:]),
+                        "vs_systems": compare(slackfit, [p for p in points if p.family in SYSTEMS])})
+    return out

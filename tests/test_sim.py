@@ -42,7 +42,7 @@ def test_every_policy_conserves_requests_under_a_burst(name: str) -> None:
 
 
 def test_serve_late_serves_everything_and_shed_serves_on_time_only() -> None:
-    arrivals = gamma(4000.0, 8.0, 2.0, np.random.default_rng(1))
+    arrivals = gamma(12000.0, 8.0, 1.0, np.random.default_rng(1))  # beyond 2 workers
     policy = make_policy("slackfit", ZOO)
     shed = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, late="shed"))
     late = simulate(arrivals, policy, 20.0, config=SimConfig(workers=2, late="serve"))

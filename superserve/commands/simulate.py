@@ -1,0 +1,109 @@
+"""`superserve simulate`: replay a trace through one policy in the discrete-event simulator and print its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from loadtest import traces
+from policies.base import available, make_policy
+from superserve.experiments import capacity_qps
+from superserve.metrics import summarize, time_series
+from superserve.records import write_jsonl
+from superserve.sim import SimConfig, simulate
+from superserve.synthetic import DEFAULT_ZOO_PATH, load_zoo
+from superserve.zoo import Zoo, ZooError
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value` with value read as int, float (incl. inf) or string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"policy parameter {text!r} is not key=value")
+    for cast in (int, float):
+        try:
+            return key.replace("-", "_"), cast(raw)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), raw
+
+
+def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zoo", default=None,
+                        help=f"zoo JSON (default {DEFAULT_ZOO_PATH}; a labelled synthetic zoo if that is missing)")
+    parser.add_argument("--gpu-scale", type=float, default=None,
+                        help="multiply every latency by this factor (a GPU-like zoo), e.g. 0.2")
+
+
+def zoo_from_args(args: argparse.Namespace) -> tuple[Zoo, str]:
+    zoo, label = load_zoo(args.zoo)
+    if args.gpu_scale is not None:
+        if not args.gpu_scale > 0:
+            raise ValueError("--gpu-scale must be > 0")
+        zoo = zoo.scaled(args.gpu_scale)
+        label += f"; GPU-like: latencies x {args.gpu_scale:g}"
+    return zoo, label
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_zoo_arguments(parser)
+    parser.add_argument("--policy", default="slackfit", help=f"one of {', '.join(available())} (default slackfit)")
+    parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
+                        help="policy parameter, repeatable (e.g. buckets=8, stat=median, subnet=3, switch_ms=20)")
+    parser.add_argument("--trace", default="gamma:4",
+                        help="poisson | gamma:CV2 | azure[:START:MINUTES] | azure-day | file:PATH (default gamma:4)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="mean arrival rate, queries/s")
+    rate.add_argument("--load", type=float, default=2.0,
+                      help="rate as a multiple of what the most accurate subnet sustains (default 2)")
+    parser.add_argument("--duration", type=float, default=10.0, help="trace seconds (default 10)")
+    parser.add_argument("--slo-ms", type=float, default=36.0, help="latency SLO of every request (default 36 ms)")
+    parser.add_argument("--min-accuracy", type=float, default=0.0, help="accuracy hint of every request (default none)")
+    parser.add_argument("--workers", type=int, default=8, help="simulated workers (default 8)")
+    parser.add_argument("--late", choices=("shed", "serve"), default="shed",
+                        help="requests that cannot meet their deadline: shed them, or serve them late (default shed)")
+    parser.add_argument("--no-noise", action="store_true", help="service time = the median table exactly")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the trace and of the service-time noise")
+    parser.add_argument("--records", help="write per-request records here (JSONL)")
+    parser.add_argument("--timeseries", help="write per-second metrics here (CSV)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        zoo, label = zoo_from_args(args)
+        policy = make_policy(args.policy, zoo, **dict(args.param))
+        rate = args.rate if args.rate is not None else args.load * capacity_qps(zoo, args.workers, args.slo_ms)
+        arrivals = traces.named(args.trace, rate, args.duration, np.random.default_rng(args.seed))
+        config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed)
+    except (ValueError, FileNotFoundError, ZooError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"zoo: {label}")
+    print(f"policy: {policy.name}  workers: {args.workers}  SLO: {args.slo_ms:g} ms  late requests: {args.late}")
+    print(f"trace: {args.trace}, {json.dumps({k: round(v, 3) for k, v in traces.stats(arrivals).items()})}")
+    start = time.perf_counter()
+    table = simulate(arrivals, policy, args.slo_ms, args.min_accuracy, config)
+    wall = time.perf_counter() - start
+    s = summarize(table)
+    print(f"simulated {s.requests} requests in {wall:.2f} s wall ({s.requests / wall:,.0f} requests/s)")
+    print(f"SLO attainment   {s.slo_attainment:.4f}   (met {s.met}, late {s.late}, shed {s.shed}, rejected {s.rejected})")
+    print(f"mean accuracy    {s.mean_accuracy:.4f}   (over served requests)")
+    print(f"goodput          {s.goodput_qps:,.1f} q/s")
+    print(f"latency p50/p99  {s.p50_latency_ms:.2f} / {s.p99_latency_ms:.2f} ms")
+    if args.records:
+        write_jsonl(args.records, table.to_records())
+        print(f"records: {args.records}")
+    if args.timeseries:
+        rows = time_series(table).rows()
+        with open(args.timeseries, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"time series: {args.timeseries}")
+    return 0
