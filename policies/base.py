@@ -17,6 +17,9 @@ from superserve.types import BatchOutcome, Decision, QueueSnapshot, Request, Wor
 from superserve.zoo import LatencyStat, Zoo
 
 _EPS = 1e-12
+# A fit test after split_head's feasibility test must never fail on rounding: split_head compares with _EPS (ms), the
+# fit lookup with the looser _FIT_EPS (ms).
+_FIT_EPS = 1e-9
 
 
 @runtime_checkable
@@ -137,7 +140,7 @@ class FitTable:
             self.answers.append(best)
 
     def lookup(self, slack_ms: float) -> Choice | None:
-        p = bisect.bisect_right(self.latencies, slack_ms + _EPS) - 1
+        p = bisect.bisect_right(self.latencies, slack_ms + _FIT_EPS) - 1
         return self.answers[p] if p >= 0 else None
 
 
@@ -157,7 +160,8 @@ def split_head(snapshot: QueueSnapshot, now_s: float,
     requests = snapshot.requests
     for idx, req in enumerate(requests):
         fastest = fastest_ms(req)
-        if fastest is not None and now_s + fastest * 1e-3 <= req.deadline_s + _EPS:
+        # The same arithmetic as the policies' slack (in ms), so a request found feasible here fits there too.
+        if fastest is not None and fastest <= (req.deadline_s - now_s) * 1e3 + _EPS:
             return infeasible, idx
         infeasible.append(req.request_id)
     return infeasible, len(requests)

@@ -199,3 +199,15 @@ def test_slackfit_without_queue_cap_follows_the_paper_rule() -> None:
     assert paper.subnet_id == MID and paper.request_ids == (0,)  # plans batch 64: mid at 64 = 33.5 ms fits 36
     with pytest.raises(ValueError):
         SlackFit(ZOO, queue_headroom=0.5)
+
+
+def test_slack_equal_to_the_fastest_latency_never_trips_on_rounding() -> None:
+    # The head's slack is exactly the fastest batch-of-one latency (1 ms) up to float rounding, at many clock values:
+    # a policy must either serve it or report it, never fail between its feasibility and fit tests.
+    policies = [make_policy(name, ZOO) for name in available()]
+    for k in range(500):
+        arrival = k * 0.0013373 + 1e3 * (k % 3)
+        snap = snapshot_of([make_request(0, arrival_s=arrival, slo_ms=1.0)])
+        for policy in policies:
+            d = decide(policy, snap, now_s=arrival)
+            assert d is not None and (d.request_ids == (0,) or d.infeasible_ids == (0,))
