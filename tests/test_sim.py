@@ -104,3 +104,16 @@ def test_bad_inputs_are_rejected() -> None:
         SimConfig(workers=0)
     assert len(simulate([], policy, 36.0)) == 0
     assert set(available()) >= {"slackfit"}
+
+
+@pytest.mark.parametrize("late", ["shed", "serve"])
+def test_accuracy_hints_hold_end_to_end(late: str) -> None:
+    rng = np.random.default_rng(3)
+    arrivals = gamma(3000.0, 4.0, 1.0, rng)
+    hints = rng.choice([0.0, 0.95, 0.98, 0.99], size=len(arrivals))  # 0.99: no subnet is that accurate
+    for name in ("slackfit", "maxacc", "maxbatch", "infaas"):
+        t = simulate(arrivals, make_policy(name, ZOO), 20.0, hints, SimConfig(workers=2, late=late))
+        check_conservation(t, len(arrivals), 2)
+        served = t.served
+        assert np.all(t.accuracy[served] >= t.min_accuracy[served] - 1e-12), name
+        assert np.all(t.status_is(SHED)[hints == 0.99]), name  # reported, never served, in both modes
