@@ -32,10 +32,10 @@ class SupernetSpace:
     in_channels: int = 1  # image channels (1 for MNIST/digits, 3 for CIFAR / ImageFolder)
     image_size: int = 28  # square input side, pixels
     num_classes: int = 10
-    stem_width: int = 32  # channels after the stem conv (fixed, always run)
+    stem_width: int = 24  # channels after the stem conv (fixed, always run)
     stem_stride: int = 1  # stride of the stem conv
-    stage_widths: tuple[int, ...] = (48, 96, 192, 256)  # output channels per elastic stage
-    stage_strides: tuple[int, ...] = (2, 1, 2, 2)  # stride of the first block of each stage (28->14->14->7->4)
+    stage_widths: tuple[int, ...] = (64, 96, 128)  # output channels per elastic stage
+    stage_strides: tuple[int, ...] = (1, 2, 2)  # stride of the first block of each stage (28->28->14->7)
     depth_choices: tuple[int, ...] = (1, 2, 3, 4)  # blocks run per stage (LayerSelect keeps the first d)
     expand_choices: tuple[float, ...] = (0.25, 0.5, 1.0)  # middle channels / block output channels (WeightSlice)
     kernel_choices: tuple[int, ...] = (3, 5)  # kernel of each block's spatial conv (WeightSlice, centre crop)

@@ -5,8 +5,9 @@ experiments, and it has the elastic dimensions we need: depth (LayerSelect per s
 each block's middle channels) and kernel (the centre crop of each block's spatial conv). We measured the alternative,
 OFA-MobileNetV3's inverted-residual blocks, on this 2-core CPU: depthwise convolutions run at 0.6-1.4 GMAC/s forward +
 backward against 14-34 GMAC/s for dense ones, so an MBv3 supernet big enough to span 10x in latency would take ~5x
-longer to train for the same accuracy. With dense convs the largest subnet (~560 MMACs) runs ~11x slower than the
-smallest at batch 1, and the whole family trains on the CPU in minutes.
+longer to train for the same accuracy. With dense convs the largest subnet (~630 MMACs, most of it at 28x28 where
+convolutions are cheap in parameters) runs ~10x slower than the smallest at batch 1 (benchmarks/actuation.py measures
+it), the checkpoint stays near 3M parameters, and the whole family trains on the CPU in minutes.
 
 The subnet is an argument of `forward`: no module attribute is written while running, so any number of threads can run
 different subnets through one copy of the weights at the same time.

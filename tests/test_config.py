@@ -10,21 +10,21 @@ SPACE = SupernetSpace()
 
 
 def test_space_holds_thousands_of_subnets():
-    assert SPACE.num_subnets() > 1_000_000
+    assert SPACE.num_subnets() > 1_000_000_000
 
 
 def test_max_and_min_are_valid_and_distinct():
     big, small = SubnetConfig.max(SPACE), SubnetConfig.min(SPACE)
     assert big.validate(SPACE) is big and small.validate(SPACE) is small
-    assert big.depths == (4, 4, 4, 4) and small.depths == (1, 1, 1, 1)
+    assert big.depths == (4, 4, 4) and small.depths == (1, 1, 1)
     assert big.subnet_id != small.subnet_id
 
 
 @pytest.mark.parametrize("config, message", [
-    (SubnetConfig(((1.0,),) * 3, ((3,),) * 3), "3 stages"),
-    (SubnetConfig(((1.0,) * 5,) + ((1.0,),) * 3, ((3,) * 5,) + ((3,),) * 3), "depth 5"),
-    (SubnetConfig(((0.3,),) * 4, ((3,),) * 4), "expand ratio 0.3"),
-    (SubnetConfig(((1.0,),) * 4, ((4,),) * 4), "kernel size 4"),
+    (SubnetConfig(((1.0,),) * 2, ((3,),) * 2), "2 stages"),
+    (SubnetConfig(((1.0,) * 5,) + ((1.0,),) * 2, ((3,) * 5,) + ((3,),) * 2), "depth 5"),
+    (SubnetConfig(((0.3,),) * 3, ((3,),) * 3), "expand ratio 0.3"),
+    (SubnetConfig(((1.0,),) * 3, ((4,),) * 3), "kernel size 4"),
 ])
 def test_validation_names_the_problem(config, message):
     with pytest.raises(InvalidSubnetError, match=message):
@@ -47,13 +47,13 @@ def test_json_round_trip_and_hashing():
 
 def test_ids_are_stable_across_runs():
     # Zoo files and served responses carry these ids: they must never change for the same config.
-    assert SubnetConfig.max(SPACE).subnet_id == "d4444-5e1e0be0"
-    assert SubnetConfig.min(SPACE).subnet_id == "d1111-06e17175"
+    assert SubnetConfig.max(SPACE).subnet_id == "d444-42213266"
+    assert SubnetConfig.min(SPACE).subnet_id == "d111-fa9d624e"
 
 
 def test_int_and_float_spellings_are_one_subnet():
-    a = SubnetConfig(((1,),) * 4, ((3,),) * 4)
-    b = SubnetConfig(((1.0,),) * 4, ((3,),) * 4)
+    a = SubnetConfig(((1,),) * 3, ((3,),) * 3)
+    b = SubnetConfig(((1.0,),) * 3, ((3,),) * 3)
     assert a == b and a.subnet_id == b.subnet_id
 
 
