@@ -3,10 +3,11 @@
 
 "At equal" (superserve.experiments.compare): the baselines' points form a frontier of non-dominated (mean accuracy,
 attainment) pairs, linearly interpolated between neighbours (time-sharing two configurations mixes their points).
-- accuracy gain = 100 x (SlackFit's accuracy - the frontier's best accuracy at attainment >= SlackFit's); null when
-  no baseline reaches SlackFit's attainment at all;
-- attainment gain = SlackFit's attainment / the frontier's best attainment at accuracy >= SlackFit's; null when no
-  baseline is as accurate.
+- accuracy gain = 100 x (SlackFit's accuracy - the frontier's best accuracy at attainment >= SlackFit's - 0.005);
+  null when no baseline comes that close to SlackFit's attainment;
+- attainment gain = SlackFit's attainment / the frontier's best attainment at accuracy >= SlackFit's - 0.0005; null
+  when no baseline comes that close to SlackFit's accuracy.
+The tolerances (ATTAINMENT_TOL, ACCURACY_TOL) stop noise-sized differences from being interpolated into gains.
 "Best baseline" = every other policy (MaxAcc and MaxBatch ablations, and every Clipper+, Clockwork and INFaaS
 instance); the detail also has the comparison with the three systems only. The headline is at load 4 (4x what the
 most accurate subnet sustains: heavy and bursty, not saturated) for the zoo and the GPU-like zoo; every load is in

@@ -125,17 +125,25 @@ def accuracy_at_attainment(front: Sequence[tuple[float, float]], attainment: flo
     return front[0][0]
 
 
-def compare(target: Point, baselines: Sequence[Point]) -> dict[str, Any]:
+ATTAINMENT_TOL = 0.005  # attainments this close count as equal (run-to-run noise of a few-second trace)
+ACCURACY_TOL = 0.0005  # mean accuracies this close (0.05 points) count as equal
+
+
+def compare(target: Point, baselines: Sequence[Point], attainment_tol: float = ATTAINMENT_TOL,
+            accuracy_tol: float = ACCURACY_TOL) -> dict[str, Any]:
     """SlackFit (`target`) against the baselines' frontier:
 
-    - accuracy_gain_points: 100 x (target accuracy - best baseline accuracy at attainment >= target's); None when no
-      baseline reaches the target's attainment (the target is then better on attainment outright).
-    - attainment_gain_x: target attainment / best baseline attainment at accuracy >= target's; None when no baseline
-      is as accurate (or that baseline attainment is 0).
+    - accuracy_gain_points: 100 x (target accuracy - best baseline accuracy at attainment >= target's - tol); None
+      when no baseline comes within tol of the target's attainment (the target is better on attainment outright).
+    - attainment_gain_x: target attainment / best baseline attainment at accuracy >= target's - tol; None when no
+      baseline comes within tol of the target's accuracy (or that baseline attainment is 0).
+
+    The tolerances keep noise from counting: without them, a baseline at attainment 0.99995 against a target at
+    0.99998 would be "interpolated" toward a far less accurate point that attains 1.0.
     """
     front = frontier((p.mean_accuracy, p.slo_attainment) for p in baselines)
-    acc_b = accuracy_at_attainment(front, target.slo_attainment)
-    att_b = attainment_at_accuracy(front, target.mean_accuracy)
+    acc_b = accuracy_at_attainment(front, target.slo_attainment - attainment_tol)
+    att_b = attainment_at_accuracy(front, target.mean_accuracy - accuracy_tol)
     return {
         "slackfit_accuracy": target.mean_accuracy, "slackfit_attainment": target.slo_attainment,
         "baseline_accuracy_at_equal_attainment": acc_b,

@@ -33,10 +33,20 @@ def test_at_equal_interpolates_the_frontier() -> None:
 
 def test_compare_reports_both_gains() -> None:
     baselines = [point(0.90, 1.0), point(0.95, 0.8), point(0.98, 0.2)]
-    c = compare(point(0.96, 0.9), baselines)
+    c = compare(point(0.96, 0.9), baselines, attainment_tol=0.0, accuracy_tol=0.0)
     assert c["accuracy_gain_points"] == pytest.approx(100 * (0.96 - 0.925))
     assert c["attainment_gain_x"] == pytest.approx(0.9 / (0.8 - 0.6 * 0.01 / 0.03))
     assert compare(point(0.99, 0.1), baselines)["attainment_gain_x"] is None
+    assert compare(point(0.96, 1.01), baselines)["accuracy_gain_points"] is None
+
+
+def test_compare_ignores_noise_sized_attainment_differences() -> None:
+    # A baseline as accurate and at 0.99995 attainment is "equal" to a target at 0.99998: no gain is conjured by
+    # interpolating toward the 0.90 point at 1.0.
+    baselines = [point(0.90, 1.0), point(0.9445, 0.99995)]
+    c = compare(point(0.9435, 0.99998), baselines)
+    assert c["accuracy_gain_points"] == pytest.approx(-0.1)
+    assert c["attainment_gain_x"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_capacity_uses_the_most_accurate_subnet_within_half_the_slo() -> None:
