@@ -1,0 +1,184 @@
+"""Wiring: load the checkpoint and zoo, check the host, start workers, engine, gRPC and metrics; drain on stop.
+
+`Server(config).start()` returns once the server answers requests; `stop()` drains (stops admitting, answers
+everything admitted, then closes). Tests and benchmarks run it in-process; `superserve serve` runs it until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import torch
+from tritonclient.grpc import service_pb2_grpc
+
+from policies.base import make_policy
+from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
+from superserve.server.codec import ModelSpec
+from superserve.server.engine import Engine, EngineConfig
+from superserve.server.metrics import RecordWriter, ServerMetrics
+from superserve.server.service import InferenceService
+from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
+from superserve.zoo import HostFingerprint, Zoo
+
+log = logging.getLogger("superserve.server")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001  # gRPC; 0 = any free port (see Server.port)
+    metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; 0 = any free port, None = off
+    model_name: str = "superserve"
+    zoo_path: Path = DEFAULT_ZOO
+    checkpoint_path: Path = DEFAULT_CHECKPOINT
+    policy: str = "slackfit"
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0  # worker processes; 0 = embedded worker threads in this process
+    embedded_workers: int = 1  # worker threads when workers == 0
+    threads_per_worker: int = 1  # torch intra-op threads per worker
+    engine: EngineConfig = EngineConfig()
+    response_params: bool = True  # add subnet_id / subnet_accuracy / slo_met to responses
+    records_path: Path | None = None  # per-request JSONL records
+    reprofile: Literal["auto", "never", "always"] = "auto"  # when the zoo's host fingerprint differs from this host
+    max_message_bytes: int = 16 << 20
+    max_images: int = 64  # images per request
+    quiet: bool = False
+
+
+def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> ModelSpec:
+    """How raw pixels become model input: the normalisation stored in the checkpoint meta (or, for checkpoints
+    without it, recomputed from the named dataset exactly as training did)."""
+    space = zoo.space
+    norm = meta.get("normalization") or meta.get("data") or meta
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        mean, std, raw_max = norm["mean"], norm["std"], norm.get("raw_max", 255.0)
+    else:
+        from training.data import load_dataset
+
+        dataset = meta.get("dataset") or zoo.dataset
+        log.warning("checkpoint meta holds no normalisation; recomputing it from dataset %r", dataset)
+        splits = load_dataset(dataset)
+        mean, std, raw_max = splits.mean, splits.std, splits.raw_max
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != space.in_channels or len(std) != space.in_channels:
+        raise ValueError(f"normalisation has {len(mean)} channels, the supernet takes {space.in_channels}")
+    return ModelSpec(name, "1", space.in_channels, space.image_size, space.num_classes, mean, std,
+                     float(raw_max), max_images)
+
+
+class Server:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.zoo: Zoo | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grpc: Any = None
+        self._stopped = False
+
+    def _say(self, text: str) -> None:
+        if not self.config.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def load_zoo(self, net: Any) -> Zoo:
+        """The zoo, re-profiled on this host (or loaded from the per-host cache) when its fingerprint differs."""
+        cfg = self.config
+        zoo = Zoo.load(cfg.zoo_path)
+        here = HostFingerprint.current(threads=cfg.threads_per_worker)
+        if zoo.host_matches(here) and cfg.reprofile != "always":
+            return zoo
+        from superserve.server import profiling
+
+        cached = profiling.cache_path(Path(cfg.zoo_path), here)
+        if cached.is_file() and cfg.reprofile != "always":
+            self._say(f"using the latency table re-profiled for this host: {cached}")
+            return Zoo.load(cached)
+        if cfg.reprofile == "never":
+            self._say(f"WARNING: {cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, "
+                      f"{zoo.host.threads} thread(s)); SLO decisions rely on online correction until you restart "
+                      f"with --reprofile auto (or run `superserve zoo reprofile`)")
+            return zoo
+        self._say(f"{cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, {zoo.host.threads} "
+                  f"thread(s)); re-profiling here once (cached in {cached}; --reprofile never skips this)")
+        zoo = profiling.profile_zoo(net, zoo, here, progress=not cfg.quiet)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        zoo.save(cached)
+        return zoo
+
+    def start(self) -> "Server":
+        from supernet.checkpoint import load_checkpoint
+
+        cfg = self.config
+        t_start = time.perf_counter()
+        torch.set_num_threads(cfg.threads_per_worker)
+        net, data = load_checkpoint(cfg.checkpoint_path)
+        zoo = self.zoo = self.load_zoo(net)
+        missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
+        if missing:
+            raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
+                             f"{', '.join(missing)}: calibrate them (superserve zoo) or use the matching zoo")
+        spec = model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
+        self.metrics = ServerMetrics(spec.name, spec.version)
+        records = RecordWriter(cfg.records_path) if cfg.records_path else None
+        params = dict(cfg.policy_params)
+        self.engine = Engine(zoo, lambda z: make_policy(cfg.policy, z, **params), cfg.engine, self.metrics, records)
+        self.records = records
+        configs = {e.subnet_id: e.config for e in zoo.entries}
+        sample_shape = (1, spec.in_channels, spec.image_size, spec.image_size)
+        if cfg.workers > 0:
+            self.pool: Any = ProcessWorkerPool(Path(cfg.checkpoint_path), configs, cfg.workers,
+                                               cfg.threads_per_worker, self.engine.on_result, sample_shape)
+        else:
+            self.pool = ThreadWorkerPool(net, configs, cfg.embedded_workers, cfg.threads_per_worker,
+                                         self.engine.on_result)
+            self.pool.warm_up(torch.zeros(sample_shape))
+        self.engine.start(self.pool)
+        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params)
+        if cfg.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            self._http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
+            self.metrics_port = self._http.server_port
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="superserve-grpc", daemon=True).start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+        self.startup_s = time.perf_counter() - t_start
+        return self
+
+    async def _start_grpc(self) -> int:
+        options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
+                   ("grpc.max_send_message_length", self.config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self._grpc = grpc.aio.server(options=options)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self._grpc)
+        port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port} (in use?)")
+        await self._grpc.start()
+        return port
+
+    def stop(self, drain_timeout_s: float = 30.0) -> bool:
+        """Drain and shut down: stop admitting, answer everything admitted, close. True if nothing was cut short."""
+        if self._stopped:
+            return True
+        self._stopped = True
+        drained = self.engine.drain(drain_timeout_s)
+        if self._loop is not None and self._grpc is not None:
+            # The grace lets handlers whose answers are ready send them before connections close.
+            asyncio.run_coroutine_threadsafe(self._grpc.stop(grace=5.0), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self.pool.close()
+        self.service.close()
+        if self.records is not None:
+            self.records.close()
+        if getattr(self, "_http", None) is not None:
+            self._http.shutdown()
+        return drained

@@ -1,0 +1,106 @@
+"""`superserve serve`: serve the supernet's zoo over the Open Inference Protocol (gRPC) until SIGTERM/SIGINT.
+
+With no arguments: the shipped checkpoint and zoo on 127.0.0.1:8001 (gRPC) and 127.0.0.1:8002/metrics, SlackFit,
+one embedded worker. Heavy imports (torch, grpc) happen in `run`, so `superserve --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8001, help="gRPC port; 0 = any free port (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=8002,
+                        help="Prometheus /metrics HTTP port; -1 = off (default: %(default)s)")
+    parser.add_argument("--model-name", default="superserve", help="protocol model name (default: %(default)s)")
+    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help="supernet checkpoint (default: the shipped one)")
+    parser.add_argument("--policy", default="slackfit",
+                        help="scheduling policy: slackfit, maxacc, maxbatch, clipper+, clockwork, infaas")
+    parser.add_argument("--policy-params", default="{}",
+                        help='policy parameters as JSON, e.g. \'{"subnet": 0}\' for a fixed-subnet baseline')
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes, each with its own supernet copy; 0 = embedded worker threads")
+    parser.add_argument("--embedded-workers", type=int, default=1, help="worker threads when --workers 0")
+    parser.add_argument("--threads-per-worker", type=int, default=1, help="torch intra-op threads per worker")
+    parser.add_argument("--default-slo-ms", type=float, default=100.0,
+                        help="latency SLO of requests without an slo_ms parameter (default: %(default)s)")
+    parser.add_argument("--late", choices=("shed", "serve"), default="shed",
+                        help="requests that cannot meet their deadline: answer DEADLINE_EXCEEDED at once (shed) or "
+                             "serve them late on the fastest allowed subnet (default: %(default)s)")
+    parser.add_argument("--queue-capacity", type=int, default=1024,
+                        help="images queued at most; more get RESOURCE_EXHAUSTED (default: %(default)s)")
+    parser.add_argument("--no-correction", action="store_true",
+                        help="do not correct the latency table online from observed execution times")
+    parser.add_argument("--no-response-params", action="store_true",
+                        help="omit subnet_id / subnet_accuracy / slo_met from responses")
+    parser.add_argument("--records", type=Path, default=None, help="write per-request JSONL records here")
+    parser.add_argument("--reprofile", choices=("auto", "never", "always"), default="auto",
+                        help="re-profile the zoo when it was profiled on other hardware (auto; cached per host), "
+                             "never, or always")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0,
+                        help="on SIGTERM, how long to wait for admitted requests (default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> "object":
+    from superserve.server.app import ServeConfig
+    from superserve.server.engine import EngineConfig
+
+    try:
+        params = json.loads(args.policy_params)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--policy-params is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise SystemExit("--policy-params must be a JSON object")
+    engine = EngineConfig(args.default_slo_ms, args.late, args.queue_capacity,
+                          None if args.no_correction else 0.25)
+    return ServeConfig(host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                       model_name=args.model_name, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
+                       policy=args.policy, policy_params=params, workers=args.workers,
+                       embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
+                       engine=engine, response_params=not args.no_response_params, records_path=args.records,
+                       reprofile=args.reprofile)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+    import threading
+
+    from superserve.server.app import Server
+
+    for path, what in ((args.zoo, "zoo"), (args.checkpoint, "checkpoint")):
+        if not Path(path).is_file():
+            print(f"superserve serve: {what} file {path} does not exist (train and build one with `superserve train` "
+                  f"and `superserve zoo`, or pass --{what})", file=sys.stderr)
+            return 2
+    server = Server(config_from_args(args))  # type: ignore[arg-type]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        server.start()
+    except (ValueError, OSError) as exc:
+        print(f"superserve serve: {exc}", file=sys.stderr)
+        return 2
+    zoo = server.zoo
+    assert zoo is not None
+    accs = [e.accuracy for e in zoo.entries]
+    metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
+    print(f"superserve: serving model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy "
+          f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
+          f"(gRPC, Open Inference Protocol){metrics}; ready {server.startup_s:.1f} s after loading", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("superserve: draining (no new requests; answering the admitted ones)...", file=sys.stderr, flush=True)
+    drained = server.stop(args.drain_timeout_s)
+    print("superserve: stopped" + ("" if drained else " (drain timed out; the rest were answered with an error)"),
+          file=sys.stderr, flush=True)
+    return 0

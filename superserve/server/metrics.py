@@ -1,0 +1,116 @@
+"""Observability: Prometheus metrics (Triton's `nv_inference_*` names where they mean the same) and JSONL records.
+
+Triton-compatible (labels model, version): nv_inference_request_success / _failure (protocol calls),
+nv_inference_count (images inferred), nv_inference_exec_count (batches run), nv_inference_request_duration_us,
+nv_inference_queue_duration_us, nv_inference_compute_infer_duration_us (cumulative microseconds, as Triton's), and
+nv_inference_pending_request_count (queued images).
+SuperServe-specific: requests by outcome, SLO met/missed, end-to-end latency and batch-size histograms, the subnet
+chosen, queue depth, and the online profile-correction factor per subnet.
+
+Records: one `superserve.records.RequestRecord` per scheduled image, the schema the simulator writes, appended to a
+JSONL file by a background thread so that the request path never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import queue as queue_mod
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from superserve.records import RequestRecord
+
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServerMetrics:
+    def __init__(self, model: str, version: str) -> None:
+        self.registry = CollectorRegistry()
+        r, mv = self.registry, ("model", "version")
+        self._labels = {"model": model, "version": version}
+        self.success = Counter("nv_inference_request_success", "Successful inference calls", mv, registry=r)
+        self.failure = Counter("nv_inference_request_failure", "Failed inference calls", mv + ("reason",), registry=r)
+        self.count = Counter("nv_inference_count", "Images inferred (batch rows)", mv, registry=r)
+        self.exec_count = Counter("nv_inference_exec_count", "Batches executed", mv, registry=r)
+        self.request_us = Counter("nv_inference_request_duration_us", "Cumulative end-to-end call time, us", mv,
+                                  registry=r)
+        self.queue_us = Counter("nv_inference_queue_duration_us", "Cumulative time images waited in the queue, us",
+                                mv, registry=r)
+        self.compute_us = Counter("nv_inference_compute_infer_duration_us", "Cumulative forward-pass time, us", mv,
+                                  registry=r)
+        self.pending = Gauge("nv_inference_pending_request_count", "Images queued", mv, registry=r)
+        self.outcomes = Counter("superserve_requests", "Calls by outcome (ok, late, shed, rejected, invalid, error)",
+                                ("outcome",), registry=r)
+        self.slo = Counter("superserve_slo", "Served images by whether they met their SLO", ("result",), registry=r)
+        self.latency = Histogram("superserve_request_latency_seconds", "End-to-end call latency inside the server",
+                                 buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("superserve_batch_size", "Images per executed batch", buckets=_BATCH_BUCKETS,
+                                    registry=r)
+        self.subnet = Counter("superserve_subnet_images", "Images served per subnet", ("subnet", "accuracy"),
+                              registry=r)
+        self.queue_depth = Gauge("superserve_queue_depth", "Images in the EDF queue", registry=r)
+        self.correction = Gauge("superserve_profile_correction_factor",
+                                "Observed / profiled latency per subnet (online correction)", ("subnet",), registry=r)
+
+    def call_done(self, outcome: str, latency_s: float) -> None:
+        """One protocol call answered (outcome ok/late = success, anything else = failure)."""
+        self.outcomes.labels(outcome).inc()
+        if outcome in ("ok", "late"):
+            self.success.labels(**self._labels).inc()
+            self.latency.observe(latency_s)
+            self.request_us.labels(**self._labels).inc(latency_s * 1e6)
+        else:
+            self.failure.labels(reason=outcome, **self._labels).inc()
+
+    def batch_done(self, subnet_id: str, accuracy: float, batch_size: int, compute_s: float, queue_s: float,
+                   met: int) -> None:
+        self.exec_count.labels(**self._labels).inc()
+        self.count.labels(**self._labels).inc(batch_size)
+        self.compute_us.labels(**self._labels).inc(compute_s * 1e6)
+        self.queue_us.labels(**self._labels).inc(queue_s * 1e6)
+        self.batch_size.observe(batch_size)
+        self.subnet.labels(subnet_id, f"{accuracy:.4f}").inc(batch_size)
+        if met:
+            self.slo.labels("met").inc(met)
+        if batch_size - met:
+            self.slo.labels("missed").inc(batch_size - met)
+
+    def set_queue_depth(self, images: int) -> None:
+        self.queue_depth.set(images)
+        self.pending.labels(**self._labels).set(images)
+
+    def set_correction(self, factors: dict[str, float]) -> None:
+        for sid, f in factors.items():
+            self.correction.labels(sid).set(f)
+
+
+class RecordWriter:
+    """Appends RequestRecords to a JSONL file from a background thread; `close()` flushes everything."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "w")
+        self._queue: queue_mod.SimpleQueue[list[RequestRecord] | None] = queue_mod.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="superserve-records", daemon=True)
+        self._thread.start()
+
+    def write(self, records: list[RequestRecord]) -> None:
+        if records:
+            self._queue.put(records)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            self._fh.write("".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in item))
+        self._fh.close()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)

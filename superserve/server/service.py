@@ -1,0 +1,120 @@
+"""The thin gRPC servicer of the Open Inference Protocol (`inference.GRPCInferenceService`, tritonclient's stubs).
+
+Translates between protocol messages and engine calls; no scheduling or model logic here. Status codes:
+unknown model or version -> NOT_FOUND; malformed tensor or parameter -> INVALID_ARGUMENT (the message says what);
+queue full -> RESOURCE_EXHAUSTED; shed because no subnet can meet the deadline -> DEADLINE_EXCEEDED; shutting down
+-> UNAVAILABLE; a worker failure -> INTERNAL. gRPC itself answers RESOURCE_EXHAUSTED for messages over the size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from superserve.records import LATE, OK, SHED
+from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, decode_request, encode_outputs)
+from superserve.server.engine import CallResult, Engine
+from superserve.server.metrics import ServerMetrics
+
+SERVER_NAME = "superserve"
+SERVER_VERSION = "0.1.0"
+_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED}
+_CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_STRING, "INT64": mc.TYPE_INT64}
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
+                 response_params: bool = True) -> None:
+        self.spec, self.engine, self.metrics = spec, engine, metrics
+        self.response_params = response_params
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="superserve-decode")
+
+    # --- health and metadata --------------------------------------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.engine.accepting)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        known = request.name == self.spec.name and request.version in ("", self.spec.version)
+        return pb.ModelReadyResponse(ready=known and self.engine.accepting)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+                                         extensions=["model_repository", "parameters", "statistics"])
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.name, request.version, context)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=self.spec.name, versions=[self.spec.version], platform="superserve_supernet",
+            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in self.spec.input_metadata()],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in self.spec.output_metadata()])
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.name, request.version, context)
+        config = mc.ModelConfig(name=self.spec.name, platform="superserve_supernet", max_batch_size=0)
+        for n, d, s in self.spec.input_metadata():
+            config.input.add(name=n, data_type=_CONFIG_TYPES[d], dims=s)
+        for n, d, s in self.spec.output_metadata():
+            config.output.add(name=n, data_type=_CONFIG_TYPES[d], dims=s)
+        return pb.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        state = "READY" if self.engine.accepting else "UNAVAILABLE"
+        model = pb.RepositoryIndexResponse.ModelIndex(name=self.spec.name, version=self.spec.version, state=state)
+        return pb.RepositoryIndexResponse(models=[model])
+
+    async def _check_model(self, name: str, version: str, context: Any) -> None:
+        if name != self.spec.name:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown model {name!r}; this server serves {self.spec.name!r}")
+        if version not in ("", self.spec.version):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"model {name!r} has no version {version!r}; available: {self.spec.version}")
+
+    # --- inference ------------------------------------------------------------------------------------------------
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.model_name, request.model_version, context)
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = decode_request(request, self.spec)
+            images = decoded.images
+            if images is None:  # encoded PNG/JPEG: decode off the event loop
+                images = await loop.run_in_executor(self._decoder, decode_images, decoded.encoded, self.spec)
+            answer: asyncio.Future[CallResult] = loop.create_future()
+
+            def on_done(result: CallResult) -> None:  # runs on an engine/worker thread, exactly once
+                loop.call_soon_threadsafe(_resolve, answer, result)
+
+            self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done)
+        except InvalidRequest as exc:
+            if self.metrics is not None:
+                outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
+                self.metrics.call_done(outcome, 0.0)
+            await context.abort(exc.code, exc.message)
+        result = await answer
+        if result.outcome not in (OK, LATE):
+            await context.abort(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
+        response = pb.ModelInferResponse(model_name=self.spec.name, model_version=self.spec.version, id=request.id)
+        if self.response_params:
+            response.parameters["subnet_id"].string_param = ",".join(dict.fromkeys(result.subnet_ids))
+            response.parameters["subnet_accuracy"].double_param = result.accuracy
+            response.parameters["slo_met"].bool_param = result.outcome == OK
+        encode_outputs(response, decoded.outputs, result.probabilities)  # type: ignore[arg-type]
+        return response
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False)
+
+
+def _resolve(future: asyncio.Future[CallResult], result: CallResult) -> None:
+    if not future.done():  # the client may have cancelled the call
+        future.set_result(result)
