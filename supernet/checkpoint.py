@@ -41,20 +41,34 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
 
 def save_checkpoint(net: SuperNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> None:
+                    extra: dict[str, Any] | None = None, half_weights: bool = False) -> None:
     """Save weights, space, SubnetNorm statistics and calibrated configs. `extra` holds training state
-    (optimizer, step, RNG) for `--resume`; `meta` is free-form JSON-able information."""
+    (optimizer, step, RNG) for `--resume`; `meta` is free-form JSON-able information.
+
+    `half_weights` stores floating-point weights as float16 (half the file); `load_checkpoint` turns them back into
+    float32. Calibrate statistics on the round-tripped weights (`round_trip_half`) so they match what is served."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if half_weights:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     stats = {sid: {str(i): torch.stack([m, v]) for i, (m, v) in layers.items()}
              for sid, layers in net.norm_table.stats.items()}
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "space": net.space.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "state_dict": state,
         "norm_stats": stats,
         "meta": meta or {},
         "extra": extra or {},
     }, path)
+
+
+def round_trip_half(net: SuperNet) -> None:
+    """Round every floating-point weight through float16 in place (what a `half_weights` checkpoint will hold)."""
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -112,4 +126,4 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "file_sha256",
-           "atomic_torch_save", "SubnetConfig"]
+           "atomic_torch_save", "round_trip_half", "SubnetConfig"]

@@ -1,0 +1,147 @@
+"""`superserve zoo`: build the served zoo from a trained checkpoint, re-profile it on this host, check and show it.
+
+    superserve zoo build --ckpt runs/deps.pt --out superserve/assets/zoo.json      (+ supernet.pt next to it)
+    superserve zoo reprofile --zoo superserve/assets/zoo.json --ckpt superserve/assets/supernet.pt
+    superserve zoo check [--zoo ...] [--ckpt ...]      exit 1 when the latency table is stale or foreign
+    superserve zoo show [--zoo ...]
+    superserve zoo plot [--zoo ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from supernet.checkpoint import CheckpointError
+from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
+from superserve.zoo import Zoo, ZooError
+from training.data import DataError
+from training.profiling import DEFAULT_BATCH_SIZES, ProfileConfig
+from training.search import SearchConfig
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="torch threads while profiling (default 1)")
+    p.add_argument("--min-repeats", type=int, default=ProfileConfig.min_repeats)
+    p.add_argument("--max-repeats", type=int, default=ProfileConfig.max_repeats)
+    p.add_argument("--target-s", type=float, default=ProfileConfig.target_s, help="timed seconds per cell")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    b = sub.add_parser("build", help="search + Pareto selection + calibration + profiling -> zoo and checkpoint")
+    b.add_argument("--ckpt", required=True, type=Path, help="trained checkpoint (superserve train --out)")
+    b.add_argument("--out", required=True, type=Path, help="zoo JSON to write")
+    b.add_argument("--out-ckpt", type=Path, help="calibrated checkpoint to write (default: supernet.pt next to --out)")
+    b.add_argument("--data", help="dataset spec (default: the checkpoint's)")
+    b.add_argument("--data-seed", type=int, help="split seed (default: the checkpoint's)")
+    b.add_argument("--num-random", type=int, default=SearchConfig.num_random)
+    b.add_argument("--generations", type=int, default=SearchConfig.generations)
+    b.add_argument("--population", type=int, default=SearchConfig.population)
+    b.add_argument("--min-size", type=int, default=SearchConfig.min_size, help="served subnets, at least")
+    b.add_argument("--max-size", type=int, default=SearchConfig.max_size, help="served subnets, at most")
+    b.add_argument("--search-calibration-images", type=int, default=SearchConfig.search_calibration_images)
+    b.add_argument("--calibration-images", type=int, default=2000, help="for the served subnets")
+    b.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
+    b.add_argument("--half", choices=("auto", "yes", "no"), default="auto",
+                   help="float16 weights in the checkpoint (auto: when float32 would exceed 8 MB)")
+    b.add_argument("--seed", type=int, default=0)
+    _profile_args(b)
+    r = sub.add_parser("reprofile", help="re-measure a zoo's latency tables on this host (no retraining)")
+    r.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+    r.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
+    r.add_argument("--out", type=Path, help="write here instead of overwriting --zoo")
+    _profile_args(r)
+    for name, text in (("check", "is the zoo's latency table valid on this host and for this checkpoint?"),
+                       ("show", "print the zoo table (and any check problems)")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+        c.add_argument("--ckpt", type=Path, help="also verify this checkpoint's sha256 against the zoo")
+        c.add_argument("--threads", type=int, help="threads the server will use (default: the zoo's)")
+        c.add_argument("--device", default="cpu")
+    pl = sub.add_parser("plot", help="write the front and latency-table PNGs of a zoo")
+    pl.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+    pl.add_argument("--out-dir", type=Path, help="default: the zoo's directory")
+
+
+def _profile_config(args: argparse.Namespace, batch_sizes=DEFAULT_BATCH_SIZES) -> ProfileConfig:
+    return ProfileConfig(batch_sizes=tuple(batch_sizes), threads=args.threads, min_repeats=args.min_repeats,
+                         max_repeats=args.max_repeats, target_s=args.target_s)
+
+
+def write_plots(zoo: Zoo, zoo_path: Path, out_dir: Path | None = None) -> list[Path]:
+    from training.plots import plot_front, plot_latency_tables
+    from training.zoo_build import candidates_file
+
+    out_dir = out_dir or zoo_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = zoo_path.stem
+    return [plot_front(zoo, out_dir / f"{stem}_front.png", candidates_file(zoo_path)),
+            plot_latency_tables(zoo, out_dir / f"{stem}_latency.png")]
+
+
+def show(zoo: Zoo) -> str:
+    lines = [f"zoo: {len(zoo.entries)} subnets, dataset {zoo.dataset}, host {zoo.host.processor} / "
+             f"{zoo.host.device} / {zoo.host.threads} thread(s) / torch {zoo.host.torch_version}",
+             f"{'subnet':<16}{'val %':>7}{'test %':>8}{'params':>10}{'MMACs':>8}" +
+             "".join(f"{'b' + str(b) + ' ms':>10}" for b in zoo.batch_sizes)]
+    for e in zoo.entries:
+        test = f"{100 * e.test_accuracy:.2f}" if e.test_accuracy is not None else "-"
+        lines.append(f"{e.subnet_id:<16}{100 * e.accuracy:>7.2f}{test:>8}{e.params:>10}{e.flops / 1e6:>8.1f}" +
+                     "".join(f"{e.latency_ms[b].median_ms:>10.2f}" for b in zoo.batch_sizes))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training import zoo_build
+
+    try:
+        if args.zoo_command == "build":
+            if args.threads < 1:
+                raise ValueError("--threads must be >= 1")
+            sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+            search_cfg = SearchConfig(num_random=args.num_random, generations=args.generations,
+                                      population=args.population, min_size=args.min_size, max_size=args.max_size,
+                                      search_calibration_images=args.search_calibration_images, seed=args.seed)
+            out_ckpt = args.out_ckpt or args.out.with_name("supernet.pt")
+            half = {"auto": None, "yes": True, "no": False}[args.half]
+            result = zoo_build.build_zoo(args.ckpt, args.out, out_ckpt, data_spec=args.data, data_seed=args.data_seed,
+                                         search_cfg=search_cfg, profile_cfg=_profile_config(args, sizes),
+                                         calibration_images=args.calibration_images, half_weights=half,
+                                         progress=not args.quiet,
+                                         log=lambda m: print(m, file=sys.stderr))
+            print(show(result.zoo))
+            for path in write_plots(result.zoo, args.out):
+                print(f"wrote {path}")
+            print(f"wrote {args.out} and {out_ckpt}")
+            return 0
+        if args.zoo_command == "reprofile":
+            zoo = zoo_build.reprofile(args.zoo, args.ckpt, _profile_config(args), args.out, args.device,
+                                      progress=not args.quiet)
+            print(show(zoo))
+            print(f"wrote {args.out or args.zoo}")
+            return 0
+        zoo = Zoo.load(args.zoo)
+        if args.zoo_command == "plot":
+            for path in write_plots(zoo, args.zoo, args.out_dir):
+                print(f"wrote {path}")
+            return 0
+        problems = zoo_build.check(zoo, args.ckpt, args.device, args.threads)
+        if args.zoo_command == "show":
+            print(show(zoo))
+        for problem in problems:
+            print(f"STALE: {problem}" if "host" in problem else f"problem: {problem}")
+        if args.zoo_command == "check" and not problems:
+            print(f"ok: {args.zoo} matches this host" + (f" and {args.ckpt}" if args.ckpt else ""))
+        return 1 if (problems and args.zoo_command == "check") else 0
+    except (ZooError, CheckpointError, DataError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
