@@ -1,0 +1,58 @@
+"""Shared bits of the benchmark scripts: the exact command line, result writing, the subnets to use."""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def write_result(name: str, headline: dict[str, float | int | str], detail: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"command": command_line(), "headline": headline, **detail}, indent=1) + "\n")
+    return path
+
+
+def served_subnets(net, count: int, seed: int = 0):
+    """The shipped zoo's subnets first (what is really served), then seeded random ones to reach `count`."""
+    from supernet.config import SubnetConfig
+    from superserve.defaults import DEFAULT_ZOO
+    from superserve.zoo import Zoo, ZooError
+
+    subnets = []
+    try:
+        zoo = Zoo.load(DEFAULT_ZOO)
+        if zoo.space == net.space:
+            subnets = [e.config for e in zoo.entries]
+    except ZooError:
+        pass
+    rng = random.Random(seed)
+    seen = {s.subnet_id for s in subnets}
+    while len(subnets) < count:
+        s = SubnetConfig.random(net.space, rng)
+        if s.subnet_id not in seen:
+            seen.add(s.subnet_id)
+            subnets.append(s)
+    return subnets[:count]
+
+
+def load_supernet():
+    """The shipped checkpoint if present (real weights), else an untrained default supernet (same shapes/costs)."""
+    from supernet.checkpoint import load_checkpoint
+    from supernet.network import SuperNet
+    from superserve.defaults import DEFAULT_CHECKPOINT
+
+    if DEFAULT_CHECKPOINT.is_file():
+        net, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+        return net, str(DEFAULT_CHECKPOINT)
+    return SuperNet().eval(), "untrained default supernet (no shipped checkpoint yet)"

@@ -1,0 +1,118 @@
+"""Memory: one supernet + SubnetNorm tables for K served subnets versus K exported standalone models.
+
+Two measures for K = 1, 5, 10, 20, 50:
+- tensor bytes: parameters + buffers (+ SubnetNorm statistics) actually held, counted exactly;
+- resident memory: the RSS growth of a fresh process that loads the K models (from TorchScript files, as a model-zoo
+  server would) versus one that loads the supernet checkpoint and keeps K subnets' statistics, each measured against
+  the same process right after `import torch`.
+Subnets: the shipped zoo's Pareto subnets first, then seeded random ones.
+
+Run: python benchmarks/memory.py [--ks 1,5,10,20,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks._common import load_supernet, served_subnets, write_result  # noqa: E402
+from supernet.checkpoint import save_checkpoint  # noqa: E402
+from supernet.export import export  # noqa: E402
+from training.calibrate import calibrate_subnets  # noqa: E402
+
+# Runs in a fresh interpreter: RSS after import torch, then after loading what argv names.
+_PROBE = r"""
+import json, sys, gc, psutil, torch
+proc = psutil.Process()
+base = proc.memory_info().rss
+kind, paths = sys.argv[1], sys.argv[2:]
+if kind == "supernet":
+    sys.path.insert(0, sys.argv[2]); paths = paths[1:]
+    from supernet.checkpoint import load_checkpoint
+    net, _ = load_checkpoint(paths[0])
+    held = [net]
+else:
+    held = [torch.jit.load(p, map_location="cpu").eval() for p in paths]
+gc.collect()
+print(json.dumps({"rss_bytes": proc.memory_info().rss - base}))
+"""
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+               for t in list(module.parameters()) + list(module.buffers())}
+    return sum(tensors.values())
+
+
+def probe(args: list[str]) -> int:
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["rss_bytes"]
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.save's deprecation notice
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="1,5,10,20,50")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-rss", action="store_true", help="skip the subprocess RSS measurement")
+    args = parser.parse_args(argv)
+    ks = [int(k) for k in args.ks.split(",")]
+    torch.manual_seed(args.seed)
+    net, source = load_supernet()
+    space = net.space
+    subnets = served_subnets(net, max(ks), args.seed)
+    missing = [s for s in subnets if s.subnet_id not in net.norm_table]
+    calibrate_subnets(net, missing, torch.randn(16, space.in_channels, space.image_size, space.image_size))
+    weights_bytes = tensor_bytes(net)
+    rows, headline = [], {}
+    repo = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_paths = []
+        for subnet in tqdm(subnets, desc="export", unit="subnet"):
+            path = Path(tmp) / f"{subnet.subnet_id}.pt"
+            torch.jit.save(torch.jit.script(export(net, subnet)), str(path))
+            model_paths.append(str(path))
+        for k in tqdm(ks, desc="measure K", unit="K"):
+            ids = [s.subnet_id for s in subnets[:k]]
+            supernet_bytes = weights_bytes + net.norm_table.nbytes(ids)
+            zoo_bytes = sum(tensor_bytes(export(net, s)) for s in subnets[:k])
+            row = {"k": k, "supernet_tensor_bytes": supernet_bytes, "standalone_tensor_bytes": zoo_bytes,
+                   "tensor_ratio": round(zoo_bytes / supernet_bytes, 3)}
+            if not args.no_rss:
+                ckpt = Path(tmp) / f"supernet_k{k}.pt"
+                keep = {i: net.norm_table.stats[i] for i in ids}
+                saved_table, net.norm_table.stats = net.norm_table.stats, keep
+                save_checkpoint(net, ckpt)
+                net.norm_table.stats = saved_table
+                row["supernet_rss_bytes"] = probe(["supernet", repo, str(ckpt)])
+                row["standalone_rss_bytes"] = probe(["zoo", *model_paths[:k]])
+                row["rss_ratio"] = round(row["standalone_rss_bytes"] / max(1, row["supernet_rss_bytes"]), 3)
+            rows.append(row)
+            headline[f"k{k}_standalone_over_supernet_tensor_bytes_ratio"] = row["tensor_ratio"]
+            if "rss_ratio" in row:
+                headline[f"k{k}_standalone_over_supernet_rss_ratio"] = row["rss_ratio"]
+    print(f"{'K':>3} {'supernet MB':>12} {'standalone MB':>14} {'ratio':>6} {'RSS ratio':>10}")
+    for r in rows:
+        print(f"{r['k']:>3} {r['supernet_tensor_bytes'] / 2**20:12.2f} {r['standalone_tensor_bytes'] / 2**20:14.2f} "
+              f"{r['tensor_ratio']:6.2f} {r.get('rss_ratio', float('nan')):10.2f}")
+    headline["supernet_weights_mb"] = round(weights_bytes / 2**20, 2)
+    headline["norm_stats_kb_per_subnet_mean"] = round(net.norm_table.nbytes([s.subnet_id for s in subnets]) / len(subnets) / 1024, 2)
+    path = write_result("memory", headline, {"supernet": source, "rows": rows,
+                                             "subnets": [s.subnet_id for s in subnets]})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
