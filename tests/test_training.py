@@ -1,0 +1,215 @@
+"""Training: schedules and the β ramp (hand-computed), gradient flow of a sandwich step, budget accounting, exact
+resume, SIGTERM checkpoints and CLI errors. Tiny space on 8x8 digits so the whole file runs in well under a minute."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from supernet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from supernet.config import SubnetConfig, SupernetSpace
+from supernet.network import SuperNet
+from superserve.cli import main as cli_main
+from training.data import load_dataset
+from training.schedule import ConfigError, Schedule, TrainConfig
+from training.steps import MacRatio, epochs_for_budget, expected_cost_per_epoch, sample_subnets, sandwich_step
+from training.trainer import StopFlag, train
+
+TINY = SupernetSpace(image_size=8, stem_width=8, stage_widths=(8, 16), stage_strides=(1, 2), head_width=16,
+                     depth_choices=(1, 2))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    splits = load_dataset("digits", seed=0)  # native 8x8
+    # 96 train images at batch 32: 3 steps per epoch, so short runs cross epoch boundaries
+    return replace(splits, train_x=splits.train_x[:96], train_y=splits.train_y[:96])
+
+
+# --- schedules ------------------------------------------------------------------------------------------------------
+def test_deps_phases_and_beta_ramp_hand_computed():
+    s = Schedule(TrainConfig(method="deps", epochs=10, lr=0.15, fm_warmup_frac=0.5, ramp_frac=0.1), 10)
+    assert s.total_steps == 100 and s.boundaries == (50, 60)
+    assert [s.phase(i) for i in (0, 49, 50, 59, 60, 99)] == ["warmup", "warmup", "ramp", "ramp", "shrink", "shrink"]
+    assert s.lr(0) == pytest.approx(0.15) and s.lr(50) == pytest.approx(0.075)
+    lr60 = 0.075 * (1 + math.cos(0.6 * math.pi))  # 0.0518237..., the LR where the ramp ends
+    assert s.lr(60) == pytest.approx(0.0518237, abs=1e-6)
+    assert s.beta(49) == 0.0
+    assert s.beta(50) == pytest.approx(0.1 * lr60 / 0.075)  # 0.0690983
+    assert s.beta(50) == pytest.approx(0.0690983, abs=1e-6)
+    assert s.beta(59) == pytest.approx(0.958356, abs=1e-5)  # lr(59) = 0.0540757
+    assert s.beta(60) == 1.0 and s.beta(99) == 1.0
+    # the subnets' effective LR rises linearly, per step, from lr60/10 to lr60
+    effective = [s.beta(i) * s.lr(i) for i in range(50, 60)]
+    assert effective == pytest.approx([lr60 * (k + 1) / 10 for k in range(10)])
+
+
+def test_bignas_and_ofa_schedules():
+    b = Schedule(TrainConfig(method="bignas", epochs=10), 10)
+    assert {b.phase(i) for i in range(100)} == {"sandwich"} and b.beta(0) == 1.0
+    o = Schedule(TrainConfig(method="ofa", epochs=10, lr=0.1), 10)
+    assert o.boundaries == (30, 50, 75)
+    assert [o.phase(i) for i in (29, 30, 50, 75)] == ["full", "kernel", "depth", "width"]
+    # each phase restarts its own cosine at lr * scale (1.0, 0.3, 0.1, 0.1)
+    assert [o.lr(i) for i in (0, 30, 50, 75)] == pytest.approx([0.1, 0.03, 0.01, 0.01])
+    assert o.lr(40) == pytest.approx(0.5 * 0.03 * (1 + math.cos(math.pi * 10 / 20)))
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ConfigError, match="unknown training method"):
+        TrainConfig(method="sgd")
+    with pytest.raises(ConfigError):
+        TrainConfig(fm_warmup_frac=0.9, ramp_frac=0.2)
+    with pytest.raises(ConfigError, match="too few"):
+        Schedule(TrainConfig(method="ofa", epochs=1), 2)
+
+
+def test_ofa_phases_sample_from_their_elastic_sets():
+    for step in range(20):
+        (k,) = sample_subnets(TINY, "ofa", "kernel", step, 0, 1)
+        assert k.depths == (2, 2) and {e for s in k.expand_ratios for e in s} == {1.0}
+        d = sample_subnets(TINY, "ofa", "depth", step, 0, 2)
+        assert all({e for s in c.expand_ratios for e in s} == {1.0} for c in d)
+    sandwich = sample_subnets(TINY, "deps", "shrink", 3, 0, 4)
+    assert sandwich[:2] == [SubnetConfig.max(TINY), SubnetConfig.min(TINY)] and len(sandwich) == 4
+    assert sandwich == sample_subnets(TINY, "deps", "shrink", 3, 0, 4)  # seeded by (seed, step, index)
+
+
+# --- one step -------------------------------------------------------------------------------------------------------
+def _grads(net, beta, x, y, subnets):
+    torch.manual_seed(7)  # same dropout mask on the max net every time
+    result = sandwich_step(net, x, y, subnets, beta, TrainConfig(), MacRatio(net))
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in net.named_parameters()}, \
+        result
+
+
+def test_sandwich_gradients_reach_exactly_the_active_slices_and_sum():
+    torch.manual_seed(0)
+    net = SuperNet(TINY).train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    small = SubnetConfig(((0.25,), (0.25,)), ((3,), (3,))).validate(TINY)
+    g0, r0 = _grads(net, 0.0, x, y, [SubnetConfig.max(TINY), small])
+    g1, r1 = _grads(net, 1.0, x, y, [SubnetConfig.max(TINY), small])
+    g2, _ = _grads(net, 2.0, x, y, [SubnetConfig.max(TINY), small])
+    assert r0.subnets == (SubnetConfig.max(TINY).subnet_id,)  # β = 0: the subnet is not even run
+    assert len(r1.subnets) == 2 and r1.loss == pytest.approx(r0.loss)
+    diff = {n: g1[n] - g0[n] for n in g0}  # the small subnet's contribution
+    for n in g0:  # gradients are summed, scaled by β
+        assert torch.allclose(g2[n] - g0[n], 2 * diff[n], atol=1e-5), n
+    for name, d in diff.items():
+        if ".blocks.1." in name:  # second block of each stage: inactive at depth 1
+            assert torch.count_nonzero(d) == 0, name
+    block = net.stages[1].blocks[0]  # 16 wide: expand 0.25 -> 8 of 16 middle channels
+    mid = block.mid_channels(0.25)
+    assert mid < block.max_mid
+    reduce = diff["stages.1.blocks.0.reduce.weight"]  # (max_mid, in, 1, 1)
+    assert torch.count_nonzero(reduce[:mid]) > 0 and torch.count_nonzero(reduce[mid:]) == 0
+    spatial = diff["stages.1.blocks.0.spatial.weight"]  # (max_mid, max_mid, 5, 5), kernel 3 = centre crop
+    assert torch.count_nonzero(spatial[:mid, :mid, 1:4, 1:4]) > 0
+    assert torch.count_nonzero(spatial) == torch.count_nonzero(spatial[:mid, :mid, 1:4, 1:4])
+    expand = diff["stages.1.blocks.0.expand.weight"]  # (out, max_mid, 1, 1): only the first `mid` inputs
+    assert torch.count_nonzero(expand[:, mid:]) == 0 and torch.count_nonzero(expand[:, :mid]) > 0
+    assert torch.count_nonzero(diff["classifier.weight"]) > 0  # always-on parts learn from every subnet
+
+
+def test_budget_accounting_matches_what_training_spends(digits, tmp_path):
+    torch.manual_seed(0)
+    net = SuperNet(TINY)
+    cfg = TrainConfig(method="bignas", epochs=1.0, batch_size=32, seed=0)
+    per_epoch = expected_cost_per_epoch(net, cfg)
+    assert 1.0 < per_epoch < 4.0  # max (1) + min + 2 random, each cheaper than max
+    assert epochs_for_budget(net, cfg, 2 * per_epoch) == pytest.approx(2.0)
+    deps = TrainConfig(method="deps", epochs=1.0)
+    assert expected_cost_per_epoch(net, deps) == pytest.approx(0.5 + 0.5 * per_epoch, rel=0.05)
+    result = train(net, digits, replace(cfg, epochs=2.0), tmp_path / "b.pt", progress=False)
+    assert result.fme_epochs == pytest.approx(2 * per_epoch, rel=0.25)
+
+
+# --- resume and stop ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["deps", "ofa"])
+def test_resume_gives_identical_weights(digits, tmp_path, method):
+    cfg = TrainConfig(method=method, epochs=8 / 3, batch_size=32, fm_warmup_frac=0.25, ramp_frac=0.25, seed=3)
+
+    def fresh():
+        torch.manual_seed(3)
+        return SuperNet(TINY)
+
+    full = train(fresh(), digits, cfg, tmp_path / "full.pt", progress=False, validate_every=100)
+    assert full.step == 8
+    half = train(fresh(), digits, cfg, tmp_path / "half.pt", progress=False, max_steps=5, validate_every=100)
+    assert half.step == 5 and not half.interrupted
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+    resumed = train(fresh(), digits, cfg, tmp_path / "half.pt", resume_from=tmp_path / "half.pt", progress=False,
+                    validate_every=100)
+    assert resumed.step == 8
+    a, b = full.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert resumed.fme_epochs == pytest.approx(full.fme_epochs)
+
+
+def test_resume_refuses_another_config_or_space(digits, tmp_path):
+    cfg = TrainConfig(method="bignas", epochs=1.0, batch_size=32)
+    torch.manual_seed(0)
+    train(SuperNet(TINY), digits, cfg, tmp_path / "r.pt", progress=False, max_steps=1)
+    with pytest.raises(CheckpointError, match="another training configuration"):
+        train(SuperNet(TINY), digits, replace(cfg, lr=0.3), tmp_path / "x.pt", resume_from=tmp_path / "r.pt")
+    with pytest.raises(CheckpointError, match="different space"):
+        train(SuperNet(replace(TINY, head_width=32)), digits, cfg, tmp_path / "x.pt", resume_from=tmp_path / "r.pt")
+
+
+def test_stop_flag_checkpoints_after_the_current_step(digits, tmp_path):
+    flag = StopFlag()
+    flag.request(signal.SIGTERM)
+    torch.manual_seed(0)
+    result = train(SuperNet(TINY), digits, TrainConfig(method="bignas", epochs=2, batch_size=32), tmp_path / "s.pt",
+                   stop=flag, progress=False)
+    assert result.interrupted and result.step == 0
+    assert read_checkpoint(tmp_path / "s.pt")["extra"]["step"] == 0
+
+
+def test_sigterm_leaves_a_loadable_resumable_checkpoint(tmp_path):
+    out = tmp_path / "sig.pt"
+    space = ('{"image_size": 8, "stem_width": 8, "stage_widths": [8, 16], "stage_strides": [1, 2], '
+             '"head_width": 16, "depth_choices": [1, 2]}')
+    cmd = [sys.executable, "-m", "superserve.cli", "train", "--method", "deps", "--data", "digits", "--epochs", "50",
+           "--batch-size", "32", "--space", space, "--out", str(out), "--checkpoint-every", "100000",
+           "--val-every", "100000", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 90
+    seen = ""
+    while "train deps" not in seen and time.monotonic() < deadline:  # the progress bar has started
+        seen += proc.stderr.read(1) or ""
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    net, data = load_checkpoint(out)
+    step = data["extra"]["step"]
+    assert 0 < step < data["meta"]["total_steps"] and "--resume" in err
+    assert not list(tmp_path.glob(".*tmp*"))  # no half-written temp file left behind
+    assert isinstance(net, SuperNet)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+def test_cli_help_and_errors(capsys, tmp_path):
+    for argv, flag in ((["train", "--help"], "--budget-fme"), (["zoo", "--help"], "reprofile"),
+                       (["zoo", "build", "--help"], "--min-size")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(argv)
+        assert exc.value.code == 0 and flag in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "--method", "nope", "--out", str(tmp_path / "x.pt")])
+    assert exc.value.code == 2
+    assert cli_main(["train", "--data", "imagenet", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "unknown dataset spec" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "missing.pt"), "--resume"]) == 2
