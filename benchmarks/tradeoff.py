@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from superserve.commands.experiment import plot, point_dicts, print_tables
-from superserve.experiments import TradeoffSetup, run_tradeoff
+from superserve.experiments import TradeoffSetup, measured_model_load_ms, run_tradeoff
 from superserve.synthetic import load_zoo
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces", default=",".join(TradeoffSetup().traces))
     args = parser.parse_args(argv)
     zoo, label = load_zoo(args.zoo)
-    setup = TradeoffSetup(traces=tuple(args.traces.split(",")), duration_s=args.duration)
+    setup = TradeoffSetup(traces=tuple(args.traces.split(",")), duration_s=args.duration,
+                          infaas_switch_ms=measured_model_load_ms())
     if HEADLINE_LOAD not in setup.loads:
         raise SystemExit(f"the headline load {HEADLINE_LOAD} must be among the loads")
     headline: dict[str, float | None] = {}

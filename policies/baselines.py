@@ -173,7 +173,9 @@ class INFaaS(PolicyBase):
         return [i for i in self.by_cost if self.profile.accuracies[i] >= need]
 
     def _cost_ms(self, i: int, loaded: int | None) -> float:
-        return self.overhead_ms + (0.0 if i == loaded else self.switch_ms)
+        # A worker that has run nothing yet was provisioned before traffic: its first variant is loaded for free
+        # (the simulator charges the same way), so only changes of variant pay the load.
+        return self.overhead_ms + (0.0 if loaded is None or i == loaded else self.switch_ms)
 
     def decide(self, snapshot: QueueSnapshot, now_s: float, worker: WorkerState,
                state: Any) -> tuple[Decision | None, Any]:

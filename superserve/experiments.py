@@ -9,8 +9,10 @@ overload for every policy.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -21,8 +23,17 @@ from superserve.metrics import summarize
 from superserve.sim import SimConfig, simulate
 from superserve.zoo import Zoo
 
+ACTUATION_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "actuation.json"
 SYSTEMS = ("clipper+", "clockwork", "infaas")  # baseline systems, one instance per chosen subnet/accuracy
 ABLATIONS = ("maxacc", "maxbatch")
+
+
+def measured_model_load_ms(path: Path = ACTUATION_RESULTS) -> float | None:
+    """The model-load time the actuation benchmark measured on this host (median, ms), if it has run."""
+    try:
+        return float(json.loads(path.read_text())["headline"]["load_standalone_median_ms"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def capacity_qps(zoo: Zoo, workers: int, slo_ms: float) -> float:

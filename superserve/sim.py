@@ -4,7 +4,8 @@ Events are arrivals (from a trace) and batch completions. Whenever a worker is f
 a completion, or on an arrival while a worker idles) the policy decides; its batch occupies the worker for the batch's
 service time, read from the zoo's median latency table (linearly interpolated between profiled batch sizes) and, with
 `noise`, multiplied by a seeded log-normal factor whose 99th percentile matches the table's p99/median ratio. A worker
-that changes subnet also spends the policy's `switch_ms` (model loading for INFaaS; ~0 for SubNetAct).
+that changes subnet also spends the policy's `switch_ms` (model loading for INFaaS; ~0 for SubNetAct); workers start
+warm, so a worker's first subnet is free.
 
 Requests the policy reports infeasible are shed (`late="shed"`, the default) or kept in a late backlog that workers
 serve, on the fastest subnet meeting their accuracy hints, whenever the policy has nothing else for them
@@ -145,7 +146,8 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
         sid = subnet_ids[sidx]
         t = service(sidx, len(ids))
         if ws.loaded_subnet_id != sid:
-            t += switch_s
+            if ws.loaded_subnet_id is not None:  # warm start: the first subnet was loaded before the trace began
+                t += switch_s
             workers[w] = replace(ws, loaded_subnet_id=sid)
         heapq.heappush(busy, (now + t, seq, w, sidx, tuple(ids), now))
         seq += 1

@@ -170,9 +170,11 @@ def test_clockwork_runs_the_largest_batch_meeting_every_deadline() -> None:
 def test_infaas_picks_the_cheapest_qualifying_variant_and_pays_to_switch() -> None:
     policy = make_policy("infaas", ZOO, accuracy_floor=0.94, switch_ms=5.0)
     snap = make_snapshot(100, limit=128)
-    d = decide(policy, snap, 0.0, WorkerState(0, None))
+    d = decide(policy, snap, 0.0, WorkerState(0, SMALL))  # small is below the floor: load mid
     assert d is not None and d.subnet_id == MID and len(d.request_ids) == 32  # 17.5 + 5 ms load <= 36
     assert d.expected_latency_ms == 22.5
+    d = decide(policy, snap, 0.0, WorkerState(0, None))  # a fresh worker loads its first variant for free
+    assert d is not None and d.subnet_id == MID and len(d.request_ids) == 64 and d.expected_latency_ms == 33.5
     d = decide(policy, snap, 0.0, WorkerState(0, BIG))  # loaded and qualifies: kept, no load
     assert d is not None and d.subnet_id == BIG and d.expected_latency_ms == 35.0
     tight = make_snapshot(1, slo_ms=6.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from superserve.commands.simulate import add_zoo_arguments
-from superserve.experiments import TradeoffSetup, capacity_qps, lineup, run_tradeoff
+from superserve.experiments import TradeoffSetup, capacity_qps, lineup, measured_model_load_ms, run_tradeoff
 from superserve.synthetic import load_zoo
 from superserve.zoo import Zoo, ZooError
 
@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help=f"simulated workers (default {d.workers})")
     p.add_argument("--fixed-subnets", type=int, default=d.fixed_subnets,
                    help=f"subnets given a Clipper+/Clockwork/INFaaS instance (default {d.fixed_subnets})")
-    p.add_argument("--infaas-switch-ms", type=float, default=None, help="INFaaS model-load time (default 5 ms)")
+    p.add_argument("--infaas-switch-ms", type=float, default=None,
+                   help="INFaaS model-load time (default: the actuation benchmark's measured median if "
+                        "benchmarks/results/actuation.json exists, else 5 ms)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU-like zoo (default: also run --gpu-scale 0.2)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out-dir", default="tradeoff_results", help="where the JSON and PNGs go (default ./tradeoff_results)")
@@ -44,8 +46,9 @@ def setup_from_args(args: argparse.Namespace) -> TradeoffSetup:
         loads = tuple(float(x) for x in args.loads.split(","))
     except ValueError:
         raise ValueError(f"--loads must be numbers separated by commas, got {args.loads!r}") from None
+    switch_ms = args.infaas_switch_ms if args.infaas_switch_ms is not None else measured_model_load_ms()
     return TradeoffSetup(tuple(t.strip() for t in args.traces.split(",") if t.strip()), loads, args.duration,
-                         args.slo_ms, args.workers, args.fixed_subnets, args.infaas_switch_ms, args.seed)
+                         args.slo_ms, args.workers, args.fixed_subnets, switch_ms, args.seed)
 
 
 def zoos_from_args(args: argparse.Namespace) -> list[tuple[str, Zoo, str, float]]:
@@ -67,8 +70,9 @@ def point_dicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_tables(key: str, label: str, zoo: Zoo, setup: TradeoffSetup, results: list[dict[str, Any]]) -> None:
     print(f"\n=== zoo [{key}]: {label}")
+    switch = "5 ms (default)" if setup.infaas_switch_ms is None else f"{setup.infaas_switch_ms:g} ms"
     print(f"    capacity (load 1): {capacity_qps(zoo, setup.workers, setup.slo_ms):,.0f} q/s, "
-          f"{setup.workers} workers, SLO {setup.slo_ms:g} ms")
+          f"{setup.workers} workers, SLO {setup.slo_ms:g} ms, INFaaS model load {switch}")
     for trace in setup.traces:
         rows = [r for r in results if r["trace"] == trace]
         print(f"\n  trace {trace}: mean accuracy / SLO attainment per load")
