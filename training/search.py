@@ -140,7 +140,7 @@ def select_front(candidates: list[Candidate], min_size: int = 10, max_size: int 
     chosen.setdefault(largest.subnet_id, largest)
     pool = [c for layer in layers[1:] for c in layer if c.subnet_id not in chosen]
     while len(chosen) < min_size and pool:
-        # fill the widest log-MAC gap with the pool candidate from the shallowest layer nearest its middle
+        # fill the widest log-MAC gap with the near-front candidate closest to its middle
         points = sorted(math.log(c.macs) for c in chosen.values())
         lo, hi = max(zip(points, points[1:]), key=lambda g: g[1] - g[0])
         mid = (lo + hi) / 2

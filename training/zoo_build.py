@@ -124,9 +124,20 @@ def reprofile(zoo_path: str | Path, ckpt_path: str | Path, profile_cfg: ProfileC
     return new
 
 
+def latency_warnings(zoo: Zoo, tolerance: float = 0.25) -> list[str]:
+    """Tables where a bigger batch measured much faster than a smaller one (noise on a busy host; not fatal)."""
+    out = []
+    for e in zoo.entries:
+        bad = monotone_violations(e.latency_ms, tolerance)
+        if bad:
+            out.append(f"{e.subnet_id}: latency falls by >{tolerance:.0%} at batch sizes {bad}")
+    return out
+
+
 def check(zoo: Zoo, ckpt_path: str | Path | None = None, device: str = "cpu", threads: int | None = None
           ) -> list[str]:
-    """Problems that make the zoo's numbers untrustworthy here (empty list: all good)."""
+    """Problems that make the zoo's numbers untrustworthy here (empty list: all good): a latency table from another
+    host (CPU model, device, threads or torch version) or a checkpoint other than the one the zoo describes."""
     problems = []
     here = host_fingerprint(torch.device(device), threads if threads is not None else zoo.host.threads)
     if not zoo.host_matches(here):
@@ -139,8 +150,4 @@ def check(zoo: Zoo, ckpt_path: str | Path | None = None, device: str = "cpu", th
             problems.append(f"checkpoint {ckpt_path} does not exist")
         elif zoo.checkpoint_sha256 and file_sha256(ckpt_path) != zoo.checkpoint_sha256:
             problems.append(f"checkpoint {ckpt_path} is not the one this zoo describes (sha256 differs)")
-    for e in zoo.entries:
-        bad = monotone_violations(e.latency_ms, tolerance=0.25)
-        if bad:
-            problems.append(f"{e.subnet_id}: latency falls by >25% at batch sizes {bad}")
     return problems

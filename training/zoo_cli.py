@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         problems = zoo_build.check(zoo, args.ckpt, args.device, args.threads)
         if args.zoo_command == "show":
             print(show(zoo))
+        for warning in zoo_build.latency_warnings(zoo):
+            print(f"warning: {warning}")
         for problem in problems:
             print(f"STALE: {problem}" if "host" in problem else f"problem: {problem}")
         if args.zoo_command == "check" and not problems:
