@@ -117,7 +117,8 @@ def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {"python": [py_version, list(py_state), py_gauss],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "torch": torch.get_rng_state()}
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -126,6 +127,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _reorganize(net: SuperNet, optimizer: torch.optim.Optimizer) -> None:
