@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def size_load(zoo, max_rate_qps: float = 250.0) -> tuple[float, float]:  # noqa: ANN001 - a Zoo
+def size_load(zoo, max_rate_qps: float = 120.0) -> tuple[float, float]:  # noqa: ANN001 - a Zoo
     """(slo_ms, mean rate): SLO = 5x the most accurate subnet's batch-1 p99; rate = what that subnet sustains with
     batches that take at most half the SLO, capped at what one Python client and server keep up with here."""
     top = max(zoo.entries, key=lambda e: e.accuracy)

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "serve them late on the fastest allowed subnet (default: %(default)s)")
     parser.add_argument("--queue-capacity", type=int, default=1024,
                         help="images queued at most; more get RESOURCE_EXHAUSTED (default: %(default)s)")
+    parser.add_argument("--rpc-overhead-ms", type=float, default=2.0,
+                        help="time the policy budgets per batch for receiving and answering calls (default: "
+                             "%(default)s; policy_params overhead_ms overrides it)")
     parser.add_argument("--no-correction", action="store_true",
                         help="do not correct the latency table online from observed execution times")
     parser.add_argument("--no-response-params", action="store_true",
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> "object":
                        policy=args.policy, policy_params=params, workers=args.workers,
                        embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
                        engine=engine, response_params=not args.no_response_params, records_path=args.records,
-                       reprofile=args.reprofile)
+                       reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -144,8 +144,11 @@ class Engine:
 
     # --- the two entry points -------------------------------------------------------------------------------------
     def submit(self, inputs: torch.Tensor, slo_ms: float | None, min_accuracy: float,
-               on_done: Callable[[CallResult], None]) -> None:
-        """Queue one call of B images. Raises InvalidRequest when it is refused (nothing queued, on_done not run)."""
+               on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> None:
+        """Queue one call of B images. Raises InvalidRequest when it is refused (nothing queued, on_done not run).
+
+        `arrival_s` (engine clock) is when the call reached the server, before decoding; the deadline counts from it.
+        """
         batch = inputs.shape[0]
         if min_accuracy > self._max_accuracy + 1e-12:
             raise InvalidRequest(grpc.StatusCode.INVALID_ARGUMENT,
@@ -160,12 +163,13 @@ class Engine:
                 self._reject_record(now, slo_s, min_accuracy, batch)
                 raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                      f"queue full ({len(self._queue)} of {self.config.queue_capacity} images queued)")
-            call = _Call(inputs, on_done, now)
+            arrival = now if arrival_s is None else min(arrival_s, now)
+            call = _Call(inputs, on_done, arrival)
             rids = tuple(range(self._next_rid, self._next_rid + batch))
             self._next_rid += batch
             call.rids = rids
             for k, rid in enumerate(rids):
-                req = Request(rid, now, now + slo_s, min_accuracy)
+                req = Request(rid, arrival, arrival + slo_s, min_accuracy)
                 self._queue.push(req)
                 self._items[rid] = _Item(call, k, req)
             dispatches, answers = self._schedule_locked(now)

@@ -82,6 +82,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        arrival_s = self.engine.clock()  # the SLO counts from here: decoding is part of the request's latency
         await self._check_model(request.model_name, request.model_version, context)
         loop = asyncio.get_running_loop()
         try:
@@ -94,7 +95,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             def on_done(result: CallResult) -> None:  # runs on an engine/worker thread, exactly once
                 loop.call_soon_threadsafe(_resolve, answer, result)
 
-            self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done)
+            self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done, arrival_s)
         except InvalidRequest as exc:
             if self.metrics is not None:
                 outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
