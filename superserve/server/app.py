@@ -173,6 +173,10 @@ class Server:
         await self._grpc.start()
         return port
 
+    async def _stop_grpc(self) -> None:
+        await self._grpc.stop(grace=5.0)
+        await asyncio.sleep(0.05)  # let gRPC's poller callbacks finish before the loop stops (else: EBADF noise)
+
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
         """Drain and shut down: stop admitting, answer everything admitted, close. True if nothing was cut short."""
         if self._stopped:
@@ -181,7 +185,7 @@ class Server:
         drained = self.engine.drain(drain_timeout_s)
         if self._loop is not None and self._grpc is not None:
             # The grace lets handlers whose answers are ready send them before connections close.
-            asyncio.run_coroutine_threadsafe(self._grpc.stop(grace=5.0), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(self._stop_grpc(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self.pool.close()
         self.service.close()

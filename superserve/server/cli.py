@@ -72,6 +72,17 @@ def config_from_args(args: argparse.Namespace) -> "object":
                        reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms)
 
 
+def _since_process_start_s() -> float:
+    import time
+
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - only for the message
+        return float("nan")
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
     import sys
@@ -90,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         server.start()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # bad files, or the port is taken (gRPC: RuntimeError)
         print(f"superserve serve: {exc}", file=sys.stderr)
         return 2
     zoo = server.zoo
@@ -99,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     print(f"superserve: serving model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy "
           f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
-          f"(gRPC, Open Inference Protocol){metrics}; ready {server.startup_s:.1f} s after loading", flush=True)
+          f"(gRPC, Open Inference Protocol){metrics}; ready {_since_process_start_s():.1f} s after start "
+          f"(loading took {server.startup_s:.1f} s)", flush=True)
     while not stop.wait(0.5):
         pass
     print("superserve: draining (no new requests; answering the admitted ones)...", file=sys.stderr, flush=True)
