@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("superserve.commands.simulate", "replay a trace through a policy in the discrete-event simulator"),
     "experiment": ("superserve.commands.experiment", "policy trade-off experiments (simulator)"),
     "trace": ("loadtest.trace_cli", "generate, inspect and save arrival traces"),
+    "loadgen": ("loadtest.loadgen_cli", "open-loop replay of a trace against an OIP gRPC endpoint; raw records"),
 }
 
 
