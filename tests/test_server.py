@@ -96,11 +96,13 @@ def test_infer_without_hints_returns_probabilities_class_and_params(client, serv
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (cls == probs.argmax(axis=1)).all()
     params = result.get_response().parameters
-    subnet = params["subnet_id"].string_param
-    assert subnet in server.zoo.subnet_ids
-    assert params["subnet_accuracy"].double_param == server.zoo.entry(subnet).accuracy
+    subnets = params["subnet_id"].string_param.split(",")  # one id, or one per image when the call was split
+    subnets = subnets * 3 if len(subnets) == 1 else subnets
+    assert len(subnets) == 3 and set(subnets) <= set(server.zoo.subnet_ids)
+    assert params["subnet_accuracy"].double_param == min(server.zoo.entry(s).accuracy for s in subnets)
     assert params["slo_met"].bool_param
-    np.testing.assert_allclose(probs, expected_probs(model, server, x, subnet), atol=1e-5)
+    for k, subnet in enumerate(subnets):
+        np.testing.assert_allclose(probs[k:k + 1], expected_probs(model, server, x[k:k + 1], subnet), atol=1e-5)
 
 
 def test_infer_with_hints_and_requested_output(client, server):
@@ -169,11 +171,12 @@ def test_concurrent_clients_each_get_their_own_answer(server, model):
         for k in range(30):
             x = images(1 + (k % 3), 1000 * c + k)
             r = cl.infer(MODEL, [fp32_input(x)], parameters={"slo_ms": RELAXED_SLO_MS})
-            subnet = r.get_response().parameters["subnet_id"].string_param
-            if "," in subnet:  # images of one call served by different subnets: compare per image
-                continue
-            if not np.allclose(r.as_numpy("PROBABILITIES"), expected_probs(model, server, x, subnet), atol=1e-5):
-                failures.append(f"client {c} call {k}: wrong probabilities")
+            subnets = r.get_response().parameters["subnet_id"].string_param.split(",")
+            subnets = subnets * len(x) if len(subnets) == 1 else subnets  # one per image when split
+            for i, subnet in enumerate(subnets):
+                if not np.allclose(r.as_numpy("PROBABILITIES")[i:i + 1],
+                                   expected_probs(model, server, x[i:i + 1], subnet), atol=1e-5):
+                    failures.append(f"client {c} call {k} image {i}: wrong probabilities")
         cl.close()
 
     threads = [threading.Thread(target=run_client, args=(c,)) for c in range(8)]
@@ -240,9 +243,10 @@ def test_process_workers_serve_correctly(serving_assets, model):
         cl = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
         x = images(4, 9)
         r = cl.infer(MODEL, [fp32_input(x)])
-        subnet = r.get_response().parameters["subnet_id"].string_param
-        if "," not in subnet:
-            np.testing.assert_allclose(r.as_numpy("PROBABILITIES"), expected_probs(model, srv, x, subnet), atol=1e-5)
+        subnets = r.get_response().parameters["subnet_id"].string_param.split(",")
+        for i, subnet in enumerate(subnets * len(x) if len(subnets) == 1 else subnets):
+            np.testing.assert_allclose(r.as_numpy("PROBABILITIES")[i:i + 1],
+                                       expected_probs(model, srv, x[i:i + 1], subnet), atol=1e-5)
         cl.close()
     finally:
         srv.stop()

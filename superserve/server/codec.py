@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -230,9 +231,18 @@ def _split_bytes(request: Any, tensor: Any, shape: tuple[int, ...], spec: ModelS
     return tuple(items)
 
 
+def decoder_ready() -> bool:
+    """Whether torchvision.io is imported (importing it takes seconds on a busy CPU, so it is done lazily)."""
+    return "torchvision.io" in sys.modules
+
+
+def load_decoder() -> None:
+    import torchvision.io  # noqa: F401
+
+
 def decode_images(encoded: Sequence[bytes], spec: ModelSpec) -> torch.Tensor:
     """Encoded PNG/JPEG files -> (B, C, S, S) model input. Slow (milliseconds): call it off the event loop."""
-    from torchvision.io import ImageReadMode, decode_image  # lazy: importing torchvision takes seconds
+    from torchvision.io import ImageReadMode, decode_image
 
     mode = ImageReadMode.GRAY if spec.in_channels == 1 else ImageReadMode.RGB
     prepared = []

@@ -18,7 +18,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from superserve.records import LATE, OK, SHED
-from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, decode_request, encode_outputs)
+from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, decode_request, decoder_ready,
+                                     encode_outputs, load_decoder)
 from superserve.server.engine import CallResult, Engine
 from superserve.server.metrics import ServerMetrics
 
@@ -30,10 +31,12 @@ _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
-                 response_params: bool = True) -> None:
+                 response_params: bool = True, preload_decoder: bool = True) -> None:
         self.spec, self.engine, self.metrics = spec, engine, metrics
         self.response_params = response_params
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="superserve-decode")
+        if preload_decoder:  # in the background: the first PNG/JPEG request then rarely waits for the import
+            self._decoder.submit(load_decoder)
 
     # --- health and metadata --------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -89,6 +92,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             decoded = decode_request(request, self.spec)
             images = decoded.images
             if images is None:  # encoded PNG/JPEG: decode off the event loop
+                if not decoder_ready():  # a one-time import, not this request's latency: the SLO starts after it
+                    await loop.run_in_executor(self._decoder, load_decoder)
+                    arrival_s = self.engine.clock()
                 images = await loop.run_in_executor(self._decoder, decode_images, decoded.encoded, self.spec)
             answer: asyncio.Future[CallResult] = loop.create_future()
 
@@ -106,7 +112,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
         response = pb.ModelInferResponse(model_name=self.spec.name, model_version=self.spec.version, id=request.id)
         if self.response_params:
-            response.parameters["subnet_id"].string_param = ",".join(dict.fromkeys(result.subnet_ids))
+            # One id when every image ran on the same subnet, else one per image (a call's images may be split
+            # across batches); subnet_accuracy is the lowest among them.
+            ids = result.subnet_ids if len(set(result.subnet_ids)) > 1 else result.subnet_ids[:1]
+            response.parameters["subnet_id"].string_param = ",".join(ids)
             response.parameters["subnet_accuracy"].double_param = result.accuracy
             response.parameters["slo_met"].bool_param = result.outcome == OK
         encode_outputs(response, decoded.outputs, result.probabilities)  # type: ignore[arg-type]
