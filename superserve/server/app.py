@@ -24,6 +24,7 @@ from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
 from superserve.server.codec import ModelSpec
 from superserve.server.engine import Engine, EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
+from superserve.server.security import HintDefenseHook, SecurityConfig, SecurityInterceptor, server_credentials
 from superserve.server.service import InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
@@ -56,6 +57,7 @@ class ServeConfig:
     max_images: int = 64  # images per request
     quiet: bool = False
     gil_switch_interval_s: float = 0.0005  # see Server.start
+    security: SecurityConfig = SecurityConfig()  # API keys, rate limits, TLS, hint defense (all off by default)
 
 
 def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> ModelSpec:
@@ -149,7 +151,17 @@ class Server:
                                          self.engine.on_result)
             self.pool.warm_up(torch.zeros(sample_shape))
         self.engine.start(self.pool)
-        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params)
+        hook = None
+        if cfg.security.hint_defense is not None:  # security (issue 7): noise on the requested metrics
+            transform = cfg.security.hint_defense
+            if isinstance(transform, str):  # a spec such as "noise:acc=0.01" or "pareto:p=0.3"
+                from security.defense import parse_defense
+
+                transform = parse_defense(transform, zoo, cfg.rpc_overhead_ms)
+            hook = HintDefenseHook(transform, cfg.engine.default_slo_ms,
+                                   max(e.accuracy for e in zoo.entries), cfg.security.defense_seed,
+                                   self.metrics.registry)
+        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params, hint_hook=hook)
         if cfg.metrics_port is not None:
             from prometheus_client import start_http_server
 
@@ -165,9 +177,13 @@ class Server:
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                    ("grpc.max_send_message_length", self.config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self._grpc = grpc.aio.server(options=options)
+        sec = self.config.security
+        interceptors = [SecurityInterceptor(sec, self.metrics.registry)] if sec.needs_interceptor else []
+        self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self._grpc)
-        port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        port = (self._grpc.add_secure_port(address, server_credentials(sec)) if sec.tls
+                else self._grpc.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port} (in use?)")
         await self._grpc.start()

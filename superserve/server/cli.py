@@ -50,6 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "never, or always")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="on SIGTERM, how long to wait for admitted requests (default: %(default)s)")
+    # --- scale-out (superserve.cluster) ---
+    parser.add_argument("--backend", default=None, metavar="redis://HOST:PORT",
+                        help="run as a stateless front end of a Redis cluster: requests go through Redis to "
+                             "`superserve worker --backend ...` processes on any host (default: embedded workers)")
+    # --- security (issue 7; superserve/server/security.py). Defaults: localhost, no keys, no limits, plaintext.
+    sec = parser.add_argument_group("security")
+    sec.add_argument("--api-keys", type=Path, default=None,
+                     help='JSON file {"tenant": "key", ...}: calls must send metadata "authorization: Bearer <key>" '
+                          "or \"x-api-key: <key>\" (else UNAUTHENTICATED); health checks stay open")
+    sec.add_argument("--auth-health", action="store_true", help="require a key for ServerLive/ServerReady too")
+    sec.add_argument("--rate-limit", type=float, default=None, metavar="IMAGES_PER_S",
+                     help="per-tenant token bucket in images/s (else RESOURCE_EXHAUSTED); tenant = API key, or the "
+                          "peer address without keys")
+    sec.add_argument("--rate-burst", type=float, default=None, metavar="IMAGES",
+                     help="bucket size in images (default: max(64, one second's worth))")
+    sec.add_argument("--max-inflight", type=int, default=None, help="calls per tenant handled at once")
+    sec.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain: serve TLS only")
+    sec.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    sec.add_argument("--max-message-bytes", type=int, default=16 << 20,
+                     help="largest request/response message (default: %(default)s)")
+    sec.add_argument("--max-images", type=int, default=64, help="images per request at most (default: %(default)s)")
+    sec.add_argument("--hint-defense", default=None,
+                     help="anti-fingerprinting transform of each image's hints before selection: "
+                          "'noise:acc=0.01,slo=0.2,dist=gaussian' (PSML) or 'pareto:p=0.3,q=0' (ours; see "
+                          "security/defense.py)")
+    sec.add_argument("--defense-seed", type=int, default=None, help="seed of the defense's random generator")
 
 
 def config_from_args(args: argparse.Namespace) -> "object":
@@ -69,7 +95,32 @@ def config_from_args(args: argparse.Namespace) -> "object":
                        policy=args.policy, policy_params=params, workers=args.workers,
                        embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
                        engine=engine, response_params=not args.no_response_params, records_path=args.records,
-                       reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms)
+                       reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms,
+                       **security_from_args(args))
+
+
+def security_from_args(args: argparse.Namespace) -> dict:
+    """ServeConfig fields for the security flags (issue 7); SystemExit with the reason on bad values."""
+    from superserve.server.security import SecurityConfig, load_api_keys
+
+    if args.max_message_bytes < 1024 or args.max_images < 1:
+        raise SystemExit("--max-message-bytes must be >= 1024 and --max-images >= 1")
+    if args.hint_defense is not None:
+        from security.defense import parse_defense_spec
+
+        try:  # check the spec now; the transform is built once the zoo is loaded
+            parse_defense_spec(args.hint_defense)
+        except ValueError as exc:
+            raise SystemExit(f"--hint-defense: {exc}") from None
+    try:
+        keys = load_api_keys(args.api_keys) if args.api_keys is not None else None
+        security = SecurityConfig(api_keys=keys, auth_health=args.auth_health, rate_limit_images_per_s=args.rate_limit,
+                                  rate_burst_images=args.rate_burst, max_inflight_per_tenant=args.max_inflight,
+                                  tls_cert=args.tls_cert, tls_key=args.tls_key, hint_defense=args.hint_defense,
+                                  defense_seed=args.defense_seed)
+    except ValueError as exc:
+        raise SystemExit(f"superserve serve: {exc}") from None
+    return dict(security=security, max_message_bytes=args.max_message_bytes, max_images=args.max_images)
 
 
 def _since_process_start_s() -> float:
@@ -95,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"superserve serve: {what} file {path} does not exist (train and build one with `superserve train` "
                   f"and `superserve zoo`, or pass --{what})", file=sys.stderr)
             return 2
-    server = Server(config_from_args(args))  # type: ignore[arg-type]
+    if args.backend:  # scale-out (superserve.cluster): this process is a front end, workers run elsewhere
+        from superserve.cluster.server import ClusterServer
+
+        server: Server = ClusterServer(config_from_args(args), args.backend)  # type: ignore[arg-type]
+    else:
+        server = Server(config_from_args(args))  # type: ignore[arg-type]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -112,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
           f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
           f"(gRPC, Open Inference Protocol){metrics}; ready {_since_process_start_s():.1f} s after start "
           f"(loading took {server.startup_s:.1f} s)", flush=True)
+    cfg_sec = server.config.security
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (cfg_sec.tls and cfg_sec.api_keys):
+        print(f"superserve: WARNING: listening on {args.host} without "
+              f"{' and '.join(x for x, on in (('TLS', cfg_sec.tls), ('API keys', cfg_sec.api_keys)) if not on)}: "
+              f"anyone who can reach the port can query (and fingerprint) the zoo", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         pass
     print("superserve: draining (no new requests; answering the admitted ones)...", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, d
                                      encode_outputs, load_decoder)
 from superserve.server.engine import CallResult, Engine
 from superserve.server.metrics import ServerMetrics
+from superserve.server.security import submit_per_image
 
 SERVER_NAME = "superserve"
 SERVER_VERSION = "0.1.0"
@@ -31,9 +32,11 @@ _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
-                 response_params: bool = True, preload_decoder: bool = True) -> None:
+                 response_params: bool = True, preload_decoder: bool = True, *,
+                 hint_hook: Any = None) -> None:
         self.spec, self.engine, self.metrics = spec, engine, metrics
         self.response_params = response_params
+        self.hint_hook = hint_hook  # security: a HintDefenseHook transforming each image's hints (None = off)
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="superserve-decode")
         if preload_decoder:  # in the background: the first PNG/JPEG request then rarely waits for the import
             self._decoder.submit(load_decoder)
@@ -101,7 +104,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             def on_done(result: CallResult) -> None:  # runs on an engine/worker thread, exactly once
                 loop.call_soon_threadsafe(_resolve, answer, result)
 
-            self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done, arrival_s)
+            if self.hint_hook is None:
+                self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done, arrival_s)
+            else:  # security (issue 7): per-image transformed hints; see superserve/server/security.py
+                slo, acc = self.hint_hook(images.shape[0], decoded.hints.slo_ms, decoded.hints.min_accuracy)
+                submit_per_image(self.engine, images, slo, acc, on_done, arrival_s)
         except InvalidRequest as exc:
             if self.metrics is not None:
                 outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"

@@ -1,0 +1,269 @@
+"""Security (issue 7): the defense transforms and goodput (pure), fingerprinting on a small zoo, and the server's
+hardening end to end with tritonclient (API keys, per-tenant rate limits, in-flight caps, TLS, the hint defense)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_zoo
+from security.defense import MetricNoise, ParetoDefense, ZooView, goodput_fraction, parse_defense_spec
+from superserve.records import RequestRecord
+
+tc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+MODEL = "superserve"
+RELAXED_SLO_MS = 5000.0
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789ab"}
+
+
+# --- defense transforms and goodput (pure) --------------------------------------------------------------------------
+def test_noise_changes_selection_with_the_predicted_probability():
+    """Budgets 1/2/4 ms, accuracies 0.90/0.95/0.98. Hints (3 ms, 0.93) select the middle subnet on an idle server;
+    it stays selected iff min_accuracy' <= 0.95 and 2 <= slo' < 4 ms (below 2 nothing qualifies, from 4 the slowest
+    does). Gaussian noise: P(unchanged) = Phi(0.02 / s_a) * (Phi(ln(4/3) / s_s) - Phi(ln(2/3) / s_s))."""
+    view = ZooView.from_zoo(make_zoo(lat1_ms=(1.0, 2.0, 4.0)))
+    n, s_a, s_s = 20000, 0.02, 0.3
+    slo, acc = np.full(n, 3.0), np.full(n, 0.93)
+    base = view.idle_choice(slo, acc)
+    assert (base == 1).all()
+    new_slo, new_acc = MetricNoise(accuracy_scale=s_a, slo_scale=s_s)(slo, acc, np.random.default_rng(0))
+    changed = (view.idle_choice(new_slo, new_acc) != base).mean()
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    predicted = 1 - phi(0.02 / s_a) * (phi(math.log(4 / 3) / s_s) - phi(math.log(2 / 3) / s_s))
+    assert abs(changed - predicted) < 4 * math.sqrt(predicted * (1 - predicted) / n)
+    assert (slo == 3.0).all() and (acc == 0.93).all()  # inputs untouched
+    same = MetricNoise(accuracy_scale=s_a, slo_scale=s_s)(slo, acc, np.random.default_rng(0))
+    assert np.array_equal(same[0], new_slo) and np.array_equal(same[1], new_acc)  # seeded: reproducible
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.6])
+def test_pareto_defense_moves_pinned_requests_with_probability_p_and_loose_ones_never(p):
+    view = ZooView.from_zoo(make_zoo(lat1_ms=(1.0, 2.0, 4.0)))
+    n = 20000
+    # pinned on the middle subnet: accuracy excludes the fastest, SLO excludes the slowest
+    slo, acc = np.full(n, 3.0), np.full(n, 0.95)
+    new_slo, new_acc = ParetoDefense(view, p)(slo, acc, np.random.default_rng(1))
+    chosen = view.idle_choice(new_slo, new_acc)
+    moved = chosen != 1
+    assert abs(moved.mean() - p) < 4 * math.sqrt(max(p * (1 - p), 1e-9) / n)
+    assert set(np.unique(chosen[moved])) <= {0}  # the faster neighbour: the smallest accuracy step, no latency miss
+    assert (new_slo <= slo + 1e-12).all()
+    # loose requests (several subnets qualify) are left alone when q = 0, and stay inside their hints with q = 1
+    loose_slo, loose_acc = np.full(n, 100.0), np.full(n, 0.9)
+    same = ParetoDefense(view, p, 0.0)(loose_slo, loose_acc, np.random.default_rng(2))
+    assert (view.idle_choice(*same) == 2).all()
+    spread = view.idle_choice(*ParetoDefense(view, p, 1.0)(loose_slo, loose_acc, np.random.default_rng(2)))
+    assert set(np.unique(spread)) == {0, 1}  # another admitted subnet, never a violation
+
+
+def test_transforms_reject_bad_input_and_specs():
+    with pytest.raises(ValueError, match="min_accuracy"):
+        MetricNoise()(np.array([10.0]), np.array([1.5]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="slo_ms"):
+        MetricNoise()(np.array([-1.0]), np.array([0.5]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="distribution"):
+        MetricNoise(distribution="cauchy")
+    for bad in ("gauss", "noise:sigma=1", "pareto:p=1.5", "noise:acc=x"):
+        with pytest.raises(ValueError, match="bad defense spec"):
+            parse_defense_spec(bad)
+
+
+def test_goodput_on_hand_made_records():
+    recs = [
+        RequestRecord(0, 0.0, 0.010, "ok", 0.001, 0.005, "a", 0.95, 0.90),  # good
+        RequestRecord(1, 0.0, 0.010, "ok", 0.001, 0.005, "a", 0.95, 0.97),  # accuracy below its hint
+        RequestRecord(2, 0.0, 0.010, "late", 0.001, 0.020, "b", 0.99, 0.0),  # late
+        RequestRecord(3, 0.0, 0.010, "shed", min_accuracy=0.0),  # never served
+        RequestRecord(4, 1.0, 1.010, "ok", 1.001, 1.009, "b", 0.99, 0.99),  # good
+    ]
+    assert goodput_fraction(recs) == pytest.approx(2 / 5)
+    # Records holding transformed hints: judge against the originals instead.
+    orig_slo = np.array([10.0, 10.0, 30.0, 10.0, 5.0])  # ms
+    orig_acc = np.array([0.96, 0.9, 0.0, 0.0, 0.99])
+    # 0: acc 0.95 < 0.96 -> bad; 1: good; 2: finished 20 ms <= 30 ms -> good; 3: shed; 4: 9 ms > 5 ms -> bad
+    assert goodput_fraction(recs, orig_slo, orig_acc) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="one entry per record"):
+        goodput_fraction(recs, orig_slo[:2], orig_acc)
+
+
+# --- server hardening, end to end with tritonclient -----------------------------------------------------------------
+def _start(assets, **overrides):
+    from superserve.server.app import Server, ServeConfig
+    from superserve.server.engine import EngineConfig
+
+    zoo, ckpt = assets
+    settings = dict(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never",
+                    engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
+    return Server(ServeConfig(**{**settings, **overrides})).start()
+
+
+def _image(seed: int = 0, n: int = 1):
+    x = np.random.default_rng(seed).standard_normal((n, 1, 28, 28)).astype(np.float32)
+    inp = tc.InferInput("INPUT", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def _status(call) -> str:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return str(err.value.status())
+
+
+def test_api_keys_per_tenant_rate_limit_and_health_stay_open(serving_assets):
+    from superserve.server.security import SecurityConfig
+
+    sec = SecurityConfig(api_keys=KEYS, rate_limit_images_per_s=0.01, rate_burst_images=4)
+    srv = _start(serving_assets, security=sec)
+    client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # probes need no key
+        assert _status(lambda: client.infer(MODEL, [_image()])) == "StatusCode.UNAUTHENTICATED"
+        wrong = {"authorization": "Bearer not-a-key-at-all-000"}
+        assert _status(lambda: client.infer(MODEL, [_image()], headers=wrong)) == "StatusCode.UNAUTHENTICATED"
+        assert _status(lambda: client.get_model_metadata(MODEL)) == "StatusCode.UNAUTHENTICATED"
+        alice = {"authorization": f"Bearer {KEYS['alice']}"}
+        bob = {"x-api-key": KEYS["bob"]}
+        assert client.get_model_metadata(MODEL, headers=alice, as_json=True)["name"] == MODEL  # costs 1 token
+        # alice has 3 image tokens left: a 2-image call and a 1-image call pass, the next image is refused
+        client.infer(MODEL, [_image(1, 2)], headers=alice)
+        client.infer(MODEL, [_image(2)], headers=alice)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(MODEL, [_image(3)], headers=alice)
+        assert str(err.value.status()) == "StatusCode.RESOURCE_EXHAUSTED" and "alice" in err.value.message()
+        # bob's bucket is his own; a call larger than the burst can never pass
+        client.infer(MODEL, [_image(4)], headers=bob)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(MODEL, [_image(5, 5)], headers=bob)
+        assert "exceeds the burst" in err.value.message()
+        text = srv.metrics.registry.get_sample_value("superserve_security_denied_total",
+                                                    {"reason": "rate", "tenant": "alice"})
+        assert text == 1.0
+    finally:
+        client.close()
+        srv.stop()
+
+
+def test_inflight_cap_per_tenant():
+    """Two concurrent calls of one tenant with a cap of 1: the second is refused while the first runs."""
+    import grpc
+
+    from superserve.server.security import SecurityConfig, SecurityInterceptor
+
+    class Ctx:
+        def __init__(self, peer: str) -> None:
+            self._peer, self.code = peer, None
+
+        def peer(self) -> str:
+            return self._peer
+
+        async def abort(self, code, message):
+            self.code = code
+            raise RuntimeError(message)
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def slow(request, context):
+            await gate.wait()
+            return "done"
+
+        limited = SecurityInterceptor(SecurityConfig(max_inflight_per_tenant=1))._limited(slow, None, True)
+        first = asyncio.create_task(limited(None, Ctx("ipv4:127.0.0.1:4000")))
+        await asyncio.sleep(0.01)
+        second = Ctx("ipv4:127.0.0.1:4001")  # same host, another port: the same anonymous tenant
+        with pytest.raises(RuntimeError, match="in flight"):
+            await limited(None, second)
+        other = asyncio.create_task(limited(None, Ctx("ipv4:10.0.0.2:4000")))  # another tenant is not blocked
+        gate.set()
+        assert await first == "done" and await other == "done"
+        assert await limited(None, Ctx("ipv4:127.0.0.1:4002")) == "done"  # the slot was released
+        return second.code
+
+    assert asyncio.run(scenario()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost/127.0.0.1 (the openssl CLI; the cryptography package if present)."""
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if shutil.which("openssl"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key_path), "-out", str(cert_path), "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        return cert_path, key_path
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_with_a_self_signed_certificate_and_hidden_subnet(serving_assets, tmp_path):
+    from superserve.server.security import SecurityConfig
+
+    cert, key = _self_signed(tmp_path)
+    srv = _start(serving_assets, security=SecurityConfig(tls_cert=cert, tls_key=key), response_params=False)
+    secure = tc.InferenceServerClient(f"localhost:{srv.port}", ssl=True, root_certificates=str(cert))
+    plain = tc.InferenceServerClient(f"localhost:{srv.port}")
+    try:
+        result = secure.infer(MODEL, [_image()])
+        assert result.as_numpy("PROBABILITIES").shape == (1, 10)
+        assert "subnet_id" not in result.get_response().parameters  # hidden
+        assert "subnet_accuracy" not in result.get_response().parameters
+        assert _status(lambda: plain.infer(MODEL, [_image()], client_timeout=5)) == "StatusCode.UNAVAILABLE"
+    finally:
+        secure.close()
+        plain.close()
+        srv.stop()
+    with pytest.raises(ValueError, match="both"):
+        SecurityConfig(tls_cert=cert)
+
+
+def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
+    """pareto:p=1 moves every request whose hints admit only the most accurate subnet to its faster neighbour,
+    image by image; without hints (several admitted) nothing moves. Latencies x10 in the zoo so that the moved
+    requests' tighter SLO survives this shared machine's stalls."""
+    from serving_fixture import build_serving_assets
+    from superserve.server.security import SecurityConfig
+
+    srv = _start(build_serving_assets(tmp_path, repeats=3, latency_scale=10.0), security=SecurityConfig(hint_defense="pareto:p=1", defense_seed=0))
+    client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    try:
+        zoo = srv.zoo
+        top, second = zoo.entries[-1], zoo.entries[-2]
+        pinned = {"slo_ms": RELAXED_SLO_MS, "min_accuracy": top.accuracy}
+        r = client.infer(MODEL, [_image(0, 3)], parameters=pinned)
+        assert r.get_response().parameters["subnet_id"].string_param == second.subnet_id
+        r = client.infer(MODEL, [_image(1, 2)], parameters={"slo_ms": RELAXED_SLO_MS})
+        assert r.get_response().parameters["subnet_id"].string_param == top.subnet_id
+        reg = srv.metrics.registry
+        assert reg.get_sample_value("superserve_defense_images_total", {"changed": "yes"}) == 3
+        assert reg.get_sample_value("superserve_defense_images_total", {"changed": "no"}) == 2
+    finally:
+        client.close()
+        srv.stop()
