@@ -278,12 +278,16 @@ class Engine:
         batch_id = self._next_batch
         self._next_batch += 1
         self._inflight[batch_id] = (worker_id, subnet_id, rids, now)
+        if len(rids) == 1:  # the common light-load case: a view, no copy
+            item = self._items[rids[0]]
+            return Batch(batch_id, subnet_id, rids, item.call.inputs[item.index:item.index + 1])
         return Batch(batch_id, subnet_id, rids, torch.stack(rows))  # (B, C, S, S)
 
     def _finish_call_locked(self, call: _Call, outcome: str, message: str, now: float) -> tuple[_Call, CallResult]:
         call.done = True
         if outcome in (OK, LATE):
-            probs = np.stack(call.rows)  # type: ignore[arg-type]
+            rows = call.rows
+            probs = rows[0][None] if len(rows) == 1 else np.stack(rows)  # type: ignore[index, arg-type]
             accuracy = min(self._accuracy[s] for s in call.subnets)
             result = CallResult(outcome, probs, tuple(call.subnets), accuracy, "", now - call.arrival_s)
         else:
