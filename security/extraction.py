@@ -1,0 +1,138 @@
+"""Extraction: a knockoff-style surrogate trained on the victim's answers, its accuracy and fidelity, and baselines.
+
+- Fingerprinted attack: every transfer-set query goes out with the pinned hints (`fingerprint.Pin`); every
+  `check_every` calls the attacker re-identifies the responder at the pin and throws away the labels gathered since
+  the last check that named the victim when it does not (it cannot tell single moved images apart).
+- Naive attack: the same transfer set and budget without hints (the server's defaults): whatever the selection
+  serves, typically a load-dependent mixture of subnets.
+- Upper bound: the victim's own labels on the transfer set (attacking a server that serves the victim alone).
+
+The surrogate is a small CNN trained with top-1 labels only (the server's CLASS output); its accuracy is measured on
+the victim's held-out MNIST-5k test split (which the attacker never queries), and its fidelity is the agreement with
+the victim's predictions on that split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Collected:
+    indices: np.ndarray  # transfer-set images with a label
+    labels: np.ndarray  # the labels the attacker keeps
+    queries: int  # images sent (including discarded and failed ones, and the consistency probes)
+    discarded: int  # labels thrown away by failed consistency checks
+    failed: int  # images shed / refused
+    truth: dict[str, int] = field(default_factory=dict)  # which subnet really labelled the kept images (evaluation)
+
+
+def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy: float | None, batch: int = 4,
+            fingerprinter: Any = None, pin: Any = None, check_every: int = 25, interval_s: float = 0.02) -> Collected:
+    """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks."""
+    q0 = oracle.queries
+    chunks = [indices[k:k + batch] for k in range(0, len(indices), batch)]
+    kept_idx: list[int] = []
+    kept_lab: list[int] = []
+    kept_truth: list[Any] = []
+    pending: list[tuple[int, int, Any]] = []
+    discarded = failed = 0
+    stream = hasattr(oracle, "query_stream")
+    group = check_every if (fingerprinter is not None and pin is not None) else len(chunks)
+    for g in range(0, len(chunks), max(group, 1)):
+        part = chunks[g:g + group]
+        t0 = len(oracle.truth)
+        answers = oracle.query_stream(part, slo_ms, min_accuracy, interval_s) if stream else \
+            [oracle.query(c, slo_ms, min_accuracy) for c in part]
+        truths = oracle.truth[t0:]
+        flat_idx = np.concatenate(part)
+        flat = [a for call in answers for a in call]
+        for i, a, t in zip(flat_idx, flat, truths):
+            if a.label is None:
+                failed += 1
+            else:
+                pending.append((int(i), a.label, t))
+        if fingerprinter is not None and pin is not None:
+            if fingerprinter.identify(pin.slo_ms, pin.min_accuracy) != pin.victim:
+                discarded += len(pending)
+                pending = []
+                continue
+        for i, lab, t in pending:
+            kept_idx.append(i)
+            kept_lab.append(lab)
+            kept_truth.append(t)
+        pending = []
+    truth: dict[str, int] = {}
+    for t in kept_truth:
+        truth[str(t)] = truth.get(str(t), 0) + 1
+    return Collected(np.array(kept_idx, dtype=np.int64), np.array(kept_lab, dtype=np.int64),
+                     oracle.queries - q0, discarded, failed, truth)
+
+
+# --- the surrogate ------------------------------------------------------------------------------------------------
+def make_surrogate(num_classes: int = 10) -> Any:
+    import torch.nn as nn
+
+    return nn.Sequential(  # (B, 1, 28, 28)
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, 14, 14)
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 7, 7)
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+
+def train_surrogate(x: Any, y: np.ndarray, seed: int, epochs: int = 15, batch: int = 64, lr: float = 2e-3,
+                    max_shift_px: int = 2) -> Any:
+    """Adam on (x (N, 1, 28, 28), y (N,)) with random shifts; seeded (torch generator from `seed`)."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(y) == 0:
+        raise ValueError("no labels to train a surrogate on (every query failed or was discarded)")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = make_surrogate()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    n = len(labels)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for s in range(0, n, batch):
+            idx = order[s:s + batch]
+            xb = x[idx]
+            if max_shift_px:
+                dx, dy = (int(v) for v in torch.randint(-max_shift_px, max_shift_px + 1, (2,), generator=g))
+                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(xb), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def evaluate(model: Any, test_x: Any, test_y: np.ndarray, victim_test: np.ndarray) -> tuple[float, float]:
+    """(accuracy %, fidelity %) on the victim's test split (`test_x` in the attacker's preprocessing)."""
+    import torch
+
+    with torch.inference_mode():
+        pred = model(test_x).argmax(dim=1).numpy()
+    return float((pred == test_y).mean() * 100), float((pred == victim_test).mean() * 100)
+
+
+@dataclass(frozen=True)
+class AttackScore:
+    name: str
+    accuracy_pct: float
+    fidelity_pct: float
+    labels: int  # labels trained on
+    queries: int  # images sent for them (extraction phase)
+    victim_label_share_pct: float  # of the kept labels, the share the victim really produced (evaluation only)
+
+
+def score(name: str, data: Any, collected: Collected, victim_id: str, test: tuple[Any, np.ndarray, np.ndarray],
+          seed: int, epochs: int = 15) -> AttackScore:
+    model = train_surrogate(data.surrogate_input(collected.indices), collected.labels, seed, epochs)
+    acc, fid = evaluate(model, *test)
+    share = 100.0 * collected.truth.get(victim_id, 0) / max(1, len(collected.labels))
+    return AttackScore(name, acc, fid, len(collected.labels), collected.queries, share)
