@@ -25,8 +25,8 @@ from superserve.zoo import LatencyStats, Zoo
 
 @dataclass(frozen=True)
 class CorrectionConfig:
-    alpha: float = 0.05  # EWMA weight of one batch (about 20 batches of memory)
-    prior_batches: float = 20.0  # k above: how many local batches before a subnet's own factor dominates
+    alpha: float = 0.1  # EWMA weight of one batch (about 10 batches of memory)
+    prior_batches: float = 10.0  # k above: how many local batches before a subnet's own factor dominates
     min_change: float = 0.05  # relative change of any factor that triggers a new zoo
     floor: float = 0.3  # factors are clamped to [floor, ceiling]: a wild outlier cannot wreck the table
     ceiling: float = 10.0
@@ -44,6 +44,7 @@ class ProfileCorrector:
         self._log_local = {sid: 0.0 for sid in zoo.subnet_ids}
         self._count = {sid: 0 for sid in zoo.subnet_ids}
         self._log_global = 0.0
+        self._seen = 0  # batches observed, all subnets
         self._applied = {sid: 1.0 for sid in zoo.subnet_ids}
 
     def observe(self, subnet_id: str, batch_size: int, service_s: float) -> None:
@@ -57,7 +58,8 @@ class ProfileCorrector:
         # The first observation replaces the neutral prior instead of being averaged with it.
         self._log_local[subnet_id] = log_ratio if n == 0 else (1 - a) * self._log_local[subnet_id] + a * log_ratio
         self._count[subnet_id] = n + 1
-        self._log_global = (1 - a) * self._log_global + a * log_ratio
+        self._log_global = log_ratio if self._seen == 0 else (1 - a) * self._log_global + a * log_ratio
+        self._seen += 1
 
     def factor(self, subnet_id: str) -> float:
         n, k = self._count[subnet_id], self.config.prior_batches
