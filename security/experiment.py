@@ -1,0 +1,120 @@
+"""The attack end to end (discover -> pin -> extract -> score) against either serving path, and its set-up.
+
+`Setting.load(zoo, checkpoint)` prepares what every run shares: the zoo and supernet, the attacker's data (sklearn
+digits + blends), each subnet's labels on it (for the simulator's serving path), and the victim's MNIST-5k test
+split (the split named by the zoo's dataset, seed 0) in both the model's and the attacker's preprocessing.
+`run_attack(setting, oracle, ...)` then runs the fingerprinted and the naive attack through `oracle` and scores them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from security.extraction import AttackScore, collect, score
+from security.fingerprint import Fingerprinter
+from security.oracles import AttackerData, subnet_predictions
+
+
+@dataclass
+class Setting:
+    zoo: Any
+    net: Any
+    spec: Any  # the server's ModelSpec (how raw pixels become model input)
+    data: AttackerData
+    predictions: np.ndarray  # (K, N) subnet labels on the attacker's pool
+    test: tuple[Any, np.ndarray, np.ndarray]  # (x in the attacker's preprocessing, true labels, victim labels)
+    test_by_subnet: np.ndarray  # (K, T) subnet labels on the test split
+    victim: int  # zoo index of the victim (the middle of the Pareto front: "medium-sized model extraction")
+    dataset: str
+
+    @classmethod
+    def load(cls, zoo_path: Path, checkpoint_path: Path, victim: int | None = None, seed: int = 0) -> "Setting":
+        import torch
+
+        from supernet.checkpoint import load_checkpoint
+        from superserve.server.app import model_spec
+        from superserve.server.codec import prepare_raw
+        from superserve.zoo import Zoo
+        from training.data import load_dataset
+
+        zoo = Zoo.load(zoo_path)
+        net, ckpt = load_checkpoint(checkpoint_path)
+        spec = model_spec("superserve", zoo, ckpt.get("meta", {}), 64)
+        data = AttackerData.load(seed=seed)
+        preds = subnet_predictions(net, zoo, prepare_raw(torch.from_numpy(data.raw), spec))
+        dataset = ckpt.get("meta", {}).get("dataset") or zoo.dataset
+        if dataset not in ("mnist5k", "digits"):
+            dataset = "mnist5k"
+        if dataset == "digits":
+            raise ValueError("the victim was trained on sklearn digits, which is the attacker's data; use a "
+                             "victim trained on mnist5k")
+        splits = load_dataset(dataset, seed=0)
+        test_x, test_y = splits.test_x, splits.test_y.numpy()  # normalised like training (= the server)
+        by_subnet = subnet_predictions(net, zoo, test_x)
+        mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+        std = torch.tensor(splits.std).view(1, -1, 1, 1)
+        attacker_view = ((test_x * std + mean) - 0.5) / 0.5  # back to [0, 1] pixels, then the attacker's centring
+        k = len(zoo.entries) // 2 if victim is None else victim
+        if not 0 <= k < len(zoo.entries):
+            raise ValueError(f"victim index {k} out of range for a zoo of {len(zoo.entries)}")
+        return cls(zoo, net, spec, data, preds, (attacker_view, test_y, by_subnet[k]), by_subnet, k, dataset)
+
+    @property
+    def victim_id(self) -> str:
+        return self.zoo.entries[self.victim].subnet_id
+
+
+def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet_param: bool = False,
+               probe_size: int = 12, naive: bool = True, epochs: int = 15, batch: int = 1) -> dict[str, Any]:
+    """Fingerprint, pin the victim, extract `budget` transfer images through the pin (and, with `naive`, without
+    hints); returns scores, query counts, the pin and what really answered."""
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    transfer = rng.permutation(setting.data.transfer)[:budget]
+    probe = rng.permutation(setting.data.candidates)[:probe_size]
+    fp = Fingerprinter(oracle, probe, use_subnet_param=use_subnet_param)
+    q0 = oracle.queries
+    responders = fp.discover()
+    discovery_queries = oracle.queries - q0
+    out: dict[str, Any] = {"responders_found": len(responders), "zoo_size": len(setting.zoo.entries),
+                           "discovery_queries": discovery_queries, "fingerprint_set_size": len(fp.fp_positions)}
+    # the attacker's target: the responder at the victim's place in the Pareto order it discovered
+    target = min(len(responders) - 1, round(setting.victim * (len(responders) - 1) / max(1, len(setting.zoo.entries) - 1)))
+    q1 = oracle.queries
+    t_truth = len(oracle.truth)
+    pin = fp.pin(target)
+    out["pin"] = {"slo_ms": pin.slo_ms, "min_accuracy": pin.min_accuracy, "responder": target,
+                  "search_queries": oracle.queries - q1}
+    out["fingerprint_queries"] = discovery_queries + oracle.queries - q1
+    got = collect(oracle, transfer, pin.slo_ms, pin.min_accuracy, batch, fp, pin)
+    answered = [t for t in oracle.truth[t_truth:] if t is not None]
+    pinned_truth = max(set(answered), key=answered.count) if answered else None
+    out["pinned_subnet"] = pinned_truth
+    out["pinned_is_victim"] = pinned_truth == setting.victim_id
+    scores: list[AttackScore] = [score("fingerprinted", setting.data, got, setting.victim_id, setting.test, seed,
+                                       epochs)]
+    out["fingerprinted_collect"] = {"queries": got.queries, "kept": len(got.labels), "discarded": got.discarded,
+                                    "failed": got.failed, "served_by": got.truth}
+    if naive:
+        plain = collect(oracle, transfer, None, None, batch)
+        scores.append(score("naive", setting.data, plain, setting.victim_id, setting.test, seed, epochs))
+        out["naive_collect"] = {"queries": plain.queries, "kept": len(plain.labels), "failed": plain.failed,
+                                "served_by": plain.truth}
+    out["scores"] = {s.name: asdict(s) for s in scores}
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def upper_bound(setting: Setting, budget: int, seed: int, epochs: int = 15) -> AttackScore:
+    """The victim's own labels on the same transfer set: attacking a server that serves the victim alone."""
+    from security.extraction import Collected
+
+    transfer = np.random.default_rng(seed).permutation(setting.data.transfer)[:budget]
+    labels = setting.predictions[setting.victim, transfer]
+    got = Collected(transfer, labels, len(transfer), 0, 0, {setting.victim_id: len(transfer)})
+    return score("upper_bound", setting.data, got, setting.victim_id, setting.test, seed, epochs)
