@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("superserve.commands.experiment", "policy trade-off experiments (simulator)"),
     "trace": ("loadtest.trace_cli", "generate, inspect and save arrival traces"),
     "loadgen": ("loadtest.loadgen_cli", "open-loop replay of a trace against an OIP gRPC endpoint; raw records"),
+    "security": ("security.cli", "fingerprinting + extraction attack on a server or the simulator, with defenses"),
 }
 
 
