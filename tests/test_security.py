@@ -267,3 +267,33 @@ def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
     finally:
         client.close()
         srv.stop()
+
+
+# --- fingerprinting on a small zoo (the simulator's serving path) ---------------------------------------------------
+@pytest.mark.parametrize("shown", [False, True])
+def test_fingerprinting_pins_every_subnet_of_a_small_zoo(shown):
+    """Four subnets (budgets 3/4/6/10 ms with the 2 ms overhead), benign load 0.2: the black-box attacker finds the
+    four responders in Pareto order and pins each; at the pin the server really serves that subnet, and the
+    identification the attacker makes there agrees."""
+    from security.fingerprint import Fingerprinter
+    from security.oracles import BenignWorkload, SimOracle
+
+    zoo = make_zoo(accuracies=(0.90, 0.94, 0.96, 0.98), lat1_ms=(1.0, 2.0, 4.0, 8.0))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 10, 64)  # subnets agree on about half of the images, like models on ambiguous inputs
+    preds = np.stack([np.where(rng.random(64) < 0.5, rng.integers(0, 10, 64), base) for _ in range(4)])
+    oracle = SimOracle(zoo, preds, BenignWorkload(load=0.2), seed=3, subnet_visible=shown)
+    fp = Fingerprinter(oracle, np.arange(12), use_subnet_param=shown)
+    responders = fp.discover()
+    assert len(responders) == 4
+    if not shown:
+        assert len(fp.fp_positions) <= 8  # identification costs a handful of images, not the probe set
+    discovery = oracle.queries
+    assert discovery < (60 if shown else 1500)
+    for victim in range(4):
+        pin = fp.pin(victim)
+        start = len(oracle.truth)
+        hits = [fp.identify(pin.slo_ms, pin.min_accuracy) == victim for _ in range(6)]
+        served = [t for t in oracle.truth[start:] if t is not None]
+        assert served and max(set(served), key=served.count) == zoo.entries[victim].subnet_id
+        assert sum(hits) >= 4, (victim, pin, hits)
