@@ -58,6 +58,7 @@ def _point(setting: Any, defense: Any, args: argparse.Namespace, seed: int, naiv
                        subnet_visible=visible)
     out = run_attack(setting, oracle, args.budget, seed, use_subnet_param=visible, naive=naive, epochs=args.epochs)
     out["goodput_pct"] = 100.0 * oracle.benign_goodput
+    out["benign_accuracy_shortfall_points"] = oracle.benign_accuracy_shortfall_points
     out["benign_requests"] = len(oracle.benign_good)
     return out
 
@@ -70,11 +71,12 @@ def _plot(rows: list[dict[str, Any]], base: dict[str, float], path: Path) -> Non
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, metric, label in ((axes[0], "acc", "attack accuracy (%)"), (axes[1], "fid", "attack fidelity (%)")):
-        for name, style in (("psml_noise", "o-"), ("pareto", "s-")):
+        for name, style in (("psml_noise", "o-"), ("pareto", "s-"), ("pareto_fastest", "^-")):
             pts = sorted((r["goodput_pct"], r[f"fp_{metric}"], r["scale"]) for r in rows if r["defense"] in
                          (name, "none"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
-                    label="PSML noise on hints (s)" if name == "psml_noise" else "ours: Pareto neighbour (p)")
+                    label={"psml_noise": "PSML noise on hints (s)", "pareto": "ours: Pareto neighbour (p)",
+                           "pareto_fastest": "ours: pinned -> fastest subnet (p)"}[name])
             for g, v, s in pts:
                 if s:
                     ax.annotate(f"{s:g}", (g, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {"defense": defense, "scale": scale, "goodput_pct": r["goodput_pct"], "fp_acc": s["accuracy_pct"],
                "fp_fid": s["fidelity_pct"], "victim_label_share_pct": s["victim_label_share_pct"],
                "pinned_is_victim": r["pinned_is_victim"], "responders_found": r["responders_found"],
-               "fingerprint_queries": r["fingerprint_queries"], "labels": s["labels"]}
+               "fingerprint_queries": r["fingerprint_queries"], "labels": s["labels"],
+               "benign_accuracy_shortfall_points": r["benign_accuracy_shortfall_points"]}
         print(f"  {defense:10s} {scale:<7g} goodput {out['goodput_pct']:5.1f}%  attack acc {out['fp_acc']:5.1f}% "
               f"fid {out['fp_fid']:5.1f}%  victim labels {out['victim_label_share_pct']:5.1f}%  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -180,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         r = _point(setting, ParetoDefense(view, p), args, seed, naive=False)
         rows.append(row("pareto", p, r))
         details[f"pareto_{p:g}"] = r
+    for p in ps:
+        r = _point(setting, ParetoDefense(view, p, move_to="fastest"), args, seed, naive=False)
+        rows.append(row("pareto_fastest", p, r))
+        details[f"pareto_fastest_{p:g}"] = r
     server = None if args.no_server else _server_run(zoo_path, ckpt_path, setting, args)
     if server is not None:
         print(f"real server: pinned {server['pinned_subnet']} (victim: {server['pinned_is_victim']}), "
@@ -189,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     _plot(rows, base, png)
     psml, ours = _best_at(rows, "psml_noise", base, 80.0), _best_at(rows, "pareto", base, 80.0)
+    ours_far = _best_at(rows, "pareto_fastest", base, 80.0)
     headline: dict[str, Any] = {
         "zoo": source, "victim_subnet": setting.victim_id, "zoo_subnets": len(setting.zoo.entries),
         "extraction_budget_queries": args.budget, "benign_load_x_top_throughput": args.load,
@@ -208,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "pareto_defense_attack_acc_drop_points_at_goodput_80pct": ours["acc_drop"],
         "pareto_defense_attack_fidelity_drop_points_at_goodput_80pct": ours["fid_drop"],
         "pareto_defense_goodput_pct_at_that_point": ours["goodput"],
+        "pareto_fastest_defense_attack_acc_drop_points_at_goodput_80pct": ours_far["acc_drop"],
+        "pareto_fastest_defense_attack_fidelity_drop_points_at_goodput_80pct": ours_far["fid_drop"],
+        "pareto_fastest_defense_goodput_pct_at_that_point": ours_far["goodput"],
         "wall_time_s": time.perf_counter() - t0,
     }
     if server is not None:
@@ -217,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                          "server_fingerprint_queries": server["fingerprint_queries"],
                          "server_extraction_budget_queries": args.server_budget})
     path = write_result("extraction_defense", headline,
-                        {"seed": seed, "rows": rows, "psml_best": psml, "pareto_best": ours, "plot": png.name,
+                        {"seed": seed, "rows": rows, "psml_best": psml, "pareto_best": ours, "pareto_fastest_best": ours_far,
+                         "plot": png.name,
                          "details": json.loads(json.dumps(details, default=str)),
                          "server": json.loads(json.dumps(server, default=str)) if server else None})
     print(json.dumps(headline, indent=1))

@@ -18,6 +18,9 @@ trace (attacker and benign alike: the server cannot tell them apart).
   slower one for the fastest subnet). Requests that admit several subnets are, with probability
   `spread_probability`, served by another subnet they admit: that never violates the hints. So the goodput it costs
   is paid only by benign requests as tight as a pin, while every pinned attack query is poisoned with probability p.
+  `move_to="fastest"` sends the moved requests to the fastest subnet instead: the same goodput (goodput does not see
+  how far a hint is missed) but labels that disagree with the victim more often, at a larger accuracy shortfall for
+  the benign requests it moves (reported separately).
 
 Goodput here is the fraction of requests served by a subnet that meets the user's ORIGINAL hints: finished by the
 original deadline and with profiled accuracy >= the original accuracy hint (shed/rejected requests count as not
@@ -150,8 +153,11 @@ class ParetoDefense:
     zoo: ZooView
     pinned_probability: float = 0.3  # a request admitting exactly one subnet goes to its Pareto neighbour
     spread_probability: float = 0.0  # a request admitting several goes to another admitted one (no violation)
+    move_to: str = "neighbour"  # where pinned requests go: "neighbour" (smallest violation) or "fastest" subnet
 
     def __post_init__(self) -> None:
+        if self.move_to not in ("neighbour", "fastest"):
+            raise ValueError(f"move_to must be 'neighbour' or 'fastest', got {self.move_to!r}")
         for name in ("pinned_probability", "spread_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -169,7 +175,8 @@ class ParetoDefense:
         pick = rng.random(n)
         target = chosen.copy()
         pinned = (count == 1) & (u < self.pinned_probability)
-        target[pinned] = np.where(chosen[pinned] > 0, chosen[pinned] - 1, chosen[pinned] + 1)
+        down = 0 if self.move_to == "fastest" else chosen[pinned] - 1
+        target[pinned] = np.where(chosen[pinned] > 0, down, chosen[pinned] + 1)
         spread = (count >= 2) & (u < self.spread_probability)
         for i in np.flatnonzero(spread):
             others = np.flatnonzero(ok[i])
@@ -184,10 +191,12 @@ class ParetoDefense:
 
 
 def parse_defense_spec(spec: str) -> tuple[str, dict[str, object]]:
-    """`noise:acc=0.01,slo=0.2,dist=gaussian` -> ("noise", {...}); `pareto:p=0.3,q=0` -> ("pareto", {...}).
+    """`noise:acc=0.01,slo=0.2,dist=gaussian` -> ("noise", {...}); `pareto:p=0.3,q=0,to=neighbour` -> ("pareto",
+    {...}) (to: neighbour | fastest).
     Checks names and values without needing the zoo; raises ValueError saying what is wrong."""
     kind, _, rest = spec.partition(":")
-    allowed = {"noise": {"acc": float, "slo": float, "dist": str}, "pareto": {"p": float, "q": float}}
+    allowed = {"noise": {"acc": float, "slo": float, "dist": str},
+               "pareto": {"p": float, "q": float, "to": str}}
     if kind not in allowed:
         raise ValueError(f"bad defense spec {spec!r}: kind must be 'noise' or 'pareto'")
     params: dict[str, object] = {}
@@ -208,6 +217,8 @@ def parse_defense_spec(spec: str) -> tuple[str, dict[str, object]]:
             for key in ("p", "q"):
                 if not 0 <= params.get(key, 0.0) <= 1:  # type: ignore[operator]
                     raise ValueError(f"{key} must be in [0, 1]")
+            if params.get("to", "neighbour") not in ("neighbour", "fastest"):
+                raise ValueError("to must be 'neighbour' or 'fastest'")
     except ValueError as exc:
         raise ValueError(f"bad defense spec {spec!r}: {exc}") from None
     return kind, params
@@ -220,7 +231,8 @@ def parse_defense(spec: str, zoo=None, overhead_ms: float = 0.0) -> HintTransfor
         return MetricNoise(params.get("acc", 0.01), params.get("slo", 0.0), params.get("dist", "gaussian"))  # type: ignore[arg-type]
     if zoo is None:
         raise ValueError("the pareto defense needs the zoo")
-    return ParetoDefense(ZooView.from_zoo(zoo, overhead_ms), params.get("p", 0.3), params.get("q", 0.0))  # type: ignore[arg-type]
+    return ParetoDefense(ZooView.from_zoo(zoo, overhead_ms), params.get("p", 0.3), params.get("q", 0.0),  # type: ignore[arg-type]
+                         params.get("to", "neighbour"))  # type: ignore[arg-type]
 
 
 # --- goodput ------------------------------------------------------------------------------------------------------

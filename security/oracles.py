@@ -179,6 +179,7 @@ class SimOracle:
     calls: int = 0
     truth: list = field(default_factory=list)
     benign_good: list = field(default_factory=list)  # per benign request: served within its ORIGINAL hints
+    benign_shortfall: list = field(default_factory=list)  # per served benign request: max(0, hint - accuracy)
 
     def __post_init__(self) -> None:
         from policies.base import make_policy
@@ -240,6 +241,8 @@ class SimOracle:
             good = served & (finish <= arrivals + orig_slo * 1e-3 + 1e-12) & \
                 (self._accuracy[np.maximum(subnet, 0)] >= orig_acc - 1e-9)
         self.benign_good.extend(good[:n_b].tolist())
+        served_acc = np.where(served, self._accuracy[np.maximum(subnet, 0)], np.nan)
+        self.benign_shortfall.extend(np.maximum(0.0, orig_acc - served_acc)[:n_b][served[:n_b]].tolist())
         answers = []
         for j in range(n_a):
             k = n_b + j
@@ -257,3 +260,8 @@ class SimOracle:
     @property
     def benign_goodput(self) -> float:
         return float(np.mean(self.benign_good)) if self.benign_good else float("nan")
+
+    @property
+    def benign_accuracy_shortfall_points(self) -> float:
+        """Mean accuracy-hint shortfall over served benign requests, in accuracy points."""
+        return 100.0 * float(np.mean(self.benign_shortfall)) if self.benign_shortfall else float("nan")

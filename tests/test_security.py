@@ -246,19 +246,30 @@ def test_tls_with_a_self_signed_certificate_and_hidden_subnet(serving_assets, tm
 
 def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
     """pareto:p=1 moves every request whose hints admit only the most accurate subnet to its faster neighbour,
-    image by image; without hints (several admitted) nothing moves. Latencies x10 in the zoo so that the moved
-    requests' tighter SLO survives this shared machine's stalls."""
+    image by image; without hints (several admitted) nothing moves. The zoo's table is made slow (20-80 ms) so that
+    the moved requests' tighter SLO (just under the next subnet's budget) survives this shared machine's stalls."""
     from serving_fixture import build_serving_assets
     from superserve.server.security import SecurityConfig
 
-    srv = _start(build_serving_assets(tmp_path, repeats=3, latency_scale=10.0), security=SecurityConfig(hint_defense="pareto:p=1", defense_seed=0))
+    from superserve.server.engine import EngineConfig
+    from superserve.zoo import LatencyStats, Zoo
+
+    zoo_path, ckpt = build_serving_assets(tmp_path, repeats=1)
+    zoo = Zoo.load(zoo_path)  # a fixed, monotone table (measured ones are noisy here): 20 / 40 / 80 ms at batch 1
+    tables = {e.subnet_id: {b: LatencyStats(l1 * (1 + 0.25 * (b - 1)), l1 * (1 + 0.25 * (b - 1)))
+                            for b in zoo.batch_sizes} for e, l1 in zip(zoo.entries, (20.0, 40.0, 80.0))}
+    zoo.with_latencies(tables, zoo.host).save(zoo_path)
+    # online correction off: it would shrink the table back to this host's real latencies
+    srv = _start((zoo_path, ckpt), engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS, correction_interval_s=None),
+                 security=SecurityConfig(hint_defense="pareto:p=1", defense_seed=0))
     client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
     try:
         zoo = srv.zoo
         top, second = zoo.entries[-1], zoo.entries[-2]
         pinned = {"slo_ms": RELAXED_SLO_MS, "min_accuracy": top.accuracy}
-        r = client.infer(MODEL, [_image(0, 3)], parameters=pinned)
-        assert r.get_response().parameters["subnet_id"].string_param == second.subnet_id
+        for k in range(3):  # one image per call: the policy plans with the slow table, so queued images get shed
+            r = client.infer(MODEL, [_image(k)], parameters=pinned)
+            assert r.get_response().parameters["subnet_id"].string_param == second.subnet_id
         r = client.infer(MODEL, [_image(1, 2)], parameters={"slo_ms": RELAXED_SLO_MS})
         assert r.get_response().parameters["subnet_id"].string_param == top.subnet_id
         reg = srv.metrics.registry

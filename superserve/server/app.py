@@ -160,7 +160,7 @@ class Server:
                 transform = parse_defense(transform, zoo, cfg.rpc_overhead_ms)
             hook = HintDefenseHook(transform, cfg.engine.default_slo_ms,
                                    max(e.accuracy for e in zoo.entries), cfg.security.defense_seed,
-                                   self.metrics.registry)
+                                   self.metrics.registry, lambda: self.engine.policy.zoo, cfg.rpc_overhead_ms)
         self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params, hint_hook=hook)
         if cfg.metrics_port is not None:
             from prometheus_client import start_http_server

@@ -266,10 +266,16 @@ class HintDefenseHook:
     max_accuracy: float  # hints above the best subnet would be refused; the transform's output is clipped to it
     seed: int | None = None
     registry: Any = None
+    # The zoo the live policy was built from (the engine rebuilds it from corrected latencies): a transform that
+    # reads the zoo (ParetoDefense) is re-derived from it whenever it changes, so its idea of which subnets a hint
+    # admits matches the policy's.
+    current_zoo: Callable[[], Any] | None = None
+    overhead_ms: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+        self._zoo_seen: Any = None
         self.changed = self.acc_delta = None
         if self.registry is not None:
             from prometheus_client import Counter, Histogram
@@ -286,6 +292,15 @@ class HintDefenseHook:
         slo = np.full(images, self.default_slo_ms if slo_ms is None else slo_ms, dtype=np.float64)
         acc = np.full(images, min_accuracy, dtype=np.float64)
         with self._lock:  # np.random.Generator is not thread-safe
+            if self.current_zoo is not None and hasattr(self.transform, "zoo"):
+                zoo = self.current_zoo()
+                if zoo is not self._zoo_seen:
+                    from dataclasses import replace
+
+                    from security.defense import ZooView
+
+                    self.transform = replace(self.transform, zoo=ZooView.from_zoo(zoo, self.overhead_ms))
+                    self._zoo_seen = zoo
             new_slo, new_acc = self.transform(slo, acc, self.rng)
         new_acc = np.clip(new_acc, 0.0, self.max_accuracy)
         if self.changed is not None:
