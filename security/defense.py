@@ -186,7 +186,11 @@ class ParetoDefense:
         new_slo, new_acc = slo.copy(), acc.copy()
         if moved.any():
             s, a = self.zoo.pin_hints(target[moved], slo[moved])
-            new_slo[moved], new_acc[moved] = s, a
+            # NOTE: on a zoo whose latencies are not monotone in accuracy (a noisy re-profile) some targets cannot
+            # be expressed with hints; those requests keep their own hints rather than land somewhere unplanned.
+            works = self.zoo.idle_choice(s, a) == target[moved]
+            idx = np.flatnonzero(moved)[works]
+            new_slo[idx], new_acc[idx] = s[works], a[works]
         return new_slo, new_acc
 
 

@@ -70,7 +70,8 @@ class Setting:
 
 
 def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet_param: bool = False,
-               probe_size: int = 12, naive: bool = True, epochs: int = 15, batch: int = 1) -> dict[str, Any]:
+               probe_size: int = 12, naive: bool = True, epochs: int = 15, batch: int = 1,
+               repeats: int = 1) -> dict[str, Any]:
     """Fingerprint, pin the victim, extract `budget` transfer images through the pin (and, with `naive`, without
     hints); returns scores, query counts, the pin and what really answered."""
     rng = np.random.default_rng(seed)
@@ -91,7 +92,9 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
     out["pin"] = {"slo_ms": pin.slo_ms, "min_accuracy": pin.min_accuracy, "responder": target,
                   "search_queries": oracle.queries - q1}
     out["fingerprint_queries"] = discovery_queries + oracle.queries - q1
-    got = collect(oracle, transfer, pin.slo_ms, pin.min_accuracy, batch, fp, pin)
+    # with repeats r, r votes per image at the same total budget (budget / r distinct images)
+    got = collect(oracle, transfer[:max(1, len(transfer) // repeats)], pin.slo_ms, pin.min_accuracy, batch, fp,
+                  pin, repeats=repeats)
     answered = [t for t in oracle.truth[t_truth:] if t is not None]
     pinned_truth = max(set(answered), key=answered.count) if answered else None
     out["pinned_subnet"] = pinned_truth

@@ -31,8 +31,21 @@ class Collected:
 
 
 def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy: float | None, batch: int = 4,
-            fingerprinter: Any = None, pin: Any = None, check_every: int = 25, interval_s: float = 0.02) -> Collected:
-    """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks."""
+            fingerprinter: Any = None, pin: Any = None, check_every: int = 25, interval_s: float = 0.02,
+            repeats: int = 1) -> Collected:
+    """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks.
+    `repeats` > 1 is the adaptive attacker against per-request noise: every image is sent `repeats` times and
+    labelled by its most frequent answer (ties: the first)."""
+    if repeats > 1:
+        got = collect(oracle, np.repeat(indices, repeats), slo_ms, min_accuracy, batch, fingerprinter, pin,
+                      check_every, interval_s)
+        votes: dict[int, list[int]] = {}
+        for i, lab in zip(got.indices, got.labels):
+            votes.setdefault(int(i), []).append(int(lab))
+        keep = [i for i in dict.fromkeys(int(x) for x in got.indices)]
+        labels = [max(set(votes[i]), key=votes[i].count) for i in keep]
+        return Collected(np.array(keep, dtype=np.int64), np.array(labels, dtype=np.int64), got.queries,
+                         got.discarded, got.failed, got.truth)
     q0 = oracle.queries
     chunks = [indices[k:k + batch] for k in range(0, len(indices), batch)]
     kept_idx: list[int] = []
