@@ -52,6 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.budget < 1 or args.epochs < 1:
         print("superserve security: --budget and --epochs must be >= 1", file=sys.stderr)
         return 2
+    if getattr(args, "defense", None):
+        from security.defense import parse_defense_spec
+
+        try:  # fail before the minute of set-up
+            parse_defense_spec(args.defense)
+        except ValueError as exc:
+            print(f"superserve security: {exc}", file=sys.stderr)
+            return 2
     import torch
 
     from security.experiment import Setting, run_attack, upper_bound
