@@ -191,6 +191,8 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         else:
             tenant = None  # anonymous: the peer address, known only inside the call
+        # NOTE: only unary methods are limited; the servicer implements no streaming method (ModelStreamInfer
+        # answers UNIMPLEMENTED), so nothing can go around the limits. Wrap streams here if one is ever added.
         if handler.unary_unary is None or (self.bucket is None and cfg.max_inflight_per_tenant is None):
             return handler
         return grpc.unary_unary_rpc_method_handler(self._limited(handler.unary_unary, tenant, method == _INFER),
