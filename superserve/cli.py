@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("superserve.commands.demo", "the newcomer's first look: build/load the supernet and serve a burst"),
     "serve": ("superserve.server.cli", "serve the zoo over gRPC (Open Inference Protocol) with SLO hints and SlackFit"),
+    "worker": ("superserve.cluster.cli", "a worker of a Redis cluster (scale-out): serve front ends' requests"),
     "info": ("superserve.commands.info", "show the supernet space and the shipped zoo"),
     "train": ("training.cli", "train the supernet (DεpS, BigNAS or OFA progressive shrinking)"),
     "zoo": ("training.zoo_cli", "calibrate, search and profile the served zoo; re-profile a zoo on this host"),

@@ -1,0 +1,281 @@
+"""A worker of the Redis cluster: pull from the global EDF queue, decide with the policy, compute, answer.
+
+Per dispatch, exactly as the embedded engine and the simulator drive the policy: read the EDF head (the policy's
+`snapshot_limit` requests and the queue length), `policy.decide(snapshot, now, this worker, state)`, then CLAIM the
+decision atomically (all of the batch or none: when another worker took part of it, decide again on a fresh
+snapshot), run it with the same `run_batch` as the embedded workers, and COMPLETE (a reply per request to its front
+end, only for requests still leased to this worker). The policy state and the online profile correction are this
+worker's own: its latency is what its host measures.
+
+A heartbeat thread keeps the registration alive (key with TTL), extends the lease on claimed requests, reaps dead
+workers, and notices a new zoo/policy published by a front end. Redis errors anywhere: back off and retry; a batch
+whose answers cannot be delivered is dropped here (its front end already answered those calls with an error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.base import Policy, make_policy
+from superserve.cluster.redis_queue import (ClusterConfig, Keys, RedisURL, Scripts, connect, encode_reply,
+                                            parse_member, wall_clock)
+from superserve.server.profile_correction import ProfileCorrector
+from superserve.server.workers import run_batch
+from superserve.types import BatchOutcome, QueueSnapshot, Request, WorkerState
+from superserve.zoo import Zoo
+
+log = logging.getLogger("superserve.cluster.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    checkpoint: Path
+    namespace: str = "superserve"
+    threads: int = 1  # torch intra-op threads
+    heartbeat_ttl_s: int = 3  # registration TTL: a worker silent this long is declared dead, its requests re-queued
+    lease_ttl_s: int = 60  # TTL of the lease set (refreshed by the heartbeat): only matters if every process dies
+    reply_ttl_s: int = 30
+    max_attempts: int = 3
+    grace_s: float = 2.0
+    correction_interval_s: float | None = 0.25  # rebuild the policy from corrected latencies; None = off
+
+
+class ClusterWorker:
+    def __init__(self, url: RedisURL, config: WorkerConfig) -> None:
+        self.url, self.config = url, config
+        self.keys = Keys(config.namespace)
+        self.client = connect(url)  # BackendError when Redis is not there
+        self.scripts = Scripts(self.client, self.keys)
+        self.token = uuid.uuid4().hex[:8]
+        self.worker_id = -1
+        self.batches = 0
+        self.stale_batches = 0  # batches whose answers were not delivered (lease lost): someone else answers them
+        self._stop = threading.Event()
+        self._config_id: bytes | None = None
+        self._reload = threading.Event()
+        self._net: Any = None
+
+    # --- setup ----------------------------------------------------------------------------------------------------
+    def wait_for_config(self, say=print) -> ClusterConfig:  # noqa: ANN001
+        said = False
+        while not self._stop.is_set():
+            raw, cid = self.client.mget(self.keys.config, self.keys.config_id)
+            if raw is not None:
+                self._config_id = cid
+                return ClusterConfig.from_json(raw)
+            if not said:
+                say(f"superserve worker: waiting for a front end to publish its zoo at {self.url.display} "
+                    f"(superserve serve --backend {self.url.display})")
+                said = True
+            self._stop.wait(0.5)
+        raise InterruptedError("stopped while waiting for a front end")
+
+    def load(self, published: ClusterConfig) -> None:
+        """Build the policy from the published zoo; load the checkpoint (once) and warm every subnet up."""
+        from supernet.checkpoint import load_checkpoint
+
+        zoo = Zoo.from_dict(published.zoo)
+        if self._net is None:
+            torch.set_num_threads(self.config.threads)
+            self._net, _ = load_checkpoint(self.config.checkpoint)
+        missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in self._net.norm_table.stats]
+        if missing:
+            raise ValueError(f"checkpoint {self.config.checkpoint} has no SubnetNorm statistics for the published "
+                             f"zoo's subnets {', '.join(missing)}: is it the checkpoint the front end serves?")
+        self.zoo = zoo
+        self.published = published
+        self.configs = {e.subnet_id: e.config for e in zoo.entries}
+        self.sample_shape = (zoo.space.in_channels, zoo.space.image_size, zoo.space.image_size)
+        with torch.inference_mode():
+            for cfg in self.configs.values():
+                self._net(torch.zeros((1, *self.sample_shape)), cfg)
+        self.policy: Policy = self._make_policy(zoo)
+        self.state = self.policy.initial_state()
+        self.corrector = ProfileCorrector(zoo) if self.config.correction_interval_s else None
+        self._last_correction = time.monotonic()
+        self.loaded_subnet: str | None = None
+
+    def _make_policy(self, zoo: Zoo) -> Policy:
+        return make_policy(self.published.policy, zoo, **self.published.policy_params)
+
+    def register(self) -> None:
+        k = self.keys
+        self.worker_id = int(self.client.incr(k.worker_seq))
+        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "started_s": time.time()})
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(k.heartbeat(self.worker_id), info, ex=self.config.heartbeat_ttl_s)
+        pipe.sadd(k.workers, self.worker_id)
+        pipe.execute()
+        self._info = info
+
+    def deregister(self) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.srem(self.keys.workers, self.worker_id)
+            pipe.delete(self.keys.heartbeat(self.worker_id), self.keys.inflight(self.worker_id))
+            pipe.execute()
+        except Exception:  # noqa: BLE001 - Redis may be gone; the heartbeat key expires anyway
+            pass
+
+    # --- heartbeat ------------------------------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        import redis
+
+        cfg, k = self.config, self.keys
+        period = max(0.1, cfg.heartbeat_ttl_s / 4)
+        last_reap = 0.0
+        while not self._stop.wait(period):
+            try:
+                wid = self.worker_id
+                pipe = self.client.pipeline(transaction=False)
+                pipe.get(k.heartbeat(wid))
+                pipe.get(k.config_id)
+                mine, cid = pipe.execute()
+                if mine is None or json.loads(mine).get("token") != self.token:
+                    # Declared dead (we stalled), Redis restarted, or another worker holds this id: a fresh id.
+                    # In-flight answers under the old id are then dropped; whoever holds those requests answers.
+                    log.warning("worker %d lost its registration; registering again", wid)
+                    self.register()
+                else:
+                    pipe = self.client.pipeline(transaction=False)
+                    pipe.set(k.heartbeat(wid), self._info, ex=cfg.heartbeat_ttl_s)
+                    pipe.sadd(k.workers, wid)
+                    pipe.expire(k.inflight(wid), cfg.lease_ttl_s)
+                    pipe.execute()
+                if cid is not None and cid != self._config_id:
+                    self._reload.set()
+                now = time.time()
+                if now - last_reap >= 1.0:
+                    last_reap = now
+                    dead, requeued, failed, expired = self.scripts.reap(now, cfg.grace_s, cfg.max_attempts,
+                                                                        cfg.reply_ttl_s)
+                    if dead:
+                        log.warning("declared %d worker(s) dead: %d request(s) re-queued, %d failed", dead,
+                                    requeued, failed)
+            except redis.RedisError as exc:
+                log.warning("heartbeat: Redis unavailable (%s); retrying", exc)
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Serve until `stop()`: the worker must be loaded and registered."""
+        import redis
+
+        hb = threading.Thread(target=self._heartbeat_loop, name="superserve-worker-heartbeat", daemon=True)
+        hb.start()
+        backoff = 0.05
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._reload.is_set():
+                        self._reload.clear()
+                        self.load(self.wait_for_config(say=log.info))
+                    self.step()
+                    backoff = 0.05
+                except redis.RedisError as exc:
+                    log.warning("Redis unavailable (%s); retrying in %.2f s", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(2 * backoff, 2.0)
+        finally:
+            self._stop.set()
+            hb.join(timeout=5)
+            self.deregister()
+
+    def step(self) -> None:
+        """One dispatch: snapshot, decide, claim, execute, complete (or wait for work)."""
+        k, cfg = self.keys, self.config
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(k.queue, 0, self.policy.snapshot_limit - 1, withscores=True)
+        pipe.zcard(k.queue)
+        head, queued = pipe.execute()
+        if not head:
+            self.client.blpop([k.wake], timeout=0.5)
+            return
+        now = wall_clock()
+        members: dict[int, bytes] = {}
+        requests = []
+        for raw, deadline in head:
+            rid, arrival, min_acc = parse_member(raw)
+            members[rid] = raw
+            requests.append(Request(rid, arrival, deadline, min_acc))
+        snapshot = QueueSnapshot(tuple(requests), int(queued))
+        wid = self.worker_id
+        decision, state = self.policy.decide(snapshot, now, WorkerState(wid, self.loaded_subnet), self.state)
+        if decision is None:
+            self.client.blpop([k.wake], timeout=0.01)
+            return
+        claim = [members[r] for r in decision.request_ids]
+        infeasible = [members[r] for r in decision.infeasible_ids]
+        out = self.scripts.claim(keys=[k.queue, k.inflight(wid), k.metrics],
+                                 args=[k.prefix, repr(now), cfg.lease_ttl_s, cfg.reply_ttl_s, len(claim), *claim,
+                                       len(infeasible), *infeasible])
+        if not int(out[0]):  # another worker took part of the batch: decide again on a fresh snapshot
+            return
+        self.state = state
+        got = out[3:]
+        rids = [int(got[i]) for i in range(0, len(got), 3)]
+        if not rids:
+            return
+        fes = [got[i + 1] for i in range(0, len(got), 3)]
+        x = np.frombuffer(b"".join(got[i + 2] for i in range(0, len(got), 3)), dtype=np.float32)
+        inputs = torch.from_numpy(x.reshape(len(rids), *self.sample_shape).copy())  # (B, C, S, S)
+        by_id = {r.request_id: r for r in requests}
+        self._execute(wid, decision.subnet_id, rids, fes, inputs, by_id, now)  # type: ignore[arg-type]
+
+    def _execute(self, wid: int, subnet_id: str, rids: list[int], fes: list[bytes], inputs: torch.Tensor,
+                 requests: dict[int, Request], dispatch_s: float) -> None:
+        k, cfg = self.keys, self.config
+        result = run_batch(self._net, self.configs, self.batches, subnet_id, inputs, wid)
+        self.batches += 1
+        finish = wall_clock()
+        args: list[Any] = [k.prefix, cfg.reply_ttl_s, len(rids)]
+        missed = 0
+        for j, rid in enumerate(rids):
+            if result.error is not None:
+                status, row, msg = "error", None, result.error
+            else:
+                status, row, msg = ("ok" if finish <= requests[rid].deadline_s else "late"), result.probabilities[j], ""
+            missed += status != "ok"
+            args += [rid, fes[j], status, encode_reply(rid, status, subnet_id if row is not None else "", wid,
+                                                       dispatch_s, finish, row, msg.replace("|", "/"))]
+        args += [int(result.compute_s * 1e6), subnet_id]
+        delivered = int(self.scripts.complete(keys=[k.inflight(wid), k.metrics], args=args))
+        if delivered < len(rids):
+            self.stale_batches += 1
+            log.warning("batch %d: %d of %d answers not delivered (lease lost: re-dispatched elsewhere)",
+                        self.batches, len(rids) - delivered, len(rids))
+        self.loaded_subnet = subnet_id
+        min_slo_ms = min(requests[r].slo_ms for r in rids)
+        self.state = self.policy.observe(BatchOutcome(wid, subnet_id, len(rids), dispatch_s, finish, min_slo_ms,
+                                                      missed), self.state)
+        if self.corrector is not None and result.error is None:
+            self.corrector.observe(subnet_id, len(rids), finish - dispatch_s)
+            self._maybe_correct()
+
+    def _maybe_correct(self) -> None:
+        assert self.corrector is not None and self.config.correction_interval_s
+        now = time.monotonic()
+        if now - self._last_correction < self.config.correction_interval_s:
+            return
+        self._last_correction = now
+        zoo = self.corrector.corrected_zoo()
+        if zoo is not None:
+            policy = self._make_policy(zoo)
+            if type(policy) is not type(self.policy):
+                self.state = policy.initial_state()
+            self.policy = policy
