@@ -1,6 +1,6 @@
 """Locust load test for any Open Inference Protocol gRPC endpoint (superserve, Triton, a Ray Serve OIP deployment).
 
-Each `OipUser` holds one tritonclient gRPC connection and calls ModelInfer with the SLO hints `slo_ms` (and
+Each `OipUser` holds one gRPC connection (tritonclient's generated OIP stubs) and calls ModelInfer with the SLO hints `slo_ms` (and
 `min_accuracy`); every call is reported through `environment.events.request.fire(...)` (request_type "grpc", name
 "ModelInfer"). An answer that arrives after `--slo-ms` is reported as a *failure* ("SLO miss"), so Locust's failure
 ratio counts SLO misses among the calls it made; the subnet that served it is in the event's context.
@@ -86,28 +86,34 @@ class OipUser(User):
         return max(0.0, 1.0 / qps - (time.perf_counter() - self._last_start))
 
     def on_start(self) -> None:
-        import tritonclient.grpc as tc
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+        from tritonclient.grpc import service_pb2_grpc
 
-        opts = self.environment.parsed_options
-        self._opts = opts
-        self._client = tc.InferenceServerClient(_host_port(self.host))
+        opts = self._opts = self.environment.parsed_options
+        # NOTE: tritonclient's InferenceServerClient closes its channel again in __del__; under gevent that second
+        # close at interpreter exit hangs Locust. tritonclient's generated stubs on a channel we close once do not.
+        self._channel = grpc.insecure_channel(_host_port(self.host))
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         shape = [int(x) for x in opts.input_shape.split(",")]
         rng = np.random.default_rng(id(self) % 2**32)
-        self._input = tc.InferInput(opts.input_name, shape, "FP32")
-        self._input.set_data_from_numpy(rng.standard_normal(shape).astype(np.float32))
-        self._params: dict[str, float] = {}
+        self._request = pb.ModelInferRequest(model_name=opts.oip_model)
+        self._request.inputs.add(name=opts.input_name, datatype="FP32", shape=shape)
+        self._request.raw_input_contents.append(rng.standard_normal(shape).astype(np.float32).tobytes())
         if not opts.no_hints:
-            self._params["slo_ms"] = float(opts.slo_ms)
+            self._request.parameters["slo_ms"].double_param = float(opts.slo_ms)
             if opts.min_accuracy > 0:
-                self._params["min_accuracy"] = float(opts.min_accuracy)
+                self._request.parameters["min_accuracy"].double_param = float(opts.min_accuracy)
         self._last_start = time.perf_counter()
 
     def on_stop(self) -> None:
-        self._client.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     @task
     def infer(self) -> None:
-        from tritonclient.utils import InferenceServerException
+        import grpc
 
         opts = self._opts
         self._last_start = start = time.perf_counter()
@@ -115,14 +121,13 @@ class OipUser(User):
         exception: Exception | None = None
         length = 0
         try:
-            result = self._client.infer(opts.oip_model, [self._input], parameters=self._params or None)
-            response = result.get_response()
+            response = self._stub.ModelInfer(self._request)
             length = response.ByteSize()
             if "subnet_id" in response.parameters:
                 context["subnet_id"] = response.parameters["subnet_id"].string_param
                 context["subnet_accuracy"] = response.parameters["subnet_accuracy"].double_param
-        except InferenceServerException as exc:
-            exception = exc
+        except grpc.RpcError as exc:
+            exception = RuntimeError(f"{exc.code().name}: {exc.details()}")
         elapsed_ms = (time.perf_counter() - start) * 1e3
         if exception is None and elapsed_ms > opts.slo_ms:
             exception = RuntimeError(f"SLO miss: answered after more than {opts.slo_ms:g} ms")
@@ -131,13 +136,10 @@ class OipUser(User):
 
 
 @lru_cache(maxsize=8)
-def trace_rates(spec: str, rate_qps: float, duration_s: float, seed: int) -> tuple[float, ...]:
-    """Requests per second of each whole second of the trace (the replayer's trace specs)."""
-    from loadtest.replayer import make_trace
+def _trace_rates(spec: str, rate_qps: float, duration_s: float, seed: int) -> tuple[float, ...]:
+    from loadtest.replayer import per_second_rates
 
-    arrivals = make_trace(spec, rate_qps, duration_s, seed)
-    seconds = max(1, math.ceil(duration_s if not spec.startswith("file:") else float(arrivals[-1]) + 1e-9))
-    return tuple(np.bincount(arrivals.astype(np.int64), minlength=seconds)[:seconds].astype(float).tolist())
+    return per_second_rates(spec, rate_qps, duration_s, seed)
 
 
 class TraceShape(LoadTestShape):
@@ -155,7 +157,7 @@ class TraceShape(LoadTestShape):
         if opts is None or not opts.trace:
             users = int(getattr(opts, "num_users", None) or 1)
             return users, float(getattr(opts, "spawn_rate", None) or users)
-        rates = trace_rates(opts.trace, opts.trace_rate, opts.trace_duration, opts.trace_seed)
+        rates = _trace_rates(opts.trace, opts.trace_rate, opts.trace_duration, opts.trace_seed)
         second = int(self.get_run_time())
         if second >= len(rates):
             return None

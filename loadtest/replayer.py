@@ -86,6 +86,14 @@ def make_trace(spec: str, rate_qps: float, duration_s: float, seed: int) -> np.n
     return traces.named(spec, rate_qps, duration_s, rng)
 
 
+def per_second_rates(spec: str, rate_qps: float, duration_s: float, seed: int) -> tuple[float, ...]:
+    """Requests in each whole second of the trace `make_trace(spec, ...)` (Locust's TraceShape follows these)."""
+    arrivals = make_trace(spec, rate_qps, duration_s, seed)
+    end_s = duration_s if not spec.startswith("file:") else float(arrivals[-1]) + 1e-9
+    seconds = max(1, math.ceil(end_s))
+    return tuple(np.bincount(arrivals.astype(np.int64), minlength=seconds)[:seconds].astype(float).tolist())
+
+
 # --- what to send -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReplaySpec:

@@ -51,3 +51,13 @@ def make_snapshot(count: int, arrival_s: float = 0.0, slo_ms: float = 36.0, min_
 def snapshot_of(requests: Sequence[Request]) -> QueueSnapshot:
     ordered = tuple(sorted(requests, key=lambda r: (r.deadline_s, r.request_id)))
     return QueueSnapshot(ordered, len(ordered))
+
+
+def start_fixture_server(assets, **overrides):  # noqa: ANN001, ANN201 - (zoo, ckpt) paths -> a started Server
+    """The real gRPC server on a free port over the small fixture assets (torch imported here, not at module load).
+    Stop it with `.stop()`."""
+    from superserve.server.app import Server, ServeConfig
+
+    zoo, ckpt = assets
+    settings = dict(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never")
+    return Server(ServeConfig(**{**settings, **overrides})).start()

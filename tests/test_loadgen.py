@@ -1,0 +1,241 @@
+"""The open-loop replayer (loadtest/replayer.py) and `superserve loadgen`: sends stay on schedule against a slow fake
+OIP server, every request is recorded exactly once, the in-flight bound and the drain produce explicit records,
+server error codes map to the record statuses, and the metrics equal a hand computation from the raw events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+grpc = pytest.importorskip("grpc")
+from tritonclient.grpc import service_pb2 as pb  # noqa: E402
+from tritonclient.grpc import service_pb2_grpc  # noqa: E402
+
+from helpers import start_fixture_server  # noqa: E402
+from loadtest.replayer import ReplayError, ReplaySpec, events_path, make_trace, replay  # noqa: E402
+from loadtest.traces import TraceError  # noqa: E402
+from superserve.cli import main as cli_main  # noqa: E402
+from superserve.metrics import summarize  # noqa: E402
+from superserve.records import ERROR, LATE, OK, REJECTED, SHED, read_jsonl  # noqa: E402
+
+
+class FakeOip(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Answers ModelInfer after `delay_s` (asyncio.sleep: unlimited concurrency); `codes` cycles the answer of the
+    k-th call received (None = success, else that gRPC status). No response parameters unless `params`."""
+
+    def __init__(self, delay_s: float, codes=(None,), params: bool = False) -> None:
+        self.delay_s, self.codes, self.params = delay_s, codes, params
+        self.received = 0
+        self.concurrent = self.max_concurrent = 0
+
+    async def ModelMetadata(self, request, context):
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake",
+                                        inputs=[tensor(name="X", datatype="FP32", shape=[-1, 4])])
+
+    async def ModelInfer(self, request, context):
+        k = self.received
+        self.received += 1
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.concurrent -= 1
+        code = self.codes[k % len(self.codes)]
+        if code is not None:
+            await context.abort(code, f"fake {code.name}")
+        assert request.inputs[0].name == "X" and list(request.inputs[0].shape) == [1, 4]
+        assert request.parameters["slo_ms"].double_param > 0
+        response = pb.ModelInferResponse(model_name=request.model_name)
+        if self.params:
+            response.parameters["subnet_id"].string_param = "s1"
+            response.parameters["subnet_accuracy"].double_param = 0.75
+        return response
+
+
+class FakeServer:
+    def __init__(self, servicer: FakeOip) -> None:
+        self.servicer = servicer
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        self.server = grpc.aio.server()
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def fake(delay_s: float, **kw):
+    return FakeServer(FakeOip(delay_s, **kw))
+
+
+def assert_one_record_each(report, n: int) -> None:
+    assert [r.request_id for r in report.records] == list(range(n))
+    assert [e.request_id for e in report.events] == list(range(n))
+
+
+def test_sends_follow_the_schedule_not_the_answers():
+    """Answers take 150 ms, requests are due every ~10 ms: an open-loop client keeps sending on time (a closed-loop
+    one would have one call outstanding and send ~7/s)."""
+    server = fake(0.15)
+    try:
+        arrivals = make_trace("poisson", 100, 1.5, seed=1)
+        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=100, accuracy=0.8))
+    finally:
+        server.stop()
+    n = len(arrivals)
+    assert_one_record_each(report, n)
+    assert server.servicer.received == n  # every request sent exactly once
+    assert server.servicer.max_concurrent >= 8
+    sent = np.array([e.sent_s for e in report.events])
+    lag_ms = (sent - arrivals) * 1e3
+    assert lag_ms.min() >= 0
+    assert np.median(lag_ms) < 15 and report.send_lag_ms(50) == pytest.approx(np.median(lag_ms))
+    assert sent[-1] - sent[0] == pytest.approx(arrivals[-1] - arrivals[0], abs=0.15)
+    assert {r.status for r in report.records} == {LATE}  # 150 ms > 100 ms SLO, all served
+    assert all(r.finish_s - r.arrival_s >= 0.15 for r in report.records)
+    assert {r.accuracy for r in report.records} == {0.8}  # no params in the answers: the caller's accuracy
+    assert report.input_desc == "X FP32 [1, 4]"  # from the model metadata
+
+
+def test_in_flight_bound_gives_explicit_client_overloaded_records():
+    server = fake(0.4, params=True)
+    try:
+        arrivals = np.linspace(0.0, 0.2, 40)
+        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000,
+                                             max_in_flight=5))
+    finally:
+        server.stop()
+    assert_one_record_each(report, 40)
+    over = [e for e in report.events if e.outcome == "client_overloaded"]
+    assert len(over) == 35 and server.servicer.received == 5
+    for e in over:
+        r = report.records[e.request_id]
+        assert r.status == REJECTED and r.dispatch_s is None and r.finish_s is None and e.sent_s is None
+    assert {r.status for r in report.records if r.dispatch_s is not None} == {OK}
+    assert {(r.subnet_id, r.accuracy) for r in report.records if r.status == OK} == {("s1", 0.75)}
+    assert report.client_bottleneck
+    assert any("never sent" in reason for reason in report.bottleneck_reasons)
+
+
+def test_error_codes_map_to_statuses_and_drain_timeout_records_unanswered():
+    codes = (None, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+    server = fake(0.0, codes=codes)
+    try:
+        report = replay(np.arange(20) * 0.01, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000))
+    finally:
+        server.stop()
+    assert_one_record_each(report, 20)
+    statuses = [r.status for r in report.records]
+    assert {s: statuses.count(s) for s in set(statuses)} == {OK: 5, SHED: 5, REJECTED: 5, ERROR: 5}
+    assert {e.grpc_code for e in report.events} == {None, "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL"}
+    assert all(r.accuracy is None for r in report.records)  # nothing told us an accuracy
+
+    slow = fake(30.0)
+    t = time.perf_counter()
+    try:
+        report = replay([0.0, 0.01, 0.02], ReplaySpec(url=f"127.0.0.1:{slow.port}", model="m", slo_ms=50,
+                                                      drain_timeout_s=0.3))
+    finally:
+        slow.stop()
+    assert time.perf_counter() - t < 5
+    assert [e.outcome for e in report.events] == ["unanswered"] * 3
+    assert [r.status for r in report.records] == [ERROR] * 3
+    assert all(r.dispatch_s is not None and r.finish_s is None for r in report.records)
+
+
+def test_metrics_from_records_match_hand_computation(tmp_path: Path):
+    server = fake(0.02, params=True, codes=(None, None, grpc.StatusCode.DEADLINE_EXCEEDED))
+    try:
+        arrivals = make_trace("gamma:4", 80, 1.0, seed=3)
+        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=30))
+    finally:
+        server.stop()
+    from superserve.records import write_jsonl
+
+    write_jsonl(tmp_path / "r.jsonl", report.records)
+    report.write_events(events_path(tmp_path / "r.jsonl"))
+    s = summarize(read_jsonl(tmp_path / "r.jsonl"))
+    events = [json.loads(line) for line in (tmp_path / "r.client.jsonl").read_text().splitlines()]
+    n = len(events)
+    assert n == len(arrivals)
+    served = [e for e in events if e["outcome"] in ("ok", "late")]
+    on_time = [e for e in served if e["recv_s"] <= e["scheduled_s"] + 0.030]
+    latency = sorted((e["recv_s"] - e["scheduled_s"]) * 1e3 for e in served)
+
+    def percentile(values: list[float], q: float) -> float:  # numpy's default: linear between closest ranks
+        pos = (len(values) - 1) * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, len(values) - 1)
+        return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+    end = max(max(e["scheduled_s"] for e in events), max(e["recv_s"] for e in served))
+    duration = end - min(e["scheduled_s"] for e in events)
+    assert s.requests == n and s.met == len(on_time) and s.late == len(served) - len(on_time)
+    assert s.shed == sum(e["outcome"] == "server_shed" for e in events) > 0
+    assert s.slo_attainment == pytest.approx(len(on_time) / n)
+    assert s.mean_accuracy == pytest.approx(0.75)
+    assert s.goodput_qps == pytest.approx(len(on_time) / duration)
+    assert s.p50_latency_ms == pytest.approx(percentile(latency, 50))
+    assert s.p99_latency_ms == pytest.approx(percentile(latency, 99))
+
+
+def test_bad_input_gives_clear_errors(capsys):
+    with pytest.raises(ReplayError, match="cannot reach"):
+        replay([0.0], ReplaySpec(url="127.0.0.1:1", connect_timeout_s=0.5))
+    with pytest.raises(ReplayError, match="host:port"):
+        ReplaySpec(url="http://127.0.0.1:8001")
+    with pytest.raises(TraceError, match="ramp:START_QPS:END_QPS"):
+        make_trace("ramp:10", 1, 5, 0)
+    with pytest.raises(TraceError, match="unknown trace"):
+        make_trace("zipf", 1, 5, 0)
+    assert cli_main(["loadgen", "--trace", "gamma:x", "--rate", "5"]) == 2
+    assert "gamma:CV2" in capsys.readouterr().err
+    assert cli_main(["loadgen", "--trace", "poisson"]) == 2
+    assert "--rate is required" in capsys.readouterr().err
+
+
+def test_ramp_trace_rises():
+    a = make_trace("ramp:20:200", 0, 10, seed=0)
+    per_second = np.bincount(a.astype(int), minlength=10)
+    assert per_second[:2].sum() < 60 and per_second[-2:].sum() > 300
+    assert a.max() < 10 and np.all(np.diff(a) >= 0)
+
+
+def test_loadgen_cli_against_the_real_server(serving_assets, tmp_path: Path, capsys):
+    from superserve.server.engine import EngineConfig
+
+    server = start_fixture_server(serving_assets, engine=EngineConfig(default_slo_ms=5000.0))
+    try:
+        out, plot, summary = tmp_path / "r.jsonl", tmp_path / "ts.png", tmp_path / "s.json"
+        rc = cli_main(["loadgen", "--trace", "gamma:2", "--rate", "30", "--duration", "2", "--url",
+                       f"127.0.0.1:{server.port}", "--slo-ms", "2000", "--min-accuracy", "0.5", "--out", str(out),
+                       "--plot", str(plot), "--summary-json", str(summary), "--seed", "4"])
+    finally:
+        server.stop()
+    text = capsys.readouterr().out
+    assert rc == 0
+    records = read_jsonl(out)
+    n = len(make_trace("gamma:2", 30, 2, 4))
+    assert len(records) == n and len({r.request_id for r in records}) == n
+    assert all(r.status == OK and r.subnet_id in server.zoo.subnet_ids for r in records)
+    assert all(r.min_accuracy == 0.5 for r in records)
+    assert "SLO attainment  100.00%" in text and "send lag" in text and "VERDICT" in text
+    assert plot.stat().st_size > 10_000
+    data = json.loads(summary.read_text())
+    assert data["metrics"]["requests"] == n and data["client"]["requests"] == n
+    assert len(events_path(out).read_text().splitlines()) == n
