@@ -1,0 +1,257 @@
+"""The SuperServe trade-off on the real server, end to end, next to the simulator's prediction for the same arrivals.
+
+For each policy (SlackFit, MaxAcc, MaxBatch, Clipper+ on 3 fixed subnets spread over the zoo, INFaaS-style with the
+mid subnet's accuracy as floor) a `superserve serve` process is started on the shipped checkpoint and a frozen copy of
+the zoo (1 embedded worker, 1 torch thread, nice 10); the open-loop replayer (`loadtest.replayer`, this process)
+sends each (trace, rate) run to it, and the simulator replays the *same* arrivals through the same policy, zoo,
+worker count and RPC overhead. Per run: (mean serving accuracy, SLO attainment) real and simulated, the client's
+send lag and bottleneck verdict. Rates are multiples ("loads") of `superserve.experiments.capacity_qps` for one
+worker: what the most accurate subnet sustains within half the SLO.
+
+To stay within ~15 min on a shared 2-core machine, not the whole grid runs: `--runs` lists trace@load pairs (default:
+azure and gamma:8 at every load, gamma:2 and gamma:4 at the middle load), each `--duration` seconds.
+
+    nice -n 10 python benchmarks/e2e_tradeoff.py [--duration 8] [--slo-ms 100] [--loads 0.5,2,5] [--seed 0]
+
+Writes benchmarks/results/e2e_tradeoff.json (+ .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import RESULTS_DIR, command_line  # noqa: E402
+
+from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
+from policies.base import make_policy  # noqa: E402
+from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
+from superserve.experiments import capacity_qps, compare, Point, spread_indices  # noqa: E402
+from superserve.metrics import summarize  # noqa: E402
+from superserve.sim import SimConfig, simulate  # noqa: E402
+from superserve.zoo import Zoo  # noqa: E402
+
+RPC_OVERHEAD_MS = 2.0  # the server's default per-request budget (superserve serve --rpc-overhead-ms)
+READY = re.compile(r"on ([\d.]+):(\d+) \(gRPC")
+
+
+def lineup(zoo: Zoo) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, registry name, params): SlackFit, MaxAcc, MaxBatch, Clipper+ x3 subnets, INFaaS (mid floor)."""
+    out = [("slackfit", "slackfit", {}), ("maxacc", "maxacc", {}), ("maxbatch", "maxbatch", {})]
+    order = sorted(range(len(zoo.entries)), key=lambda i: zoo.entries[i].accuracy)
+    picks = [order[k] for k in spread_indices(len(order), 3)]
+    for i in picks:
+        out.append((f"clipper+[{zoo.entries[i].subnet_id}]", "clipper+", {"subnet": i}))
+    mid = zoo.entries[picks[len(picks) // 2]]
+    out.append((f"infaas[acc>={mid.accuracy:g}]", "infaas", {"accuracy_floor": mid.accuracy}))
+    return out
+
+
+def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path) -> tuple[subprocess.Popen, str, float]:
+    cmd = ["nice", "-n", "10", str(Path(sys.executable).with_name("superserve")), "serve", "--port", "0",
+           "--metrics-port", "-1", "--zoo", str(zoo_path), "--checkpoint", str(DEFAULT_CHECKPOINT), "--policy",
+           policy, "--policy-params", json.dumps(params), "--reprofile", "never", "--threads-per-worker", "1",
+           "--drain-timeout-s", "5"]
+    t0 = time.perf_counter()
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the ready line, or EOF if it died
+        match = READY.search(line)
+        if match:
+            return proc, f"{match.group(1)}:{match.group(2)}", time.perf_counter() - t0
+    proc.wait()
+    raise RuntimeError(f"server ({' '.join(cmd)}) exited with {proc.returncode}: {log.read_text()[-800:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
+    acc = 0.0 if math.isnan(s["mean_accuracy"]) else s["mean_accuracy"]
+    return Point(label, family, trace, load, rate, s["requests"], s["slo_attainment"], acc, s["p99_latency_ms"],
+                 s["goodput_qps"])
+
+
+def trace_key(spec: str) -> str:
+    return spec.replace("gamma:", "gamma_cv2_").replace(":", "_")
+
+
+def plot(rows: list[dict[str, Any]], runs: list[tuple[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"slackfit": "tab:red", "maxacc": "tab:orange", "maxbatch": "tab:brown", "clipper+": "tab:blue",
+              "infaas": "tab:purple"}
+    cols = min(4, len(runs))
+    nrows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False)
+    for k, (trace, load) in enumerate(runs):
+        ax = axes[k // cols][k % cols]
+        for r in (r for r in rows if r["trace"] == trace and r["load"] == load):
+            c = colors[r["family"]]
+            real, sim = r["real"], r["sim"]
+            ax.plot([sim["mean_accuracy"] * 100, real["mean_accuracy"] * 100],
+                    [sim["slo_attainment"], real["slo_attainment"]], color=c, linewidth=0.7, alpha=0.6)
+            ax.scatter(real["mean_accuracy"] * 100, real["slo_attainment"], color=c, s=60 if r["family"] ==
+                       "slackfit" else 30, marker="*" if r["family"] == "slackfit" else "o", edgecolors="k",
+                       linewidths=0.3, zorder=3)
+            ax.scatter(sim["mean_accuracy"] * 100, sim["slo_attainment"], facecolors="none", edgecolors=c, s=30,
+                       marker="*" if r["family"] == "slackfit" else "o", zorder=2)
+        ax.set_title(f"{trace}, load {load:g}", fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("mean serving accuracy (%)", fontsize=8)
+        ax.set_ylabel("SLO attainment", fontsize=8)
+    for k in range(len(runs), nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles = [plt.Line2D([], [], marker="o", color=c, linestyle="", label=f) for f, c in colors.items()]
+    handles += [plt.Line2D([], [], marker="o", color="k", linestyle="", label="real server (filled)"),
+                plt.Line2D([], [], marker="o", markerfacecolor="none", color="k", linestyle="",
+                           label="simulator (hollow)")]
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (default 8)")
+    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--loads", default="0.5,2,5", help="multiples of capacity_qps (light, heavy, overload)")
+    parser.add_argument("--runs", default=None, help="trace@load,... (default: azure, gamma:8 at every load; "
+                                                     "gamma:2, gamma:4 at the middle load)")
+    parser.add_argument("--policies", default=None, help="comma-separated labels to keep (default: all)")
+    parser.add_argument("--max-rate", type=float, default=400.0, help="cap on a run's mean rate, q/s")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    loads = [float(x) for x in args.loads.split(",")]
+    if args.runs:
+        runs = [(r.split("@")[0], float(r.split("@")[1])) for r in args.runs.split(",")]
+    else:
+        mid = loads[len(loads) // 2]
+        runs = [(t, x) for t in ("azure", "gamma:8") for x in loads] + [("gamma:2", mid), ("gamma:4", mid)]
+    work = Path(tempfile.mkdtemp(prefix="e2e_tradeoff_"))
+    zoo_path = work / "zoo.json"  # frozen: the shipped zoo may be re-profiled while this runs
+    shutil.copy(DEFAULT_ZOO, zoo_path)
+    zoo = Zoo.load(zoo_path)
+    capacity = capacity_qps(zoo, 1, args.slo_ms)
+    policies = lineup(zoo)
+    if args.policies:
+        keep = set(args.policies.split(","))
+        policies = [p for p in policies if p[0] in keep or p[1] in keep]
+    print(f"zoo {DEFAULT_ZOO} ({len(zoo.entries)} subnets, profiled on {zoo.host.processor}); SLO {args.slo_ms:g} ms;"
+          f" capacity {capacity:.1f} q/s; {len(policies)} policies x {len(runs)} runs x {args.duration:g} s",
+          flush=True)
+    rows: list[dict[str, Any]] = []
+    startups: dict[str, float] = {}
+    for label, family, params in policies:
+        proc, url, startup_s = start_server(zoo_path, family, params, work / f"server_{family}.log")
+        startups[label] = round(startup_s, 2)
+        try:
+            for trace, load in runs:
+                rate = min(load * capacity, args.max_rate)
+                arrivals = make_trace(trace, rate, args.duration, args.seed)
+                report = replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
+                                                     drain_timeout_s=5.0, seed=args.seed))
+                real = summarize(report.records)
+                policy = make_policy(family, zoo, overhead_ms=RPC_OVERHEAD_MS, **params)
+                sim = summarize(simulate(arrivals, policy, args.slo_ms, config=SimConfig(workers=1, seed=args.seed)))
+                c = report.client_summary()
+                rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
+                             "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
+                             "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
+                                                          "client_overloaded_count", "client_cpu_fraction",
+                                                          "client_bottleneck")}})
+                print(f"  {label:28s} {trace:8s} load {load:<4g} {rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
+                      f" acc {100 * real.mean_accuracy:5.2f}% | sim att {sim.slo_attainment:.3f} acc "
+                      f"{100 * sim.mean_accuracy:5.2f}% | lag p99 {c['send_lag_p99_ms']:.1f} ms"
+                      f"{' CLIENT-BOUND' if c['client_bottleneck'] else ''}", flush=True)
+        finally:
+            stop_server(proc)
+
+    # --- agreement and "at equal" comparisons --------------------------------------------------------------------
+    comparisons = []
+    for trace, load in runs:
+        group = [r for r in rows if r["trace"] == trace and r["load"] == load]
+        entry: dict[str, Any] = {"trace": trace, "load": load}
+        for side in ("real", "sim"):
+            pts = [point(r["policy"], r["family"], trace, load, r["rate_qps"], r[side]) for r in group]
+            sf = next((p for p in pts if p.family == "slackfit"), None)
+            if sf is not None and len(pts) > 1:
+                cmp = compare(sf, [p for p in pts if p is not sf])
+                entry[side] = {k: cmp[k] for k in ("slackfit_accuracy", "slackfit_attainment", "accuracy_gain_points",
+                                                   "attainment_gain_x", "baseline_attainment_at_equal_accuracy",
+                                                   "baseline_accuracy_at_equal_attainment")}
+            entry[f"best_attainment_policy_{side}"] = max(group, key=lambda r: r[side]["slo_attainment"])["policy"]
+        comparisons.append(entry)
+    d_att = [abs(r["real"]["slo_attainment"] - r["sim"]["slo_attainment"]) for r in rows]
+    d_acc = [abs(r["real"]["mean_accuracy"] - r["sim"]["mean_accuracy"]) for r in rows
+             if not (math.isnan(r["real"]["mean_accuracy"]) or math.isnan(r["sim"]["mean_accuracy"]))]
+    headline: dict[str, Any] = {
+        "runs_total": len(rows), "runs_client_bottleneck": sum(r["client"]["client_bottleneck"] for r in rows),
+        "real_vs_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att) / max(len(d_att), 1), 2),
+        "real_vs_sim_max_abs_attainment_diff_points": round(100 * max(d_att, default=0), 2),
+        "real_vs_sim_mean_abs_accuracy_diff_points": round(100 * sum(d_acc) / max(len(d_acc), 1), 2),
+        "best_policy_same_real_and_sim_runs": sum(c["best_attainment_policy_real"] == c["best_attainment_policy_sim"]
+                                                  for c in comparisons),
+        "capacity_qps": round(capacity, 1), "slo_ms": args.slo_ms, "duration_s_per_run": args.duration,
+    }
+    for c in comparisons:
+        key = f"{trace_key(c['trace'])}_load_{c['load']:g}".replace(".", "p")
+        for side in ("real", "sim"):
+            if side in c:
+                s = c[side]
+                headline[f"slackfit_attainment_frac_{key}_{side}"] = round(s["slackfit_attainment"], 4)
+                headline[f"slackfit_mean_accuracy_pct_{key}_{side}"] = round(100 * s["slackfit_accuracy"], 2)
+                g = s["attainment_gain_x"]
+                headline[f"slackfit_attainment_gain_x_at_equal_accuracy_{key}_{side}"] = None if g is None else round(g, 3)
+                g = s["accuracy_gain_points"]
+                headline[f"slackfit_accuracy_gain_points_at_equal_attainment_{key}_{side}"] = \
+                    None if g is None else round(g, 2)
+    headline["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    png = RESULTS_DIR / "e2e_tradeoff.png"
+    plot(rows, runs, png, f"Real server (filled) vs simulator (hollow), SLO {args.slo_ms:g} ms, 1 worker, "
+                          f"{args.duration:g} s per run, seed {args.seed}")
+    out = {"command": "nice -n 10 " + command_line(), "headline": headline,
+           "setup": {"zoo": str(DEFAULT_ZOO), "zoo_host": zoo.host.__dict__, "checkpoint": str(DEFAULT_CHECKPOINT),
+                     "slo_ms": args.slo_ms, "loads": loads, "runs": runs, "duration_s": args.duration,
+                     "seed": args.seed, "workers": 1, "threads_per_worker": 1, "rpc_overhead_ms": RPC_OVERHEAD_MS,
+                     "capacity_qps": capacity, "max_rate_qps": args.max_rate, "policies": [p[0] for p in policies],
+                     "server_startup_s": startups, "cpus": os.cpu_count()},
+           "comparisons": comparisons, "rows": rows}
+    (RESULTS_DIR / "e2e_tradeoff.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(json.dumps(headline, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
