@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 headline[f"slackfit_attainment_frac_{key}_{side}"] = round(s["slackfit_attainment"], 4)
                 headline[f"slackfit_mean_accuracy_pct_{key}_{side}"] = round(100 * s["slackfit_accuracy"], 2)
                 g = s["attainment_gain_x"]
-                headline[f"slackfit_attainment_gain_x_at_equal_accuracy_{key}_{side}"] = None if g is None else round(g, 3)
+                headline[f"slackfit_attainment_gain_x_at_equal_accuracy_{key}_{side}"] = \
+                    None if g is None else round(g, 3)
                 g = s["accuracy_gain_points"]
                 headline[f"slackfit_accuracy_gain_points_at_equal_attainment_{key}_{side}"] = \
                     None if g is None else round(g, 2)

@@ -1,9 +1,10 @@
 """Locust load test for any Open Inference Protocol gRPC endpoint (superserve, Triton, a Ray Serve OIP deployment).
 
-Each `OipUser` holds one gRPC connection (tritonclient's generated OIP stubs) and calls ModelInfer with the SLO hints `slo_ms` (and
-`min_accuracy`); every call is reported through `environment.events.request.fire(...)` (request_type "grpc", name
-"ModelInfer"). An answer that arrives after `--slo-ms` is reported as a *failure* ("SLO miss"), so Locust's failure
-ratio counts SLO misses among the calls it made; the subnet that served it is in the event's context.
+Each `OipUser` holds one gRPC connection (tritonclient's generated OIP stubs) and calls ModelInfer with the SLO
+hints `slo_ms` (and `min_accuracy`); every call is reported through `environment.events.request.fire(...)`
+(request_type "grpc", name "ModelInfer"). An answer that arrives after `--slo-ms` is reported as a *failure*
+("SLO miss"), so Locust's failure ratio counts SLO misses among the calls it made; the subnet that served it is in
+the event's context.
 
 `TraceShape` makes the user count follow a trace's rate: with `--trace gamma:4|poisson|azure|ramp:50:400|...`
 (and `--trace-rate`, `--trace-duration`, `--trace-seed`) the rate of each second of the trace, divided by
