@@ -12,7 +12,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("superserve.commands.demo", "the newcomer's first look: build/load the supernet and serve a burst"),
+    "demo": ("superserve.commands.demo", "start the server on the shipped zoo, replay a bursty trace over gRPC, compare SlackFit with a fixed subnet"),
     "serve": ("superserve.server.cli", "serve the zoo over gRPC (Open Inference Protocol) with SLO hints and SlackFit"),
     "worker": ("superserve.cluster.cli", "a worker of a Redis cluster (scale-out): serve front ends' requests"),
     "info": ("superserve.commands.info", "show the supernet space and the shipped zoo"),

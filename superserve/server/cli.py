@@ -54,10 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, metavar="redis://HOST:PORT",
                         help="run as a stateless front end of a Redis cluster: requests go through Redis to "
                              "`superserve worker --backend ...` processes on any host (default: embedded workers)")
-    # --- scale-out (superserve.cluster) ---
-    parser.add_argument("--backend", default=None, metavar="redis://HOST:PORT",
-                        help="run as a stateless front end of a Redis cluster: requests go through Redis to "
-                             "`superserve worker --backend ...` processes on any host (default: embedded workers)")
     # --- security (issue 7; superserve/server/security.py). Defaults: localhost, no keys, no limits, plaintext.
     sec = parser.add_argument_group("security")
     sec.add_argument("--api-keys", type=Path, default=None,
@@ -151,11 +147,6 @@ def run(args: argparse.Namespace) -> int:
                   f"and `superserve zoo`, or pass --{what})", file=sys.stderr)
             return 2
     if args.backend:  # scale-out (superserve.cluster): this process is a front end, workers run elsewhere
-        from superserve.cluster.server import ClusterServer
-
-        server: Server = ClusterServer(config_from_args(args), args.backend)  # type: ignore[arg-type]
-    else:
-        if args.backend:  # scale-out (superserve.cluster): this process is a front end, workers run elsewhere
         from superserve.cluster.server import ClusterServer
 
         server: Server = ClusterServer(config_from_args(args), args.backend)  # type: ignore[arg-type]
