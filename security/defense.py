@@ -103,16 +103,32 @@ class MetricNoise:
 
 @dataclass(frozen=True)
 class ZooView:
-    """What a defense needs of the zoo: Pareto order (fastest first), accuracy and the policy's batch-1 budget."""
+    """What a defense needs of the zoo: each subnet's accuracy and the policy's batch-1 budget, in zoo order.
 
-    accuracies: tuple[float, ...]  # fraction, non-decreasing
-    budget_ms: tuple[float, ...]  # batch-1 profiled latency (p99) + the per-batch overhead, increasing
+    A real zoo need not be monotone (a re-profile, or subnets kept for large batches can be slower and less accurate
+    at batch 1 than another); `front` marks the subnets an idle server can pick for some hints (non-dominated in
+    (budget, accuracy)); the others are never what a single request gets."""
+
+    accuracies: tuple[float, ...]  # fraction
+    budget_ms: tuple[float, ...]  # batch-1 profiled latency (p99) + the per-batch overhead
 
     def __post_init__(self) -> None:
         if not self.accuracies or len(self.accuracies) != len(self.budget_ms):
             raise ValueError("a zoo view needs one accuracy and one latency per subnet")
-        if any(b < a for a, b in zip(self.accuracies, self.accuracies[1:])):
-            raise ValueError("zoo accuracies must be non-decreasing in Pareto (fastest-first) order")
+
+    @property
+    def front(self) -> np.ndarray:
+        """(K,) bool: no other subnet is at least as fast and as accurate, and strictly better in one (or equal in
+        both with a lower index)."""
+        acc, lat = np.asarray(self.accuracies), np.asarray(self.budget_ms)
+        k = len(acc)
+        out = np.ones(k, dtype=bool)
+        for i in range(k):
+            for j in range(k):
+                if j != i and acc[j] >= acc[i] and lat[j] <= lat[i] and (acc[j] > acc[i] or lat[j] < lat[i] or j < i):
+                    out[i] = False
+                    break
+        return out
 
     @classmethod
     def from_zoo(cls, zoo, overhead_ms: float = 0.0, stat: str = "p99") -> "ZooView":
@@ -127,23 +143,49 @@ class ZooView:
         return (acc >= np.asarray(min_accuracy)[:, None] - _EPS) & (lat <= np.asarray(slo_ms)[:, None] + _EPS)
 
     def idle_choice(self, slo_ms: np.ndarray, min_accuracy: np.ndarray) -> np.ndarray:
-        """(N,) the subnet an idle SlackFit server picks for one request (the most accurate admitted; -1: none)."""
+        """(N,) the subnet an idle SlackFit server picks for one request: at batch 1 every choice falls in its lowest
+        latency buckets, so the most accurate admitted one (ties: the faster); -1 when none is admitted."""
         ok = self.admitted(slo_ms, min_accuracy)
-        k = ok.shape[1]
-        last = k - 1 - np.argmax(ok[:, ::-1], axis=1)
-        return np.where(ok.any(axis=1), last, -1)
+        acc, lat = np.asarray(self.accuracies), np.asarray(self.budget_ms)
+        rank = np.lexsort((-lat, acc))  # ascending accuracy, then descending latency: the best choice last
+        score = np.empty(len(acc))
+        score[rank] = np.arange(len(acc))
+        masked = np.where(ok, score[None, :], -1.0)
+        return np.where(ok.any(axis=1), masked.argmax(axis=1), -1)
+
+    def lower_neighbour(self, k: np.ndarray) -> np.ndarray:
+        """(N,) the most accurate front subnet less accurate than subnet k (-1 when k is the least accurate)."""
+        acc = np.asarray(self.accuracies)
+        front = np.flatnonzero(self.front)
+        out = np.full(len(k), -1)
+        for n, c in enumerate(np.asarray(k)):
+            below = front[acc[front] < acc[c] - _EPS]
+            if below.size:
+                out[n] = below[np.argmax(acc[below])]
+        return out
+
+    def upper_neighbour(self, k: np.ndarray) -> np.ndarray:
+        """(N,) the least accurate front subnet more accurate than subnet k (-1 when none)."""
+        acc = np.asarray(self.accuracies)
+        front = np.flatnonzero(self.front)
+        out = np.full(len(k), -1)
+        for n, c in enumerate(np.asarray(k)):
+            above = front[acc[front] > acc[c] + _EPS]
+            if above.size:
+                out[n] = above[np.argmin(acc[above])]
+        return out
 
     def pin_hints(self, target: np.ndarray, slo_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hints under which an idle server picks `target` (N,): the target's accuracy, and an SLO just under the
-        next slower subnet's budget (90% of the way from the target's; 1.5x the budget for the slowest), so that
-        the target keeps as much slack as it can; capped at the request's own SLO when the target fits in it (a
-        faster target never gets more time than asked)."""
-        acc = np.asarray(self.accuracies)[target]
-        lat = np.asarray(self.budget_ms)
-        nxt = lat[np.minimum(target + 1, len(lat) - 1)]
-        mid = np.where(target + 1 < len(lat), lat[target] + 0.9 * (nxt - lat[target]), 1.5 * lat[target])
+        budget of the fastest more accurate subnet (90% of the way from the target's; 1.5x the target's when none is
+        more accurate), so that the target keeps as much slack as it can; capped at the request's own SLO when the
+        target fits in it (a faster target never gets more time than asked)."""
+        acc, lat = np.asarray(self.accuracies), np.asarray(self.budget_ms)
+        target = np.asarray(target)
+        cap = np.array([lat[acc > acc[t] + _EPS].min() if (acc > acc[t] + _EPS).any() else np.inf for t in target])
+        mid = np.where(np.isfinite(cap), lat[target] + 0.9 * (cap - lat[target]), 1.5 * lat[target])
         slo = np.where(lat[target] <= slo_ms + _EPS, np.minimum(slo_ms, mid), mid)
-        return slo, acc
+        return slo, acc[target]
 
 
 @dataclass(frozen=True)
@@ -168,15 +210,22 @@ class ParetoDefense:
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         slo, acc = _check(slo_ms, min_accuracy)
         n = slo.size
-        ok = self.zoo.admitted(slo, acc)  # (N, K)
+        ok = self.zoo.admitted(slo, acc) & self.zoo.front[None, :]  # (N, K): what an idle server may pick
         count = ok.sum(axis=1)
         chosen = self.zoo.idle_choice(slo, acc)
         u = rng.random(n)  # one draw per request, whatever happens to it, so runs stay aligned across settings
         pick = rng.random(n)
         target = chosen.copy()
         pinned = (count == 1) & (u < self.pinned_probability)
-        down = 0 if self.move_to == "fastest" else chosen[pinned] - 1
-        target[pinned] = np.where(chosen[pinned] > 0, down, chosen[pinned] + 1)
+        if pinned.any():
+            c = chosen[pinned]
+            down = self.zoo.lower_neighbour(c)
+            if self.move_to == "fastest":
+                front = np.flatnonzero(self.zoo.front)
+                fastest = front[np.argmin(np.asarray(self.zoo.budget_ms)[front])]
+                down = np.where(down >= 0, fastest, -1)
+            target[pinned] = np.where(down >= 0, down, self.zoo.upper_neighbour(c))
+            target[pinned & (target < 0)] = chosen[pinned & (target < 0)]  # a one-subnet front: nowhere to go
         spread = (count >= 2) & (u < self.spread_probability)
         for i in np.flatnonzero(spread):
             others = np.flatnonzero(ok[i])

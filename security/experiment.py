@@ -2,7 +2,8 @@
 
 `Setting.load(zoo, checkpoint)` prepares what every run shares: the zoo and supernet, the attacker's data (sklearn
 digits + blends), each subnet's labels on it (for the simulator's serving path), and the victim's MNIST-5k test
-split (the split named by the zoo's dataset, seed 0) in both the model's and the attacker's preprocessing.
+split (the split named by the zoo's dataset, seed 0; every other image) in both the model's and the attacker's
+preprocessing.
 `run_attack(setting, oracle, ...)` then runs the fingerprinted and the naive attack through `oracle` and scores them.
 """
 
@@ -29,7 +30,7 @@ class Setting:
     predictions: np.ndarray  # (K, N) subnet labels on the attacker's pool
     test: tuple[Any, np.ndarray, np.ndarray]  # (x in the attacker's preprocessing, true labels, victim labels)
     test_by_subnet: np.ndarray  # (K, T) subnet labels on the test split
-    victim: int  # zoo index of the victim (the middle of the Pareto front: "medium-sized model extraction")
+    victim: int  # zoo index of the victim (default: the middle of the Pareto front: "medium-sized model extraction")
     dataset: str
 
     @classmethod
@@ -46,7 +47,12 @@ class Setting:
         net, ckpt = load_checkpoint(checkpoint_path)
         spec = model_spec("superserve", zoo, ckpt.get("meta", {}), 64)
         data = AttackerData.load(seed=seed)
-        preds = subnet_predictions(net, zoo, prepare_raw(torch.from_numpy(data.raw), spec))
+        cache = _cache_path(checkpoint_path, zoo, seed)
+        cached = np.load(cache) if cache.is_file() else None
+        if cached is not None:
+            preds = cached["pool"]
+        else:  # minutes for a 12-subnet zoo on a busy CPU: cached per checkpoint, zoo and seed
+            preds = subnet_predictions(net, zoo, prepare_raw(torch.from_numpy(data.raw), spec))
         dataset = ckpt.get("meta", {}).get("dataset") or zoo.dataset
         if dataset not in ("mnist5k", "digits"):
             dataset = "mnist5k"
@@ -54,12 +60,24 @@ class Setting:
             raise ValueError("the victim was trained on sklearn digits, which is the attacker's data; use a "
                              "victim trained on mnist5k")
         splits = load_dataset(dataset, seed=0)
-        test_x, test_y = splits.test_x, splits.test_y.numpy()  # normalised like training (= the server)
-        by_subnet = subnet_predictions(net, zoo, test_x)
+        # every other image of the (stratified, shuffled) test split: 500 for MNIST-5k, to keep set-up short
+        test_x, test_y = splits.test_x[::2], splits.test_y[::2].numpy()  # normalised like training (= the server)
+        if cached is not None:
+            by_subnet = cached["test"]
+        else:
+            by_subnet = subnet_predictions(net, zoo, test_x)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, pool=preds, test=by_subnet)
         mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
         std = torch.tensor(splits.std).view(1, -1, 1, 1)
         attacker_view = ((test_x * std + mean) - 0.5) / 0.5  # back to [0, 1] pixels, then the attacker's centring
-        k = len(zoo.entries) // 2 if victim is None else victim
+        if victim is None:  # the middle of the front (what an idle server can pick): "medium-sized" extraction
+            from security.defense import ZooView
+
+            front = [int(i) for i in np.flatnonzero(ZooView.from_zoo(zoo).front)]
+            front.sort(key=lambda i: zoo.entries[i].accuracy)
+            victim = front[len(front) // 2]
+        k = victim
         if not 0 <= k < len(zoo.entries):
             raise ValueError(f"victim index {k} out of range for a zoo of {len(zoo.entries)}")
         return cls(zoo, net, spec, data, preds, (attacker_view, test_y, by_subnet[k]), by_subnet, k, dataset)
@@ -67,6 +85,16 @@ class Setting:
     @property
     def victim_id(self) -> str:
         return self.zoo.entries[self.victim].subnet_id
+
+
+def _cache_path(checkpoint_path: Path, zoo: Any, seed: int) -> Path:
+    import hashlib
+    import tempfile
+
+    from supernet.checkpoint import file_sha256
+
+    key = hashlib.sha256((file_sha256(checkpoint_path) + ",".join(zoo.subnet_ids) + f",{seed}").encode())
+    return Path(tempfile.gettempdir()) / "superserve-security-cache" / f"predictions-{key.hexdigest()[:16]}.npz"
 
 
 def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet_param: bool = False,
@@ -84,8 +112,15 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
     discovery_queries = oracle.queries - q0
     out: dict[str, Any] = {"responders_found": len(responders), "zoo_size": len(setting.zoo.entries),
                            "discovery_queries": discovery_queries, "fingerprint_set_size": len(fp.fp_positions)}
-    # the attacker's target: the responder at the victim's place in the Pareto order it discovered
-    target = min(len(responders) - 1, round(setting.victim * (len(responders) - 1) / max(1, len(setting.zoo.entries) - 1)))
+    # the attacker's target: the responder at the victim's place in the Pareto order it discovered (responders
+    # are the front subnets an idle server picks; the attacker wants "the middle one")
+    from security.defense import ZooView
+
+    front = sorted((int(i) for i in np.flatnonzero(ZooView.from_zoo(setting.zoo).front)),
+                   key=lambda i: setting.zoo.entries[i].accuracy)
+    place = front.index(setting.victim) if setting.victim in front else len(front) // 2
+    target = min(len(responders) - 1, round(place * (len(responders) - 1) / max(1, len(front) - 1)))
+    out["front_size"] = len(front)
     q1 = oracle.queries
     t_truth = len(oracle.truth)
     pin = fp.pin(target)

@@ -46,13 +46,14 @@ class AttackerData:
     candidates: np.ndarray  # indices of the blends (fingerprint candidates)
 
     @classmethod
-    def load(cls, blends: int = 64, seed: int = 0) -> "AttackerData":
+    def load(cls, blends: int = 64, seed: int = 0, max_digits: int = 1000) -> "AttackerData":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        digits = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-        labels = bunch.target.astype(np.int64)
         rng = np.random.default_rng(seed)
+        keep_digits = np.sort(rng.permutation(len(bunch.target))[:max_digits])  # a seeded subset (budget-sized)
+        digits = np.rint(bunch.images[keep_digits] * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (n, 1, 8, 8)
+        labels = bunch.target[keep_digits].astype(np.int64)
         a = rng.integers(0, len(digits), blends * 4)
         b = rng.integers(0, len(digits), blends * 4)
         keep = np.flatnonzero(labels[a] != labels[b])[:blends]
