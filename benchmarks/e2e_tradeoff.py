@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def lineup(zoo: Zoo) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path) -> tuple[subprocess.Popen, str, float]:
-    cmd = ["nice", "-n", "10", str(Path(sys.executable).with_name("superserve")), "serve", "--port", "0",
+    # The server inherits this process's niceness (run the benchmark under nice -n 10).
+    cmd = [str(Path(sys.executable).with_name("superserve")), "serve", "--port", "0",
            "--metrics-port", "-1", "--zoo", str(zoo_path), "--checkpoint", str(DEFAULT_CHECKPOINT), "--policy",
            policy, "--policy-params", json.dumps(params), "--reprofile", "never", "--threads-per-worker", "1",
            "--drain-timeout-s", "5"]
@@ -74,6 +76,8 @@ def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path)
     for line in proc.stdout:  # the ready line, or EOF if it died
         match = READY.search(line)
         if match:
+            # NOTE: keep reading its stdout: a full pipe would block the server's prints and with them the serving.
+            threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, fh), daemon=True).start()
             return proc, f"{match.group(1)}:{match.group(2)}", time.perf_counter() - t0
     proc.wait()
     raise RuntimeError(f"server ({' '.join(cmd)}) exited with {proc.returncode}: {log.read_text()[-800:]}")
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rate", type=float, default=400.0, help="cap on a run's mean rate, q/s")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that stops the server
     t_start = time.perf_counter()
     loads = [float(x) for x in args.loads.split(",")]
     if args.runs:
