@@ -5,9 +5,10 @@
 
 What runs (seeds in the JSON):
 - Set-up: the shipped zoo + checkpoint (else the tiny test fixture, said so in the result). Victim = the middle
-  subnet of the Pareto front. Attacker data = sklearn digits (8x8, sent raw as UINT8, resized by the server) + 64
-  blended pairs as fingerprint candidates: disjoint from the victim's MNIST-5k train/val/test splits. Accuracy and
-  fidelity are measured on the victim's MNIST-5k test split (seed 0).
+  subnet of the Pareto front (the subnets an idle server can pick). Attacker data = the MNIST-5k validation split +
+  the odd-numbered test images (1,000 raw UINT8 images, disjoint from the victim's training split) + 48 blended
+  pairs as fingerprint candidates. Accuracy and fidelity are measured on the even-numbered test images (500; split
+  seed 0), which the attacker never has.
 - Simulator serving path (`security.oracles.SimOracle`): the real SlackFit policy and EDF queue on the zoo's latency
   table, 1 worker, 2 ms overhead, benign Poisson traffic at `--load` x the top subnet's batch-1 throughput (SLO
   LogUniform(1, 6) x its budget, half with an accuracy hint Uniform(lowest, highest accuracy)); the attacker's
@@ -50,14 +51,14 @@ def _assets() -> tuple[Path, Path, str]:
 
 
 def _point(setting: Any, defense: Any, args: argparse.Namespace, seed: int, naive: bool,
-           visible: bool = False, repeats: int = 1) -> dict[str, Any]:
+           visible: bool = False, repeats: int = 1, target: int | None = None) -> dict[str, Any]:
     from security.experiment import run_attack
     from security.oracles import BenignWorkload, SimOracle
 
     oracle = SimOracle(setting.zoo, setting.predictions, BenignWorkload(load=args.load), defense, seed=seed,
                        subnet_visible=visible)
     out = run_attack(setting, oracle, args.budget, seed, use_subnet_param=visible, naive=naive, epochs=args.epochs,
-                     repeats=repeats)
+                     repeats=repeats, target=target if target is not None else getattr(args, "target", None))
     out["goodput_pct"] = 100.0 * oracle.benign_goodput
     out["benign_accuracy_shortfall_points"] = oracle.benign_accuracy_shortfall_points
     out["benign_requests"] = len(oracle.benign_good)
@@ -124,9 +125,9 @@ def _server_run(zoo: Path, ckpt: Path, setting: Any, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=1000, help="extraction queries per attack (simulator)")
+    parser.add_argument("--budget", type=int, default=800, help="extraction queries per attack (simulator)")
     parser.add_argument("--server-budget", type=int, default=300, help="extraction queries against the server")
-    parser.add_argument("--load", type=float, default=0.5, help="benign load (x top subnet batch-1 throughput)")
+    parser.add_argument("--load", type=float, default=0.3, help="benign load (x top subnet batch-1 throughput)")
     parser.add_argument("--epochs", type=int, default=15, help="surrogate training epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer sweep points and a smaller budget")
@@ -146,9 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo: {source} ({len(setting.zoo.entries)} subnets), victim {setting.victim_id} "
           f"(index {setting.victim}), setup {time.perf_counter() - t0:.0f} s", flush=True)
     seed = args.seed
-    upper = upper_bound(setting, args.budget, seed, args.epochs)
+    intended = setting.victim_id
     plain = _point(setting, None, args, seed, naive=True)
-    shown = _point(setting, None, args, seed + 1, naive=False, visible=True)
+    # The attacker targets the middle responder it discovered; the victim is whatever that pin really reaches
+    # (ground truth, evaluation only). Every later point targets the same responder and is scored on that victim.
+    args.target = plain["pin"]["responder"]
+    if plain["pinned_subnet"] and plain["pinned_subnet"] != intended:
+        k = setting.zoo.subnet_ids.index(plain["pinned_subnet"])
+        print(f"the pin reached {plain['pinned_subnet']} (not the intended {intended}): scoring against it",
+              flush=True)
+        setting = setting.with_victim(k)
+        plain = _point(setting, None, args, seed, naive=True)
+    upper = upper_bound(setting, args.budget, seed, args.epochs)
+    shown = _point(setting, None, args, seed + 1, naive=False, visible=True, target=None)
     base = {"fp_acc": plain["scores"]["fingerprinted"]["accuracy_pct"],
             "fp_fid": plain["scores"]["fingerprinted"]["fidelity_pct"],
             "naive_acc": plain["scores"]["naive"]["accuracy_pct"],
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     psml, ours = _best_at(rows, "psml_noise", base, 80.0), _best_at(rows, "pareto", base, 80.0)
     ours_far = _best_at(rows, "pareto_fastest", base, 80.0)
     headline: dict[str, Any] = {
-        "zoo": source, "victim_subnet": setting.victim_id, "zoo_subnets": len(setting.zoo.entries),
+        "zoo": source, "victim_subnet": setting.victim_id, "intended_victim_subnet": intended, "zoo_subnets": len(setting.zoo.entries),
         "extraction_budget_queries": args.budget, "benign_load_x_top_throughput": args.load,
         "fingerprinted_attack_acc_pct": base["fp_acc"], "fingerprinted_attack_fidelity_pct": base["fp_fid"],
         "naive_attack_acc_pct": base["naive_acc"], "naive_attack_fidelity_pct": base["naive_fid"],

@@ -10,8 +10,10 @@ The attacker is a black-box client of the public gRPC API (Open Inference Protoc
   rate limited), and, unless the server runs with `--no-response-params`, the served `subnet_id` and
   `subnet_accuracy`. Both cases are modelled (`Fingerprinter(use_subnet_param=...)`).
 - It knows neither the zoo (how many subnets, their accuracies and latencies) nor the policy, has no access to the
-  victim's training data, and owns a different dataset (sklearn digits; the victim is trained and evaluated on
-  MNIST-5k). It competes with benign traffic it does not control, so the same hints do not always select the same
+  victim's training data, and owns unlabelled images of the same task that the victim neither trained on nor is
+  scored on (the MNIST-5k validation split and the odd half of its test split; the victim is scored on the even
+  half). sklearn's digits, a different dataset, was tried first and is useless as a transfer set here (the subnets
+  label the upsampled 8x8 digits almost at random). It competes with benign traffic it does not control, so the same hints do not always select the same
   subnet.
 - It has a query budget: every image sent counts (fingerprinting and extraction alike); the server can enforce one
   per tenant (`--rate-limit`, images/s).

@@ -1,7 +1,7 @@
 """The attack end to end (discover -> pin -> extract -> score) against either serving path, and its set-up.
 
-`Setting.load(zoo, checkpoint)` prepares what every run shares: the zoo and supernet, the attacker's data (sklearn
-digits + blends), each subnet's labels on it (for the simulator's serving path), and the victim's MNIST-5k test
+`Setting.load(zoo, checkpoint)` prepares what every run shares: the zoo and supernet, the attacker's data (MNIST-5k
+validation split + odd test images + blends, see `AttackerData.from_splits`), each subnet's labels on it (for the simulator's serving path), and the victim's MNIST-5k test
 split (the split named by the zoo's dataset, seed 0; every other image) in both the model's and the attacker's
 preprocessing.
 `run_attack(setting, oracle, ...)` then runs the fingerprinted and the naive attack through `oracle` and scores them.
@@ -46,20 +46,17 @@ class Setting:
         zoo = Zoo.load(zoo_path)
         net, ckpt = load_checkpoint(checkpoint_path)
         spec = model_spec("superserve", zoo, ckpt.get("meta", {}), 64)
-        data = AttackerData.load(seed=seed)
+        dataset = ckpt.get("meta", {}).get("dataset") or zoo.dataset
+        if dataset not in ("mnist5k", "digits"):
+            dataset = "mnist5k"
+        splits = load_dataset(dataset, seed=0)
+        data = AttackerData.from_splits(splits, seed=seed)
         cache = _cache_path(checkpoint_path, zoo, seed)
         cached = np.load(cache) if cache.is_file() else None
         if cached is not None:
             preds = cached["pool"]
         else:  # minutes for a 12-subnet zoo on a busy CPU: cached per checkpoint, zoo and seed
             preds = subnet_predictions(net, zoo, prepare_raw(torch.from_numpy(data.raw), spec))
-        dataset = ckpt.get("meta", {}).get("dataset") or zoo.dataset
-        if dataset not in ("mnist5k", "digits"):
-            dataset = "mnist5k"
-        if dataset == "digits":
-            raise ValueError("the victim was trained on sklearn digits, which is the attacker's data; use a "
-                             "victim trained on mnist5k")
-        splits = load_dataset(dataset, seed=0)
         # every other image of the (stratified, shuffled) test split: 500 for MNIST-5k, to keep set-up short
         test_x, test_y = splits.test_x[::2], splits.test_y[::2].numpy()  # normalised like training (= the server)
         if cached is not None:
@@ -82,6 +79,11 @@ class Setting:
             raise ValueError(f"victim index {k} out of range for a zoo of {len(zoo.entries)}")
         return cls(zoo, net, spec, data, preds, (attacker_view, test_y, by_subnet[k]), by_subnet, k, dataset)
 
+    def with_victim(self, k: int) -> "Setting":
+        from dataclasses import replace
+
+        return replace(self, victim=k, test=(self.test[0], self.test[1], self.test_by_subnet[k]))
+
     @property
     def victim_id(self) -> str:
         return self.zoo.entries[self.victim].subnet_id
@@ -93,13 +95,13 @@ def _cache_path(checkpoint_path: Path, zoo: Any, seed: int) -> Path:
 
     from supernet.checkpoint import file_sha256
 
-    key = hashlib.sha256((file_sha256(checkpoint_path) + ",".join(zoo.subnet_ids) + f",{seed}").encode())
+    key = hashlib.sha256((file_sha256(checkpoint_path) + ",".join(zoo.subnet_ids) + f",{seed},mnist-pool-v2").encode())
     return Path(tempfile.gettempdir()) / "superserve-security-cache" / f"predictions-{key.hexdigest()[:16]}.npz"
 
 
 def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet_param: bool = False,
                probe_size: int = 12, naive: bool = True, epochs: int = 15, batch: int = 1,
-               repeats: int = 1) -> dict[str, Any]:
+               repeats: int = 1, target: int | None = None) -> dict[str, Any]:
     """Fingerprint, pin the victim, extract `budget` transfer images through the pin (and, with `naive`, without
     hints); returns scores, query counts, the pin and what really answered."""
     rng = np.random.default_rng(seed)
@@ -119,7 +121,9 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
     front = sorted((int(i) for i in np.flatnonzero(ZooView.from_zoo(setting.zoo).front)),
                    key=lambda i: setting.zoo.entries[i].accuracy)
     place = front.index(setting.victim) if setting.victim in front else len(front) // 2
-    target = min(len(responders) - 1, round(place * (len(responders) - 1) / max(1, len(front) - 1)))
+    if target is None:
+        target = min(len(responders) - 1, round(place * (len(responders) - 1) / max(1, len(front) - 1)))
+    target = min(target, len(responders) - 1)
     out["front_size"] = len(front)
     q1 = oracle.queries
     t_truth = len(oracle.truth)

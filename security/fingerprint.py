@@ -49,7 +49,7 @@ class Fingerprinter:
     oracle: Any  # ServerOracle or SimOracle
     probe: np.ndarray  # candidate image indices for discovery
     use_subnet_param: bool = True  # read subnet_id/subnet_accuracy when the response shows them
-    resolution: float = 1.1  # SLO boundaries located within this ratio
+    resolution: float = 1.03  # SLO boundaries located within this ratio
     acc_resolution: float = 0.001
     max_fp: int = 8
     votes: int = 3  # identifications per step of the accuracy search (majority decides)

@@ -35,12 +35,15 @@ class Answer:
 # --- the attacker's data --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttackerData:
-    """Raw uint8 images (N, 1, 8, 8): sklearn's digits (values 0-16 scaled to 0-255), never the victim's MNIST-5k
-    (training, calibration and the test split the victim is evaluated on). `blends` appends pairwise 50/50 mixtures
-    of two digits of different classes: ambiguous inputs on which the subnets disagree most (fingerprint candidates).
+    """Raw uint8 images the attacker owns, sent as the UINT8 `IMAGE` input. `from_splits` (used by the benchmark):
+    MNIST-5k images disjoint from the victim's training split and from the images it is scored on. `load`: sklearn
+    digits (8x8, 0-16 scaled to 0-255), a different dataset; NOTE: the subnets label these upsampled 8x8 digits
+    nearly at random (a first run: a surrogate of the victim alone reached 12% on MNIST), so they are no use as a
+    transfer set here. `blends` appends 50/50 mixtures of two images of different classes: ambiguous inputs on
+    which the subnets disagree most (the fingerprint candidates).
     """
 
-    raw: np.ndarray  # (N, 1, 8, 8) uint8
+    raw: np.ndarray  # (N, C, H, W) uint8
     labels: np.ndarray  # (N,) int64 true class (-1 for blends); the attacker never uses them to train
     transfer: np.ndarray  # indices of the natural digits (the extraction transfer set)
     candidates: np.ndarray  # indices of the blends (fingerprint candidates)
@@ -61,6 +64,26 @@ class AttackerData:
         raw = np.concatenate([digits, mixed])
         n = len(digits)
         return cls(raw, np.concatenate([labels, np.full(len(mixed), -1)]), np.arange(n),
+                   np.arange(n, n + len(mixed)))
+
+    @classmethod
+    def from_splits(cls, splits: Any, blends: int = 48, seed: int = 0) -> "AttackerData":
+        """In-distribution attacker data that the victim never trained on and is never scored on: the validation
+        split plus the odd-numbered images of the test split (the victim is scored on the even-numbered ones),
+        back to raw uint8 pixels; plus `blends` 50/50 mixtures of two images of different classes."""
+        import torch
+
+        mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+        std = torch.tensor(splits.std).view(1, -1, 1, 1)
+        x = torch.cat([splits.val_x, splits.test_x[1::2]])
+        y = np.concatenate([splits.val_y.numpy(), splits.test_y[1::2].numpy()]).astype(np.int64)
+        raw = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (n, C, S, S)
+        rng = np.random.default_rng(seed)
+        a, b = rng.integers(0, len(raw), blends * 4), rng.integers(0, len(raw), blends * 4)
+        keep = np.flatnonzero(y[a] != y[b])[:blends]
+        mixed = ((raw[a[keep]].astype(np.uint16) + raw[b[keep]]) // 2).astype(np.uint8)
+        n = len(raw)
+        return cls(np.concatenate([raw, mixed]), np.concatenate([y, np.full(len(mixed), -1)]), np.arange(n),
                    np.arange(n, n + len(mixed)))
 
     def surrogate_input(self, indices: np.ndarray) -> "Any":
