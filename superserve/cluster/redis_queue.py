@@ -78,9 +78,14 @@ def parse_backend(url: str) -> RedisURL:
 def connect(url: RedisURL, socket_timeout_s: float | None = 5.0, check: bool = True) -> Any:
     """A redis-py client (bytes replies). With `check`, PINGs once and raises BackendError when it cannot."""
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
+    # One quick retry (a pooled connection that went stale reconnects transparently); longer outages surface as
+    # errors at once, and the callers' own loops back off. redis-py's default would block a call for seconds.
     client = redis.Redis(host=url.host, port=url.port, db=url.db, password=url.password,
-                         socket_timeout=socket_timeout_s, socket_connect_timeout=2.0, health_check_interval=0)
+                         socket_timeout=socket_timeout_s, socket_connect_timeout=1.0, health_check_interval=0,
+                         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     if check:
         try:
             client.ping()
