@@ -300,7 +300,7 @@ def test_fingerprinting_pins_every_subnet_of_a_small_zoo(shown):
     if not shown:
         assert len(fp.fp_positions) <= 8  # identification costs a handful of images, not the probe set
     discovery = oracle.queries
-    assert discovery < (60 if shown else 1500)
+    assert discovery < (80 if shown else 2500)  # 3 passes x 12 probes per point (hidden)
     for victim in range(4):
         pin = fp.pin(victim)
         start = len(oracle.truth)
