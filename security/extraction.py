@@ -2,7 +2,8 @@
 
 - Fingerprinted attack: every transfer-set query goes out with the pinned hints (`fingerprint.Pin`); every
   `check_every` calls the attacker re-identifies the responder at the pin and throws away the labels gathered since
-  the last check that named the victim when it does not (it cannot tell single moved images apart).
+  the last check when another responder answers (an inconclusive check keeps them; it cannot tell single moved
+  images apart).
 - Naive attack: the same transfer set and budget without hints (the server's defaults): whatever the selection
   serves, typically a load-dependent mixture of subnets.
 - Upper bound: the victim's own labels on the transfer set (attacking a server that serves the victim alone).
@@ -69,7 +70,8 @@ def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy
             else:
                 pending.append((int(i), a.label, t))
         if fingerprinter is not None and pin is not None:
-            if fingerprinter.identify(pin.slo_ms, pin.min_accuracy) != pin.victim:
+            seen = fingerprinter.identify(pin.slo_ms, pin.min_accuracy)
+            if seen is not None and seen != pin.victim:  # another responder answered: drop; unknown: keep
                 discarded += len(pending)
                 pending = []
                 continue
@@ -145,6 +147,8 @@ class AttackScore:
 
 def score(name: str, data: Any, collected: Collected, victim_id: str, test: tuple[Any, np.ndarray, np.ndarray],
           seed: int, epochs: int = 15) -> AttackScore:
+    if len(collected.labels) == 0:  # the attack got nothing: no surrogate (reported as NaN, not dropped)
+        return AttackScore(name, float("nan"), float("nan"), 0, collected.queries, float("nan"))
     model = train_surrogate(data.surrogate_input(collected.indices), collected.labels, seed, epochs)
     acc, fid = evaluate(model, *test)
     share = 100.0 * collected.truth.get(victim_id, 0) / max(1, len(collected.labels))
