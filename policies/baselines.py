@@ -43,7 +43,9 @@ class _TablePolicy(PolicyBase):
 
     @staticmethod
     def key(c: Choice) -> tuple[float, ...]:
-        raise NotImplementedError
+        """The preference order among choices that fit the slack; each concrete policy (MaxAcc, MaxBatch, SlackFit's
+        tables) defines its own."""
+        raise TypeError("_TablePolicy is abstract: subclasses define key()")
 
     def _fastest_ms(self, req: Request) -> float | None:
         level = self.profile.level_index(req.min_accuracy)

@@ -3,8 +3,6 @@ metrics, gRPC, drain on stop) with `RedisEngine` in place of the in-process engi
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from typing import Any
 
@@ -83,13 +81,4 @@ class ClusterServer(Server):
                                    self.records).start()
         self.pool = self.engine  # Server.stop() closes the "pool": the engine's threads and keys
         self.service = ClusterService(spec, self.engine, self.metrics, cfg.response_params)
-        if cfg.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            self._http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
-            self.metrics_port = self._http.server_port
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="superserve-grpc", daemon=True).start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
-        self.startup_s = time.perf_counter() - t_start
-        return self
+        return self._start_transport(t_start)  # type: ignore[return-value]

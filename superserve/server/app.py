@@ -162,6 +162,11 @@ class Server:
                                    max(e.accuracy for e in zoo.entries), cfg.security.defense_seed,
                                    self.metrics.registry, lambda: self.engine.policy.zoo, cfg.rpc_overhead_ms)
         self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params, hint_hook=hook)
+        return self._start_transport(t_start)
+
+    def _start_transport(self, t_start: float) -> "Server":
+        """Metrics endpoint, then the gRPC server on its own event-loop thread (shared with the cluster front end)."""
+        cfg = self.config
         if cfg.metrics_port is not None:
             from prometheus_client import start_http_server
 
