@@ -23,19 +23,23 @@ def write_result(name: str, headline: dict[str, float | int | str], detail: dict
     return path
 
 
-def served_subnets(net, count: int, seed: int = 0):
-    """The shipped zoo's subnets first (what is really served), then seeded random ones to reach `count`."""
-    from supernet.config import SubnetConfig
+def zoo_subnets(net) -> list:
+    """The shipped zoo's subnets in zoo order (fastest first), or [] if the zoo is missing or for another space."""
     from superserve.defaults import DEFAULT_ZOO
     from superserve.zoo import Zoo, ZooError
 
-    subnets = []
     try:
         zoo = Zoo.load(DEFAULT_ZOO)
-        if zoo.space == net.space:
-            subnets = [e.config for e in zoo.entries]
     except ZooError:
-        pass
+        return []
+    return [e.config for e in zoo.entries] if zoo.space == net.space else []
+
+
+def served_subnets(net, count: int, seed: int = 0):
+    """The shipped zoo's subnets first (what is really served), then seeded random ones to reach `count`."""
+    from supernet.config import SubnetConfig
+
+    subnets = zoo_subnets(net)
     rng = random.Random(seed)
     seen = {s.subnet_id for s in subnets}
     while len(subnets) < count:
