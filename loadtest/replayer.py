@@ -1,4 +1,12 @@
-"""Open-loop replay of an arrival trace against any Open Inference Protocol (OIP, KServe v2) gRPC endpoint.
+"""The one request sender of the project: open-loop replay of an arrival trace against any Open Inference Protocol
+(OIP, KServe v2) gRPC endpoint (ours, Triton, Ray Serve behind the same protocol), plus the few other ways the
+benchmarks load a server, all on the same prebuilt requests (tritonclient's generated stubs, no per-call set-up):
+- `replay` (open loop, below) and `replay_in_subprocess` / `in_subprocess`: any of these helpers in a fresh process,
+  so a Python client does not share the GIL and CPU of a server running in the caller's process;
+- `saturate`: closed loop at a fixed concurrency, for throughput at saturation only (not for latency);
+- `sequential`: one call at a time on one reused blocking channel, the light-load latency as the client sees it.
+`inputs` (optional, all helpers): request tensors, one per row without the batch dimension (e.g. real images),
+cycled; by default `spec.payloads` seeded random tensors of the endpoint's declared input.
 
 Open loop: every send time comes from the trace, computed before the run, never from answers (no coordinated
 omission). One asyncio loop (grpc.aio over tritonclient's generated stubs) sleeps until each scheduled time and starts
@@ -26,6 +34,9 @@ Example::
     arrivals = make_trace("gamma:4", rate_qps=200, duration_s=10, seed=0)
     report = replay(arrivals, ReplaySpec(url="127.0.0.1:8001", slo_ms=36))
     print(summarize(report.records).slo_attainment, report.send_lag_ms(99), report.client_bottleneck)
+    report = replay_in_subprocess(arrivals, ReplaySpec(url=url, slo_ms=36), inputs=images)  # server in this process
+    qps = in_subprocess(saturate, ReplaySpec(url=url, slo_ms=1e4), concurrency=64, duration_s=8)["throughput_qps"]
+    p50_ms = np.median(in_subprocess(sequential, ReplaySpec(url=url, slo_ms=1e4), calls=300, inputs=images[:1]))
 """
 
 from __future__ import annotations
@@ -200,6 +211,15 @@ class ReplayReport:
                 counts[key] = counts.get(key, 0) + 1
         return [f"{c} x {k}" for k, c in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]]
 
+    def error_counts(self) -> dict[str, int]:
+        """Requests that got no answer, by gRPC code or client outcome (client_overloaded, unanswered)."""
+        counts: dict[str, int] = {}
+        for e in self.events:
+            if e.outcome not in ("ok", "late"):
+                key = e.grpc_code or e.outcome
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def write_events(self, path: str | os.PathLike[str]) -> None:
         with open(path, "w") as fh:
             for e in self.events:
@@ -213,12 +233,84 @@ def events_path(records_path: str | os.PathLike[str]) -> Path:
 
 
 # --- the replay ---------------------------------------------------------------------------------------------------
-def replay(arrivals_s: Sequence[float] | np.ndarray, spec: ReplaySpec) -> ReplayReport:
+def replay(arrivals_s: Sequence[float] | np.ndarray, spec: ReplaySpec,
+           inputs: np.ndarray | None = None) -> ReplayReport:
     """Send one request per arrival (sorted seconds from 0) at its time; see the module docstring."""
     arrivals = traces.validate(np.asarray(arrivals_s, dtype=np.float64), "arrivals")
     if arrivals.size == 0:
         raise ReplayError("the trace has no arrivals")
-    return asyncio.run(_replay(arrivals, spec))
+    return asyncio.run(_replay(arrivals, spec, _check_inputs(inputs)))
+
+
+def replay_in_subprocess(arrivals_s: Sequence[float] | np.ndarray, spec: ReplaySpec,
+                         inputs: np.ndarray | None = None) -> ReplayReport:
+    """`replay` from a fresh process (see `in_subprocess`)."""
+    return in_subprocess(replay, np.asarray(arrivals_s, dtype=np.float64), spec, inputs=inputs)
+
+
+def in_subprocess(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a fresh (spawned) process, its result pickled back: for any of this module's client
+    functions when the server runs in the calling process (in one process a Python client and server would share the
+    GIL and slow each other down, which blurs the measurement). `fn` must be importable (module level)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args, kwargs)
+
+
+def saturate(spec: ReplaySpec, concurrency: int, duration_s: float,
+             inputs: np.ndarray | None = None) -> dict[str, float]:
+    """Closed loop: `concurrency` calls always outstanding (a new one as soon as one returns) for `duration_s`,
+    then wait for the last answers: the server's throughput at saturation. Only for throughput (a closed loop sends
+    less when the server is slow): `replay` is what measures latency and SLO attainment honestly.
+    Returns {"calls", "ok", "errors", "duration_s", "throughput_qps"} (throughput counts answered calls)."""
+    if concurrency < 1 or not duration_s > 0:
+        raise ReplayError(f"concurrency must be >= 1 and duration_s > 0, got {concurrency}, {duration_s}")
+    return asyncio.run(_saturate(spec, concurrency, duration_s, _check_inputs(inputs)))
+
+
+def sequential(spec: ReplaySpec, calls: int, inputs: np.ndarray | None = None, gap_s: float = 0.005) -> np.ndarray:
+    """One call at a time with `gap_s` of idle between (light load: the server is idle when each call arrives):
+    each call's latency in ms as the client saw it. A blocking call on one reused channel with prebuilt requests (no
+    event loop, no thread per call), so the client adds as little as possible to what it measures. A failed call
+    raises ReplayError (a light-load latency sample must be an answer)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    inputs = _check_inputs(inputs)
+    channel = grpc.insecure_channel(spec.url, options=_CHANNEL_OPTIONS)
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=spec.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            raise _unreachable(spec, "FutureTimeoutError") from None
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        if _needs_metadata(spec, inputs):
+            try:
+                meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=spec.model), timeout=spec.connect_timeout_s)
+            except grpc.RpcError as exc:
+                raise _no_metadata(spec, exc) from None
+        else:
+            meta = None
+        name, datatype, shape = _input_desc(spec, meta, inputs)
+        requests = _payloads(spec, pb, name, datatype, shape, inputs)
+        infer, clock, sleep = stub.ModelInfer, time.perf_counter, time.sleep
+        out = np.empty(calls)
+        for k in range(calls):
+            request = requests[k % len(requests)]
+            t = clock()
+            try:
+                infer(request)
+            except grpc.RpcError as exc:
+                raise ReplayError(f"{spec.url}: sequential call {k} failed ({exc.code().name}: {exc.details()})") \
+                    from None
+            out[k] = (clock() - t) * 1e3
+            if gap_s > 0:
+                sleep(gap_s)
+    finally:
+        channel.close()
+    return out
 
 
 def _np_dtype(datatype: str) -> Any:
@@ -229,24 +321,67 @@ def _np_dtype(datatype: str) -> Any:
     return kinds[datatype]
 
 
-async def _describe_input(stub: Any, pb: Any, spec: ReplaySpec) -> tuple[str, str, tuple[int, ...]]:
-    if spec.input_name and spec.input_datatype and spec.input_shape:
-        return spec.input_name, spec.input_datatype, tuple(spec.input_shape)
-    import grpc
+_DATATYPE_OF = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.float64): "FP64",
+                np.dtype(np.uint8): "UINT8", np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32",
+                np.dtype(np.int64): "INT64"}
 
-    try:
-        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=spec.model), timeout=spec.connect_timeout_s)
-    except grpc.aio.AioRpcError as exc:
-        raise ReplayError(f"{spec.url}: cannot read metadata of model {spec.model!r} ({exc.code().name}: "
-                          f"{exc.details()}); pass --input-name, --input-datatype and --input-shape") from None
-    if not meta.inputs:
-        raise ReplayError(f"{spec.url}: model {spec.model!r} declares no inputs")
-    first = meta.inputs[0]
+
+def _check_inputs(inputs: np.ndarray | None) -> np.ndarray | None:
+    if inputs is None:
+        return None
+    arr = np.asarray(inputs)
+    if arr.ndim < 1 or len(arr) == 0:
+        raise ReplayError(f"inputs must be an array of one request tensor per row, got shape {arr.shape}")
+    if arr.dtype not in _DATATYPE_OF:
+        raise ReplayError(f"inputs dtype {arr.dtype} is not supported (use {', '.join(map(str, _DATATYPE_OF))})")
+    return arr
+
+
+def _needs_metadata(spec: ReplaySpec, inputs: np.ndarray | None) -> bool:
+    """Ask the endpoint's model metadata unless the spec (and the inputs) say everything about the input."""
+    return not (spec.input_name and (spec.input_datatype or inputs is not None)
+                and (spec.input_shape or inputs is not None))
+
+
+def _no_metadata(spec: ReplaySpec, exc: Any) -> ReplayError:
+    return ReplayError(f"{spec.url}: cannot read metadata of model {spec.model!r} ({exc.code().name}: "
+                       f"{exc.details()}); pass --input-name, --input-datatype and --input-shape")
+
+
+def _input_desc(spec: ReplaySpec, meta: Any, inputs: np.ndarray | None) -> tuple[str, str, tuple[int, ...]]:
+    """(name, datatype, request shape) from the spec, else the caller's inputs, else the model metadata `meta`."""
+    first = None
+    if meta is not None:
+        if not meta.inputs:
+            raise ReplayError(f"{spec.url}: model {spec.model!r} declares no inputs")
+        first = meta.inputs[0]
+    name = spec.input_name or first.name
+    if inputs is not None:  # the caller's tensors, cast to the declared datatype
+        datatype = spec.input_datatype or (first.datatype if first is not None else _DATATYPE_OF[inputs.dtype])
+        return name, datatype, (1, *inputs.shape[1:])
+    if spec.input_datatype and spec.input_shape:
+        return name, spec.input_datatype, tuple(spec.input_shape)
     shape = tuple(1 if d < 0 else int(d) for d in first.shape)  # dynamic dims (the batch) -> 1
-    return spec.input_name or first.name, spec.input_datatype or first.datatype, spec.input_shape or shape
+    return name, spec.input_datatype or first.datatype, spec.input_shape or shape
 
 
-def _payloads(spec: ReplaySpec, pb: Any, name: str, datatype: str, shape: tuple[int, ...]) -> list[Any]:
+async def _describe_input(stub: Any, pb: Any, spec: ReplaySpec,
+                          inputs: np.ndarray | None = None) -> tuple[str, str, tuple[int, ...]]:
+    meta = None
+    if _needs_metadata(spec, inputs):
+        import grpc
+
+        try:
+            meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=spec.model), timeout=spec.connect_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _no_metadata(spec, exc) from None
+    return _input_desc(spec, meta, inputs)
+
+
+def _payloads(spec: ReplaySpec, pb: Any, name: str, datatype: str, shape: tuple[int, ...],
+              inputs: np.ndarray | None = None) -> list[Any]:
+    """The prebuilt ModelInferRequests, cycled by every sender: the caller's `inputs` (one per row) or
+    `spec.payloads` seeded random tensors of `shape`."""
     rng = np.random.default_rng(spec.seed)
     dtype = _np_dtype(datatype)
     params: dict[str, float] = {}
@@ -255,8 +390,10 @@ def _payloads(spec: ReplaySpec, pb: Any, name: str, datatype: str, shape: tuple[
         if spec.min_accuracy > 0:
             params["min_accuracy"] = float(spec.min_accuracy)
     out = []
-    for _ in range(spec.payloads):
-        if np.issubdtype(dtype, np.integer):
+    for k in range(spec.payloads if inputs is None else len(inputs)):
+        if inputs is not None:
+            data = np.ascontiguousarray(inputs[k:k + 1], dtype=dtype)
+        elif np.issubdtype(dtype, np.integer):
             data = rng.integers(0, 128, size=shape).astype(dtype)
         else:
             data = rng.standard_normal(shape).astype(dtype)
@@ -269,24 +406,31 @@ def _payloads(spec: ReplaySpec, pb: Any, name: str, datatype: str, shape: tuple[
     return out
 
 
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _unreachable(spec: ReplaySpec, why: str) -> ReplayError:
+    return ReplayError(f"cannot reach an OIP gRPC endpoint at {spec.url} within {spec.connect_timeout_s:g} s "
+                       f"({why}); is the server running and is the port its gRPC port?")
+
+
 async def _connect(spec: ReplaySpec) -> list[Any]:
     import grpc
 
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     # NOTE: one channel per connection: grpc merges identical channels into one subchannel unless told apart.
-    channels = [grpc.aio.insecure_channel(spec.url, options=options + [("grpc.channel_id", k)])
+    channels = [grpc.aio.insecure_channel(spec.url, options=_CHANNEL_OPTIONS + [("grpc.channel_id", k)])
                 for k in range(spec.channels)]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), spec.connect_timeout_s)
     except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - report any connection failure the same way
         for c in channels:
             await c.close()
-        raise ReplayError(f"cannot reach an OIP gRPC endpoint at {spec.url} within {spec.connect_timeout_s:g} s "
-                          f"({type(exc).__name__}); is the server running and is the port its gRPC port?") from None
+        raise _unreachable(spec, type(exc).__name__) from None
     return channels
 
 
-async def _replay(arrivals: np.ndarray, spec: ReplaySpec) -> ReplayReport:
+async def _saturate(spec: ReplaySpec, concurrency: int, duration_s: float,
+                    inputs: np.ndarray | None) -> dict[str, float]:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc
@@ -294,8 +438,42 @@ async def _replay(arrivals: np.ndarray, spec: ReplaySpec) -> ReplayReport:
     channels = await _connect(spec)
     try:
         stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
-        name, datatype, shape = await _describe_input(stubs[0], pb, spec)
-        requests = _payloads(spec, pb, name, datatype, shape)
+        requests = _payloads(spec, pb, *await _describe_input(stubs[0], pb, spec, inputs), inputs)
+        counts = {"calls": 0, "ok": 0, "errors": 0}
+        clock = time.perf_counter
+        call_timeout_s = duration_s + 60  # a wedged server ends the run as errors, never hangs it
+
+        async def closed_loop(k: int) -> None:
+            while clock() < stop_at:
+                counts["calls"] += 1
+                try:
+                    await stubs[k % len(stubs)].ModelInfer(requests[k % len(requests)], timeout=call_timeout_s)
+                except grpc.aio.AioRpcError:
+                    counts["errors"] += 1
+                else:
+                    counts["ok"] += 1
+                k += concurrency
+
+        start = clock()
+        stop_at = start + duration_s
+        await asyncio.gather(*(closed_loop(k) for k in range(concurrency)))
+        elapsed = clock() - start
+    finally:
+        for c in channels:
+            await c.close()
+    return {**counts, "duration_s": elapsed, "throughput_qps": counts["ok"] / elapsed}
+
+
+async def _replay(arrivals: np.ndarray, spec: ReplaySpec, inputs: np.ndarray | None = None) -> ReplayReport:
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    channels = await _connect(spec)
+    try:
+        stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
+        name, datatype, shape = await _describe_input(stubs[0], pb, spec, inputs)
+        requests = _payloads(spec, pb, name, datatype, shape, inputs)
         n = len(arrivals)
         slo_s = spec.slo_ms * 1e-3
         sent = [math.nan] * n

@@ -1,6 +1,8 @@
 """The open-loop replayer (loadtest/replayer.py) and `superserve loadgen`: sends stay on schedule against a slow fake
 OIP server, every request is recorded exactly once, the in-flight bound and the drain produce explicit records,
-server error codes map to the record statuses, and the metrics equal a hand computation from the raw events."""
+server error codes map to the record statuses, and the metrics equal a hand computation from the raw events. The
+benchmarks' other helpers on the same requests: closed-loop `saturate`, one-at-a-time `sequential`, caller-supplied
+inputs, and running any of them in a subprocess."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc  # noqa: E402
 
 from helpers import start_fixture_server  # noqa: E402
-from loadtest.replayer import ReplayError, ReplaySpec, events_path, make_trace, replay  # noqa: E402
+from loadtest.replayer import (ReplayError, ReplaySpec, events_path, in_subprocess, make_trace, replay,  # noqa: E402
+                               replay_in_subprocess, saturate, sequential)
 from loadtest.traces import TraceError  # noqa: E402
 from superserve.cli import main as cli_main  # noqa: E402
 from superserve.metrics import summarize  # noqa: E402
@@ -33,6 +36,7 @@ class FakeOip(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.delay_s, self.codes, self.params = delay_s, codes, params
         self.received = 0
         self.concurrent = self.max_concurrent = 0
+        self.payloads: list[bytes] = []  # raw input bytes of every call, in arrival order
 
     async def ModelMetadata(self, request, context):
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -42,6 +46,7 @@ class FakeOip(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         k = self.received
         self.received += 1
+        self.payloads.append(request.raw_input_contents[0])
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
@@ -239,3 +244,59 @@ def test_loadgen_cli_against_the_real_server(serving_assets, tmp_path: Path, cap
     data = json.loads(summary.read_text())
     assert data["metrics"]["requests"] == n and data["client"]["requests"] == n
     assert len(events_path(out).read_text().splitlines()) == n
+
+
+def test_saturate_keeps_exactly_concurrency_calls_outstanding():
+    server = fake(0.05)
+    try:
+        out = saturate(ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000), concurrency=4,
+                       duration_s=0.6)
+    finally:
+        server.stop()
+    assert server.servicer.max_concurrent == 4  # closed loop: never more, a new call as soon as one returns
+    assert out["calls"] == out["ok"] == server.servicer.received and out["errors"] == 0
+    assert 0.6 <= out["duration_s"] < 1.5
+    assert 25 <= out["throughput_qps"] <= 80  # 4 in flight / 50 ms = 80/s at most
+    assert out["throughput_qps"] == pytest.approx(out["ok"] / out["duration_s"])
+
+
+def test_sequential_sends_one_at_a_time_with_the_callers_inputs():
+    server = fake(0.02)
+    inputs = np.arange(8, dtype=np.float64).reshape(2, 4)  # cast to the declared FP32, cycled
+    try:
+        spec = ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000)
+        lat = sequential(spec, 5, inputs, gap_s=0.0)
+    finally:
+        server.stop()
+    assert lat.shape == (5,) and lat.min() >= 20
+    assert server.servicer.received == 5 and server.servicer.max_concurrent == 1
+    rows = [inputs[k % 2].astype(np.float32).tobytes() for k in range(5)]
+    assert server.servicer.payloads == rows
+
+    failing = fake(0.0, codes=(grpc.StatusCode.INTERNAL,))
+    try:
+        with pytest.raises(ReplayError, match="sequential call 0 failed.*INTERNAL"):
+            sequential(ReplaySpec(url=f"127.0.0.1:{failing.port}", model="m"), 3)
+    finally:
+        failing.stop()
+    with pytest.raises(ReplayError, match="cannot reach"):
+        sequential(ReplaySpec(url="127.0.0.1:1", connect_timeout_s=0.3), 1)
+
+
+def test_replay_in_a_subprocess_with_real_inputs_records_every_request_once():
+    """The client of the demo and the benchmarks: a spawned process (its own GIL), the caller's images cycled."""
+    server = fake(0.03, params=True)
+    inputs = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    try:
+        arrivals = make_trace("gamma:2", 60, 0.8, seed=2)
+        spec = ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=500)
+        report = replay_in_subprocess(arrivals, spec, inputs)
+        assert in_subprocess(sequential, spec, 2, inputs[:1], gap_s=0.0).shape == (2,)
+    finally:
+        server.stop()
+    n = len(arrivals)
+    assert_one_record_each(report, n)
+    assert {r.status for r in report.records} == {OK} and report.error_counts() == {}
+    assert sorted(server.servicer.payloads[:n]) == sorted(inputs[k % 3].tobytes() for k in range(n))
+    assert server.servicer.payloads[n:] == [inputs[0].tobytes()] * 2
+    assert 0 <= report.send_lag_ms(100) < 100
