@@ -76,24 +76,25 @@ def run_sim(args: argparse.Namespace, zoo_path: Path) -> None:
 # --- real serving ---------------------------------------------------------------------------------------------------
 def measure(url: str, images: np.ndarray, args: argparse.Namespace, rate_qps: float | None,
             latency_only: bool = False) -> dict:
-    from loadtest.replay import in_subprocess, replay_in_subprocess, saturate, sequential
+    from loadtest.replayer import ReplaySpec, in_subprocess, replay_in_subprocess, saturate, sequential
     from superserve.metrics import summarize
 
+    spec = ReplaySpec(url=url, slo_ms=args.slo_ms)
     if latency_only:  # a relaxed SLO: a stall of this busy host must not turn a latency sample into an error
-        lat = in_subprocess(sequential, url, args.sequential_calls, images, 5000.0)
+        lat = in_subprocess(sequential, replace(spec, slo_ms=5000.0), args.sequential_calls, images[:1])
         return {"sequential_p50_ms": float(np.median(lat)), "sequential_p99_ms": float(np.percentile(lat, 99))}
 
-    sat = in_subprocess(saturate, url, args.concurrency, args.duration_s, images, args.slo_ms)
+    sat = in_subprocess(saturate, spec, args.concurrency, args.duration_s, images[:1])
     out = {"throughput_qps": sat["throughput_qps"], "saturate_errors": sat["errors"]}
     rate = rate_qps or args.load * sat["throughput_qps"]
     arrivals = traces.gamma(rate, 2.0, args.duration_s, np.random.default_rng(args.seed))
-    rep = replay_in_subprocess(url, arrivals, args.slo_ms, images)
+    rep = replay_in_subprocess(arrivals, spec, images)
     s = summarize(rep.records)
     out.update({"trace_rate_qps": rate, "trace_requests": s.requests, "slo_attainment": s.slo_attainment,
-                "mean_accuracy": s.mean_accuracy, "p99_latency_ms": s.p99_latency_ms, "errors": rep.errors,
-                "max_send_lag_ms": rep.max_send_lag_ms})
+                "mean_accuracy": s.mean_accuracy, "p99_latency_ms": s.p99_latency_ms, "errors": rep.error_counts(),
+                "max_send_lag_ms": rep.send_lag_ms(100), "client_bottleneck": rep.bottleneck_reasons})
     time.sleep(0.5)
-    lat = in_subprocess(sequential, url, args.sequential_calls, images, args.slo_ms)
+    lat = in_subprocess(sequential, spec, args.sequential_calls, images[:1])
     out["sequential_p50_ms"] = float(np.median(lat))
     return out
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest import traces  # noqa: E402
-from loadtest.replay import replay_in_subprocess  # noqa: E402
+from loadtest.replayer import ReplaySpec, replay_in_subprocess  # noqa: E402
 from policies.base import make_policy  # noqa: E402
 from superserve.commands.demo import size_load  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
@@ -46,14 +46,15 @@ def serve_and_replay(args, arrivals, slo_ms, images, policy, params, correction:
                                                  correction_interval_s=0.25 if correction else None)))
     srv.start()
     try:
-        out = replay_in_subprocess(f"127.0.0.1:{srv.port}", arrivals, slo_ms, images)
+        out = replay_in_subprocess(arrivals, ReplaySpec(url=f"127.0.0.1:{srv.port}", slo_ms=slo_ms), images)
         factors = srv.engine.corrector.factors() if srv.engine.corrector else {}
     finally:
         srv.stop()
     s = summarize(out.records)
     return {"slo_attainment": round(s.slo_attainment, 4), "mean_accuracy": round(s.mean_accuracy, 4),
             "p99_latency_ms": round(s.p99_latency_ms, 1), "shed": s.shed, "rejected": s.rejected,
-            "requests": s.requests, "client_max_send_lag_ms": round(out.max_send_lag_ms, 1),
+            "requests": s.requests, "client_max_send_lag_ms": round(out.send_lag_ms(100), 1),
+            "client_bottleneck": out.bottleneck_reasons,
             "final_correction_factors": {k: round(v, 3) for k, v in factors.items()}}
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.replay import in_subprocess, saturate, sequential  # noqa: E402
+from loadtest.replayer import ReplaySpec, in_subprocess, saturate, sequential  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 from superserve.server.app import Server, ServeConfig  # noqa: E402
 from superserve.server.engine import EngineConfig  # noqa: E402
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        space.image_size)).astype(np.float32)
     top = max(zoo.entries, key=lambda e: e.accuracy)
     try:
-        sat = in_subprocess(saturate, url, args.concurrency, args.duration_s, images, 10_000.0)
-        light = in_subprocess(sequential, url, args.light_calls, images, 10_000.0, min_accuracy=top.accuracy)
+        spec = ReplaySpec(url=url, slo_ms=10_000.0)
+        sat = in_subprocess(saturate, spec, args.concurrency, args.duration_s, images[:1])
+        light = in_subprocess(sequential, replace(spec, min_accuracy=top.accuracy), args.light_calls, images[:1])
     finally:
         srv.stop()
     mix = batch_mix(records)[:-args.light_calls]  # the light-load calls ran last, one batch of one each

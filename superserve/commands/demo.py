@@ -1,9 +1,9 @@
 """`superserve demo`: the newcomer's first look at the main job, end to end on this machine in under a minute.
 
-Starts the real server on the shipped zoo, replays ~20 s of a bursty trace through the real gRPC path (tritonclient,
-open loop), once with SlackFit choosing the subnet per batch and once with a fixed-subnet baseline (the most accurate
-subnet, Clipper-style adaptive batching), and prints SLO attainment and mean accuracy of each next to what the
-simulator predicts for the same trace; writes a PNG of both over time.
+Starts the real server on the shipped zoo, replays ~20 s of a bursty trace through the real gRPC path (open loop,
+`loadtest.replayer` in its own process), once with SlackFit choosing the subnet per batch and once with a
+fixed-subnet baseline (the most accurate subnet, Clipper-style adaptive batching), and prints SLO attainment and mean
+accuracy of each next to what the simulator predicts for the same trace; writes a PNG of both over time.
 
 The load is sized from the zoo's latency table so that the bursts exceed what the most accurate subnet can serve
 within the SLO while the mean load does not: the regime SuperServe is built for.
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from loadtest import traces
-    from loadtest.replay import replay_in_subprocess
+    from loadtest.replayer import ReplaySpec, replay_in_subprocess
     from policies.base import make_policy
     from superserve.metrics import summarize, time_series
     from superserve.records import RecordTable
@@ -88,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
                                  engine=EngineConfig(default_slo_ms=slo_ms)))
         srv.start()
         try:
-            out = replay_in_subprocess(f"127.0.0.1:{srv.port}", arrivals, slo_ms, images)
+            out = replay_in_subprocess(arrivals, ReplaySpec(url=f"127.0.0.1:{srv.port}", slo_ms=slo_ms), images)
         finally:
             srv.stop()
         sim = simulate(arrivals, make_policy(policy, zoo, **params), slo_ms, config=SimConfig(workers=1))
         results[label] = (summarize(out.records), summarize(sim), out)
-        print(f" done (client send lag max {out.max_send_lag_ms:.0f} ms)")
+        print(f" done (client send lag max {out.send_lag_ms(100):.0f} ms)")
+        for reason in out.bottleneck_reasons:
+            print(f"    warning: the client, not the server, may have limited this run: {reason}")
     print(f"\n{'':30} {'SLO attainment':>15} {'mean accuracy':>14} {'p99 latency':>12}   simulator predicted")
     for label, (real, sim, _) in results.items():
         print(f"{label:30} {real.slo_attainment * 100:14.1f}% {real.mean_accuracy * 100:13.2f}% "
