@@ -100,10 +100,11 @@ def _cache_path(checkpoint_path: Path, zoo: Any, seed: int) -> Path:
 
 
 def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet_param: bool = False,
-               probe_size: int = 12, naive: bool = True, epochs: int = 15, batch: int = 1,
-               repeats: int = 1, target: int | None = None) -> dict[str, Any]:
+               probe_size: int = 16, naive: bool = True, epochs: int = 15, batch: int = 1,
+               repeats: int = 1, target: int | None = None, naive_equal_total: bool = False) -> dict[str, Any]:
     """Fingerprint, pin the victim, extract `budget` transfer images through the pin (and, with `naive`, without
-    hints); returns scores, query counts, the pin and what really answered."""
+    hints; with `naive_equal_total`, also a naive attack spending as many queries as the whole fingerprinted one,
+    capped at the transfer pool); returns scores, query counts, the pin and what really answered."""
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     transfer = rng.permutation(setting.data.transfer)[:budget]
@@ -129,7 +130,9 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
     t_truth = len(oracle.truth)
     pin = fp.pin(target)
     out["pin"] = {"slo_ms": pin.slo_ms, "min_accuracy": pin.min_accuracy, "responder": target,
-                  "search_queries": oracle.queries - q1}
+                  "consistency": pin.consistency, "search_queries": oracle.queries - q1}
+    out["responders"] = [{"accuracy": r.accuracy, "slo_lo_ms": r.slo_lo_ms, "next_slo_ms": r.next_slo_ms}
+                         for r in responders]
     out["fingerprint_queries"] = discovery_queries + oracle.queries - q1
     # with repeats r, r votes per image at the same total budget (budget / r distinct images)
     got = collect(oracle, transfer[:max(1, len(transfer) // repeats)], pin.slo_ms, pin.min_accuracy, batch, fp,
@@ -142,6 +145,14 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
                                        epochs)]
     out["fingerprinted_collect"] = {"queries": got.queries, "kept": len(got.labels), "discarded": got.discarded,
                                     "failed": got.failed, "served_by": got.truth}
+    out["fingerprinted_total_queries"] = out["fingerprint_queries"] + got.queries
+    if naive_equal_total:
+        pool = rng.permutation(setting.data.transfer)
+        more = pool[:min(len(pool), out["fingerprinted_total_queries"])]
+        plain = collect(oracle, more, None, None, batch)
+        scores.append(score("naive_equal_total", setting.data, plain, setting.victim_id, setting.test, seed, epochs))
+        out["naive_equal_total_collect"] = {"queries": plain.queries, "kept": len(plain.labels),
+                                            "failed": plain.failed, "served_by": plain.truth}
     if naive:
         plain = collect(oracle, transfer, None, None, batch)
         scores.append(score("naive", setting.data, plain, setting.victim_id, setting.test, seed, epochs))

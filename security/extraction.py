@@ -32,7 +32,7 @@ class Collected:
 
 
 def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy: float | None, batch: int = 4,
-            fingerprinter: Any = None, pin: Any = None, check_every: int = 25, interval_s: float = 0.02,
+            fingerprinter: Any = None, pin: Any = None, check_every: int = 50, interval_s: float | None = None,
             repeats: int = 1) -> Collected:
     """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks.
     `repeats` > 1 is the adaptive attacker against per-request noise: every image is sent `repeats` times and

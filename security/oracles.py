@@ -218,16 +218,27 @@ class SimOracle:
         t = self.rng.uniform(0.3, 0.7) * self.window_s
         return self._run(indices, np.full(len(indices), t), slo_ms, min_accuracy, self.window_s)
 
+    def pace_s(self, slo_ms: float | None) -> float:
+        """The attacker's spacing between calls: one call in flight at a time, like a client that waits for each
+        answer (an answer or a shed comes by the deadline). NOTE: calls 10-20 ms apart, as this oracle used to
+        send them, overload the server with the attacker's own probes once the pinned subnet takes longer than
+        that; the pin then looked unreliable for reasons that had nothing to do with fingerprinting."""
+        return 1e-3 * (self.default_slo_ms if slo_ms is None else slo_ms) + 1e-3
+
     def query_each(self, indices: np.ndarray, slo_ms: float | None, min_accuracy: float | None,
-                   interval_s: float = 0.01) -> list[Answer]:
-        """One single-image call per image, `interval_s` apart, in one window of benign traffic."""
+                   interval_s: float | None = None) -> list[Answer]:
+        """One single-image call per image, `interval_s` apart (default: `pace_s`), in one window of benign
+        traffic."""
         out = self.query_stream([np.asarray([i]) for i in np.asarray(indices)], slo_ms, min_accuracy, interval_s)
         self.calls += len(out) - 1
         return [a[0] for a in out]
 
     def query_stream(self, batches: list[np.ndarray], slo_ms: float | None, min_accuracy: float | None,
-                     interval_s: float = 0.02) -> list[list[Answer]]:
-        """Many calls, one every `interval_s`, in one long run of benign traffic (the extraction phase)."""
+                     interval_s: float | None = None) -> list[list[Answer]]:
+        """Many calls, one every `interval_s` (default: `pace_s`), in one long run of benign traffic (the
+        extraction phase)."""
+        if interval_s is None:
+            interval_s = self.pace_s(slo_ms)
         times = np.concatenate([np.full(len(b), 0.05 + k * interval_s) for k, b in enumerate(batches)])
         flat = self._run(np.concatenate(batches), times, slo_ms, min_accuracy, 0.1 + len(batches) * interval_s)
         out, pos = [], 0

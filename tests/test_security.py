@@ -281,30 +281,86 @@ def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
 
 
 # --- fingerprinting on a small zoo (the simulator's serving path) ---------------------------------------------------
-@pytest.mark.parametrize("shown", [False, True])
-def test_fingerprinting_pins_every_subnet_of_a_small_zoo(shown):
-    """Four subnets (budgets 3/4/6/10 ms with the 2 ms overhead), benign load 0.2: the black-box attacker finds the
-    four responders in Pareto order and pins each; at the pin the server really serves that subnet, and the
-    identification the attacker makes there agrees."""
-    from security.fingerprint import Fingerprinter
+def _small_zoo_oracle(shown: bool, seed: int = 3, load: float = 0.2, defense=None, accuracies=None, lat=None):
     from security.oracles import BenignWorkload, SimOracle
 
-    zoo = make_zoo(accuracies=(0.90, 0.94, 0.96, 0.98), lat1_ms=(1.0, 2.0, 4.0, 8.0))
+    zoo = make_zoo(accuracies=accuracies or (0.90, 0.94, 0.96, 0.98), lat1_ms=lat or (1.0, 2.0, 4.0, 8.0))
     rng = np.random.default_rng(0)
+    k = len(zoo.entries)
     base = rng.integers(0, 10, 64)  # subnets agree on about half of the images, like models on ambiguous inputs
-    preds = np.stack([np.where(rng.random(64) < 0.5, rng.integers(0, 10, 64), base) for _ in range(4)])
-    oracle = SimOracle(zoo, preds, BenignWorkload(load=0.2), seed=3, subnet_visible=shown)
+    preds = np.stack([np.where(rng.random(64) < 0.5, rng.integers(0, 10, 64), base) for _ in range(k)])
+    return zoo, SimOracle(zoo, preds, BenignWorkload(load=load), defense, seed=seed, subnet_visible=shown)
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_fingerprinting_pins_every_subnet_of_a_small_zoo(shown):
+    """Four subnets (budgets 3/4/6/10 ms with the 2 ms overhead), benign load 0.2: the black-box staircase finds
+    the four responders in Pareto order with their accuracies and latency budgets, and pins each; at the pin the
+    server really serves that subnet, and the attacker's own identification there agrees."""
+    from security.fingerprint import Fingerprinter
+
+    zoo, oracle = _small_zoo_oracle(shown)
     fp = Fingerprinter(oracle, np.arange(12), use_subnet_param=shown)
     responders = fp.discover()
     assert len(responders) == 4
+    for r, e in zip(responders, zoo.entries):  # each step is one subnet: its accuracy and its budget (+2 ms)
+        assert e.accuracy - fp.acc_resolution <= r.accuracy <= e.accuracy + 1e-9
+        assert e.latency_ms[1].p99_ms + 2.0 <= r.slo_lo_ms <= (e.latency_ms[1].p99_ms + 2.0) * fp.resolution
+        assert (r.subnet_id == e.subnet_id) if shown else r.subnet_id is None
     if not shown:
         assert len(fp.fp_positions) <= 8  # identification costs a handful of images, not the probe set
-    discovery = oracle.queries
-    assert discovery < (80 if shown else 2500)  # 3 passes x 12 probes per point (hidden)
+    assert oracle.queries < (120 if shown else 500)  # every image counted
     for victim in range(4):
         pin = fp.pin(victim)
+        assert pin.consistency >= 0.6 and pin.queries > 0
         start = len(oracle.truth)
         hits = [fp.identify(pin.slo_ms, pin.min_accuracy) == victim for _ in range(6)]
         served = [t for t in oracle.truth[start:] if t is not None]
         assert served and max(set(served), key=served.count) == zoo.entries[victim].subnet_id
         assert sum(hits) >= 4, (victim, pin, hits)
+
+
+def test_staircase_separates_close_neighbours_and_skips_dominated_subnets():
+    """Five subnets, one dominated (slower and less accurate than another) and two 0.2 points / 5% apart: the
+    responders are exactly the four front subnets, the close pair separated."""
+    from security.defense import ZooView
+    from security.fingerprint import Fingerprinter
+
+    acc, lat = (0.90, 0.93, 0.932, 0.92, 0.98), (1.0, 2.0, 2.2, 3.0, 6.0)  # subnet 3: dominated by 1 and 2
+    zoo, oracle = _small_zoo_oracle(False, seed=5, load=0.1, accuracies=acc, lat=lat)
+    fp = Fingerprinter(oracle, np.arange(16), use_subnet_param=False)
+    responders = fp.discover()
+    front = [i for i in np.flatnonzero(ZooView.from_zoo(zoo).front)]
+    assert front == [0, 1, 2, 4]
+    assert [round(r.accuracy, 3) for r in responders] == [acc[i] for i in front]
+
+
+def test_pin_verification_picks_the_candidate_a_pin_shaped_defense_leaves_alone():
+    """The Pareto defense with p = 1 moves every request whose hints admit exactly one subnet; the attacker's
+    default pin (an accuracy hint excluding the faster subnets) is such a request, the loose candidate (SLO only)
+    is not. Verification measures both and keeps the loose one, which an idle server still answers with the victim."""
+    from security.defense import ParetoDefense, ZooView
+    from security.fingerprint import Fingerprinter
+
+    zoo, oracle = _small_zoo_oracle(False, load=0.05)
+    fp = Fingerprinter(oracle, np.arange(12), use_subnet_param=False)
+    fp.discover()  # without the defense: the staircase needs it off to see every step
+    oracle.defense = ParetoDefense(ZooView.from_zoo(zoo, 2.0), pinned_probability=1.0)
+    pin = fp.pin(2)
+    assert pin.min_accuracy == 0.0 and pin.consistency >= 0.8
+    start = len(oracle.truth)
+    oracle.query_each(np.arange(10), pin.slo_ms, pin.min_accuracy)
+    served = [t for t in oracle.truth[start:] if t is not None]
+    assert served.count(zoo.entries[2].subnet_id) >= 0.8 * len(served)
+
+
+def test_sim_oracle_paces_the_attacker_one_call_in_flight():
+    """Calls are spaced by their SLO: the attacker's own probes never queue behind each other, so on an idle server
+    a pinned subnet answers every call (probes 10 ms apart on a 10 ms subnet used to shed or downgrade each other)."""
+    zoo, oracle = _small_zoo_oracle(False, load=0.0)
+    slo = 9.0  # admits the 6 ms budget (subnet 2), not the 10 ms one
+    assert oracle.pace_s(slo) >= slo * 1e-3
+    start = len(oracle.truth)
+    oracle.query_each(np.arange(30), slo, 0.95)
+    assert oracle.truth[start:] == [zoo.entries[2].subnet_id] * 30
+    assert oracle.queries == 30
