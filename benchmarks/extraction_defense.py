@@ -1,7 +1,7 @@
 """Fingerprinting + extraction attack vs the hint-noise defenses: attack accuracy/fidelity against goodput (issue 7).
 
-    nice -n 10 /work/venv/bin/python benchmarks/extraction_defense.py            # ~5-10 min on 2 busy cores
-    nice -n 10 /work/venv/bin/python benchmarks/extraction_defense.py --quick    # smaller sweep, ~2 min
+    nice -n 10 /work/venv/bin/python benchmarks/extraction_defense.py            # 3 seeds, ~10 min on 2 busy cores
+    nice -n 10 /work/venv/bin/python benchmarks/extraction_defense.py --quick    # 1 seed, smaller sweep, ~2 min
 
 What runs (seeds in the JSON):
 - Set-up: the shipped zoo + checkpoint (else the tiny test fixture, said so in the result). Victim = the middle
@@ -14,10 +14,19 @@ What runs (seeds in the JSON):
   LogUniform(1, 6) x its budget, half with an accuracy hint Uniform(lowest, highest accuracy)); the attacker's
   single-image calls injected into it; the defense applied to every request. Goodput = benign requests served by a
   subnet meeting their ORIGINAL hints / all benign requests.
-- Attacks: fingerprinted (discover, pin the victim, extract `--budget` images with consistency checks), naive (the
-  same images without hints), upper bound (the victim's own labels). One knockoff CNN per attack, seeded.
-- Defenses swept: PSML noise (Gaussian, accuracy std s, SLO log-std 20 s) and ours (Pareto neighbour, probability p).
-- A short run against the real gRPC server (in-process, idle, subnet id hidden from the attacker).
+  The attacker keeps one call in flight (calls spaced by their SLO), like a client waiting for each answer.
+- Attacks: fingerprinted (staircase discovery, pin the victim and verify the pin, extract `--budget` images with
+  consistency checks), naive (the same images without hints), naive with as many queries as the whole fingerprinted
+  attack (capped at the 1,000-image pool), upper bound (the victim's own labels on the `--budget` images). One
+  knockoff CNN per attack, seeded. The victim is always the middle front subnet (ground truth): a pin that lands
+  elsewhere is scored against the victim all the same.
+- Defenses swept: PSML noise (Gaussian, accuracy std s, SLO log-std 20 s), ours (Pareto neighbour, probability p;
+  pinned -> fastest subnet; and with loose requests spread over the subnets their hints admit, q) and, against the
+  strongest setting of each with goodput >= 80%, the adaptive attacker (3 votes per image at the same budget).
+- Every point is run for each of `--seeds` (default 0 1 2): the attacker's probes and transfer order, the benign
+  traffic, the defense's draws and the surrogate's training all follow the seed. Means and standard deviations.
+- A short run against the real gRPC server (in-process, idle, shipped zoo, reprofile never), subnet id hidden from
+  the attacker (read for evaluation only) and, separately, shown to it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from benchmarks._common import RESULTS_DIR, write_result  # noqa: E402
 
 NOISE_SCALES = (0.0025, 0.005, 0.01, 0.02, 0.04)
 PARETO_PS = (0.1, 0.2, 0.3, 0.45)
+SPREAD_QS = (0.2, 0.5)  # with p = 0.3
 
 
 def _assets() -> tuple[Path, Path, str]:
@@ -51,61 +61,106 @@ def _assets() -> tuple[Path, Path, str]:
 
 
 def _point(setting: Any, defense: Any, args: argparse.Namespace, seed: int, naive: bool,
-           visible: bool = False, repeats: int = 1, target: int | None = None) -> dict[str, Any]:
+           visible: bool = False, repeats: int = 1, naive_equal_total: bool = False) -> dict[str, Any]:
     from security.experiment import run_attack
     from security.oracles import BenignWorkload, SimOracle
 
     oracle = SimOracle(setting.zoo, setting.predictions, BenignWorkload(load=args.load), defense, seed=seed,
                        subnet_visible=visible)
     out = run_attack(setting, oracle, args.budget, seed, use_subnet_param=visible, naive=naive, epochs=args.epochs,
-                     repeats=repeats, target=target if target is not None else getattr(args, "target", None))
+                     repeats=repeats, naive_equal_total=naive_equal_total)
     out["goodput_pct"] = 100.0 * oracle.benign_goodput
     out["benign_accuracy_shortfall_points"] = oracle.benign_accuracy_shortfall_points
     out["benign_requests"] = len(oracle.benign_good)
     return out
 
 
-def _plot(rows: list[dict[str, Any]], base: dict[str, float], path: Path) -> None:
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def _std(xs: list[float]) -> float:
+    import numpy as np
+
+    xs = [x for x in xs if x == x]
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def _row(defense: str, scale: float, seed: int, r: dict[str, Any]) -> dict[str, Any]:
+    s = r["scores"]["fingerprinted"]
+    return {"defense": defense, "scale": scale, "seed": seed, "goodput_pct": r["goodput_pct"],
+            "fp_acc": s["accuracy_pct"], "fp_fid": s["fidelity_pct"], "victim_label_share_pct":
+            s["victim_label_share_pct"], "pinned_is_victim": r["pinned_is_victim"], "pinned_subnet": r["pinned_subnet"],
+            "responders_found": r["responders_found"], "fingerprint_queries": r["fingerprint_queries"],
+            "total_queries": r["fingerprinted_total_queries"], "labels": s["labels"],
+            "pin_consistency": r["pin"]["consistency"],
+            "benign_accuracy_shortfall_points": r["benign_accuracy_shortfall_points"]}
+
+
+def _aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (defense, scale): means and standard deviations over seeds."""
+    keys = list(dict.fromkeys((r["defense"], r["scale"]) for r in rows))
+    out = []
+    for d, sc in keys:
+        rs = [r for r in rows if (r["defense"], r["scale"]) == (d, sc)]
+        agg: dict[str, Any] = {"defense": d, "scale": sc, "seeds": len(rs)}
+        for k in ("goodput_pct", "fp_acc", "fp_fid", "victim_label_share_pct", "fingerprint_queries",
+                  "total_queries", "labels", "pin_consistency", "benign_accuracy_shortfall_points"):
+            agg[k] = _mean([float(r[k]) for r in rs])
+            agg[k + "_std"] = _std([float(r[k]) for r in rs])
+        agg["pinned_is_victim_pct"] = 100.0 * _mean([float(r["pinned_is_victim"]) for r in rs])
+        out.append(agg)
+    return out
+
+
+def _plot(agg: list[dict[str, Any]], base: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, metric, label in ((axes[0], "acc", "attack accuracy (%)"), (axes[1], "fid", "attack fidelity (%)")):
-        for name, style in (("psml_noise", "o-"), ("pareto", "s-"), ("pareto_fastest", "^-")):
-            pts = sorted((r["goodput_pct"], r[f"fp_{metric}"], r["scale"]) for r in rows if r["defense"] in
-                         (name, "none"))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
-                    label={"psml_noise": "PSML noise on hints (s)", "pareto": "ours: Pareto neighbour (p)",
-                           "pareto_fastest": "ours: pinned -> fastest subnet (p)"}[name])
-            for g, v, s in pts:
-                if s:
-                    ax.annotate(f"{s:g}", (g, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        ax.axhline(base[f"upper_{metric}"], color="k", ls="--", lw=1, label="upper bound (victim alone)")
-        ax.axhline(base[f"naive_{metric}"], color="grey", ls=":", lw=1, label="naive attack (no hints)")
+    names = {"psml_noise": ("PSML noise on hints (s)", "o-"), "pareto": ("ours: Pareto neighbour (p)", "s-"),
+             "pareto_fastest": ("ours: pinned -> fastest (p)", "^-"),
+             "pareto_spread": ("ours: p=0.3 + loose spread (q)", "D-")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    for ax, metric, label in ((axes[0], "fp_acc", "attack accuracy (%)"), (axes[1], "fp_fid", "attack fidelity (%)")):
+        for name, (text, style) in names.items():
+            pts = sorted((r["goodput_pct"], r[metric], r[metric + "_std"], r["scale"]) for r in agg
+                         if r["defense"] in (name, "none"))
+            if len(pts) < 2:
+                continue
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, capsize=2,
+                        label=text, ms=4)
+            for g, v, _, sc in pts:
+                if sc:
+                    ax.annotate(f"{sc:g}", (g, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        key = "acc" if metric == "fp_acc" else "fid"
+        ax.axhline(base[f"upper_{key}"], color="k", ls="--", lw=1, label="upper bound (victim alone)")
+        ax.axhline(base[f"naive_{key}"], color="grey", ls=":", lw=1, label="naive attack (no hints)")
         ax.axvline(80, color="r", lw=0.8, alpha=0.5)
         ax.set_xlabel("goodput: benign requests served within their original hints (%)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + f", mean of {int(base['seeds'])} seeds")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Fingerprinted extraction of the middle subnet vs hint defenses (simulator serving path)")
+    fig.suptitle("Fingerprinted extraction of the middle front subnet vs hint defenses (simulator serving path)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _best_at(rows: list[dict[str, Any]], name: str, base: dict[str, float], floor_pct: float) -> dict[str, Any]:
-    ok = [r for r in rows if r["defense"] == name and r["goodput_pct"] >= floor_pct]
+def _best_at(agg: list[dict[str, Any]], name: str, base: dict[str, float], floor_pct: float) -> dict[str, Any]:
+    """The setting of defense `name` cutting the mean attack accuracy most with mean goodput >= floor."""
+    ok = [r for r in agg if r["defense"] == name and r["goodput_pct"] >= floor_pct]
     if not ok:
         return {"acc_drop": float("nan"), "fid_drop": float("nan"), "goodput": float("nan"), "scale": None}
     best = max(ok, key=lambda r: base["fp_acc"] - r["fp_acc"])
     return {"acc_drop": base["fp_acc"] - best["fp_acc"], "fid_drop": base["fp_fid"] - best["fp_fid"],
-            "goodput": best["goodput_pct"], "scale": best["scale"]}
+            "goodput": best["goodput_pct"], "scale": best["scale"], "acc_std": best["fp_acc_std"]}
 
 
-def _server_run(zoo: Path, ckpt: Path, setting: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _server_run(zoo: Path, ckpt: Path, setting: Any, args: argparse.Namespace, shown: bool) -> dict[str, Any]:
     from security.experiment import run_attack
     from security.oracles import ServerOracle
     from superserve.server.app import Server, ServeConfig
@@ -114,9 +169,9 @@ def _server_run(zoo: Path, ckpt: Path, setting: Any, args: argparse.Namespace) -
                              reprofile="never")).start()
     oracle = ServerOracle(f"127.0.0.1:{srv.port}", setting.data)
     try:
-        # the response shows subnet_id (kept for evaluation), the attacker ignores it
-        out = run_attack(setting, oracle, args.server_budget, args.seed, use_subnet_param=False, naive=True,
-                         epochs=args.epochs)
+        # the response shows subnet_id (kept for evaluation); the attacker reads it only when `shown`
+        out = run_attack(setting, oracle, args.server_budget, args.seeds[0], use_subnet_param=shown,
+                         naive=not shown, epochs=args.epochs)
     finally:
         oracle.close()
         srv.stop()
@@ -129,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-budget", type=int, default=300, help="extraction queries against the server")
     parser.add_argument("--load", type=float, default=0.3, help="benign load (x top subnet batch-1 throughput)")
     parser.add_argument("--epochs", type=int, default=15, help="surrogate training epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="fewer sweep points and a smaller budget")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer sweep points, a smaller budget")
     parser.add_argument("--no-server", action="store_true", help="skip the real-server run")
     args = parser.parse_args(argv)
     if args.quick:
         args.budget, args.server_budget, args.epochs = min(args.budget, 600), min(args.server_budget, 150), 10
+        args.seeds = args.seeds[:1]
     import torch
 
     from security.defense import MetricNoise, ParetoDefense, ZooView
@@ -145,120 +201,138 @@ def main(argv: list[str] | None = None) -> int:
     zoo_path, ckpt_path, source = _assets()
     setting = Setting.load(zoo_path, ckpt_path)
     print(f"zoo: {source} ({len(setting.zoo.entries)} subnets), victim {setting.victim_id} "
-          f"(index {setting.victim}), setup {time.perf_counter() - t0:.0f} s", flush=True)
-    seed = args.seed
-    intended = setting.victim_id
-    plain = _point(setting, None, args, seed, naive=True)
-    # The attacker targets the middle responder it discovered; the victim is whatever that pin really reaches
-    # (ground truth, evaluation only). Every later point targets the same responder and is scored on that victim.
-    args.target = plain["pin"]["responder"]
-    if plain["pinned_subnet"] and plain["pinned_subnet"] != intended:
-        k = setting.zoo.subnet_ids.index(plain["pinned_subnet"])
-        print(f"the pin reached {plain['pinned_subnet']} (not the intended {intended}): scoring against it",
-              flush=True)
-        setting = setting.with_victim(k)
-        plain = _point(setting, None, args, seed, naive=True)
-    upper = upper_bound(setting, args.budget, seed, args.epochs)
-    shown = _point(setting, None, args, seed + 1, naive=False, visible=True, target=None)
-    base = {"fp_acc": plain["scores"]["fingerprinted"]["accuracy_pct"],
-            "fp_fid": plain["scores"]["fingerprinted"]["fidelity_pct"],
-            "naive_acc": plain["scores"]["naive"]["accuracy_pct"],
-            "naive_fid": plain["scores"]["naive"]["fidelity_pct"],
-            "upper_acc": upper.accuracy_pct, "upper_fid": upper.fidelity_pct}
-    print(f"no defense: fingerprinted {base['fp_acc']:.1f}% / fid {base['fp_fid']:.1f}%, naive "
-          f"{base['naive_acc']:.1f}% / {base['naive_fid']:.1f}%, upper bound {base['upper_acc']:.1f}% / "
-          f"{base['upper_fid']:.1f}%, goodput {plain['goodput_pct']:.1f}% ({time.perf_counter() - t0:.0f} s)",
-          flush=True)
-
-    def row(defense: str, scale: float, r: dict[str, Any]) -> dict[str, Any]:
-        s = r["scores"]["fingerprinted"]
-        out = {"defense": defense, "scale": scale, "goodput_pct": r["goodput_pct"], "fp_acc": s["accuracy_pct"],
-               "fp_fid": s["fidelity_pct"], "victim_label_share_pct": s["victim_label_share_pct"],
-               "pinned_is_victim": r["pinned_is_victim"], "responders_found": r["responders_found"],
-               "fingerprint_queries": r["fingerprint_queries"], "labels": s["labels"],
-               "benign_accuracy_shortfall_points": r["benign_accuracy_shortfall_points"]}
-        print(f"  {defense:10s} {scale:<7g} goodput {out['goodput_pct']:5.1f}%  attack acc {out['fp_acc']:5.1f}% "
-              f"fid {out['fp_fid']:5.1f}%  victim labels {out['victim_label_share_pct']:5.1f}%  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        return out
-
-    rows = [row("none", 0.0, plain)]
+          f"(index {setting.victim}, the middle of the front), setup {time.perf_counter() - t0:.0f} s", flush=True)
     view = ZooView.from_zoo(setting.zoo, 2.0)
     scales = NOISE_SCALES[1::2] if args.quick else NOISE_SCALES
     ps = PARETO_PS[1::2] if args.quick else PARETO_PS
-    details: dict[str, Any] = {"none": plain, "shown_subnet": shown}
-    for s in scales:
-        r = _point(setting, MetricNoise(s, 20 * s, "gaussian"), args, seed, naive=False)
-        rows.append(row("psml_noise", s, r))
-        details[f"psml_noise_{s:g}"] = r
-    for p in ps:
-        r = _point(setting, ParetoDefense(view, p), args, seed, naive=False)
-        rows.append(row("pareto", p, r))
-        details[f"pareto_{p:g}"] = r
-    for p in ps:
-        r = _point(setting, ParetoDefense(view, p, move_to="fastest"), args, seed, naive=False)
-        rows.append(row("pareto_fastest", p, r))
-        details[f"pareto_fastest_{p:g}"] = r
+    qs = SPREAD_QS[-1:] if args.quick else SPREAD_QS
+    families = {"psml_noise": (scales, lambda v: MetricNoise(v, 20 * v, "gaussian")),
+                "pareto": (ps, lambda v: ParetoDefense(view, v)),
+                "pareto_fastest": (ps, lambda v: ParetoDefense(view, v, move_to="fastest")),
+                "pareto_spread": (qs, lambda v: ParetoDefense(view, 0.3, v))}
+    rows: list[dict[str, Any]] = []
+    per_seed: dict[int, dict[str, Any]] = {}
+    details: dict[str, Any] = {}
+    for seed in args.seeds:
+        plain = _point(setting, None, args, seed, naive=True, naive_equal_total=True)
+        upper = upper_bound(setting, args.budget, seed, args.epochs)
+        shown = _point(setting, None, args, seed, naive=False, visible=True)
+        sc = plain["scores"]
+        per_seed[seed] = {
+            "fp_acc": sc["fingerprinted"]["accuracy_pct"], "fp_fid": sc["fingerprinted"]["fidelity_pct"],
+            "shown_acc": shown["scores"]["fingerprinted"]["accuracy_pct"],
+            "shown_fid": shown["scores"]["fingerprinted"]["fidelity_pct"],
+            "naive_acc": sc["naive"]["accuracy_pct"], "naive_fid": sc["naive"]["fidelity_pct"],
+            "naive_eq_acc": sc["naive_equal_total"]["accuracy_pct"],
+            "naive_eq_fid": sc["naive_equal_total"]["fidelity_pct"],
+            "upper_acc": upper.accuracy_pct, "upper_fid": upper.fidelity_pct,
+            "fp_queries_hidden": plain["fingerprint_queries"], "fp_queries_shown": shown["fingerprint_queries"],
+            "total_queries_hidden": plain["fingerprinted_total_queries"],
+            "total_queries_shown": shown["fingerprinted_total_queries"],
+            "labels": sc["fingerprinted"]["labels"], "pinned_is_victim": plain["pinned_is_victim"],
+            "shown_pinned_is_victim": shown["pinned_is_victim"], "responders_found": plain["responders_found"],
+            "shown_responders_found": shown["responders_found"], "victim_label_share_pct":
+            sc["fingerprinted"]["victim_label_share_pct"], "goodput_pct": plain["goodput_pct"]}
+        b = per_seed[seed]
+        print(f"seed {seed}: {b['responders_found']} responders (front {plain['front_size']}), pin on the victim: "
+              f"{b['pinned_is_victim']}, {b['fp_queries_hidden']} fingerprint queries ({b['fp_queries_shown']} with "
+              f"the id shown); acc/fid: fingerprinted {b['fp_acc']:.1f}/{b['fp_fid']:.1f}, shown-id "
+              f"{b['shown_acc']:.1f}/{b['shown_fid']:.1f}, naive {b['naive_acc']:.1f}/{b['naive_fid']:.1f}, naive at "
+              f"equal total queries {b['naive_eq_acc']:.1f}/{b['naive_eq_fid']:.1f}, upper bound "
+              f"{b['upper_acc']:.1f}/{b['upper_fid']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        rows.append(_row("none", 0.0, seed, plain))
+        details[f"none_seed{seed}"] = plain
+        details[f"shown_seed{seed}"] = shown
+        for name, (values, make) in families.items():
+            for v in values:
+                r = _point(setting, make(v), args, seed, naive=False)
+                rows.append(_row(name, v, seed, r))
+                x = rows[-1]
+                print(f"  {name:15s} {v:<6g} goodput {x['goodput_pct']:5.1f}%  attack acc {x['fp_acc']:5.1f}% fid "
+                      f"{x['fp_fid']:5.1f}%  victim labels {x['victim_label_share_pct']:5.1f}%  pin on victim "
+                      f"{x['pinned_is_victim']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    base = {k: _mean([b[k] for b in per_seed.values()]) for k in next(iter(per_seed.values()))}
+    base["seeds"] = len(args.seeds)
+    agg = _aggregate(rows)
     # The adaptive attacker against per-request randomness: 3 votes per image at the same total budget, against
-    # each defense's strongest setting that keeps goodput >= 80%.
-    adaptive = {}
-    for name, make in (("psml_noise", lambda v: MetricNoise(v, 20 * v, "gaussian")),
-                       ("pareto", lambda v: ParetoDefense(view, v)),
-                       ("pareto_fastest", lambda v: ParetoDefense(view, v, move_to="fastest"))):
-        best = _best_at(rows, name, base, 80.0)
+    # each defense's strongest setting with mean goodput >= 80%, every seed.
+    adaptive: dict[str, Any] = {}
+    for name, (_, make) in families.items():
+        best = _best_at(agg, name, base, 80.0)
         if best["scale"] is None:
             continue
-        r = _point(setting, make(best["scale"]), args, seed, naive=False, repeats=3)
-        s = r["scores"]["fingerprinted"]
-        adaptive[name] = {"scale": best["scale"], "goodput_pct": r["goodput_pct"], "acc_pct": s["accuracy_pct"],
-                          "fid_pct": s["fidelity_pct"], "labels": s["labels"]}
-        print(f"  adaptive (3 votes) vs {name} {best['scale']:g}: acc {s['accuracy_pct']:.1f}% fid "
-              f"{s['fidelity_pct']:.1f}% ({s['labels']} labels)", flush=True)
-    server = None if args.no_server else _server_run(zoo_path, ckpt_path, setting, args)
-    if server is not None:
-        print(f"real server: pinned {server['pinned_subnet']} (victim: {server['pinned_is_victim']}), "
-              f"fingerprint queries {server['fingerprint_queries']}, attack acc "
-              f"{server['scores']['fingerprinted']['accuracy_pct']:.1f}%", flush=True)
+        got = [_point(setting, make(best["scale"]), args, seed, naive=False, repeats=3) for seed in args.seeds]
+        adaptive[name] = {"scale": best["scale"],
+                          "acc_pct": _mean([r["scores"]["fingerprinted"]["accuracy_pct"] for r in got]),
+                          "fid_pct": _mean([r["scores"]["fingerprinted"]["fidelity_pct"] for r in got]),
+                          "goodput_pct": _mean([r["goodput_pct"] for r in got])}
+        print(f"  adaptive (3 votes) vs {name} {best['scale']:g}: acc {adaptive[name]['acc_pct']:.1f}% fid "
+              f"{adaptive[name]['fid_pct']:.1f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+    server: dict[str, Any] = {}
+    if not args.no_server:
+        for shown_flag in (False, True):
+            r = _server_run(zoo_path, ckpt_path, setting, args, shown_flag)
+            server["shown" if shown_flag else "hidden"] = r
+            print(f"real server (id {'shown' if shown_flag else 'hidden'}): {r['responders_found']} responders, "
+                  f"pinned {r['pinned_subnet']} (victim: {r['pinned_is_victim']}), fingerprint queries "
+                  f"{r['fingerprint_queries']}, attack acc/fid {r['scores']['fingerprinted']['accuracy_pct']:.1f}/"
+                  f"{r['scores']['fingerprinted']['fidelity_pct']:.1f}%"
+                  + (f", naive {r['scores']['naive']['accuracy_pct']:.1f}/{r['scores']['naive']['fidelity_pct']:.1f}%"
+                     if "naive" in r["scores"] else "") + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
     png = RESULTS_DIR / "extraction_defense.png"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    _plot(rows, base, png)
-    psml, ours = _best_at(rows, "psml_noise", base, 80.0), _best_at(rows, "pareto", base, 80.0)
-    ours_far = _best_at(rows, "pareto_fastest", base, 80.0)
+    _plot(agg, base, png)
+    best = {name: _best_at(agg, name, base, 80.0) for name in families}
+    none = next(r for r in agg if r["defense"] == "none")
     headline: dict[str, Any] = {
-        "zoo": source, "victim_subnet": setting.victim_id, "intended_victim_subnet": intended, "zoo_subnets": len(setting.zoo.entries),
+        "zoo": source, "victim_subnet": setting.victim_id, "zoo_subnets": len(setting.zoo.entries),
+        "front_subnets": int(view.front.sum()), "seeds": len(args.seeds),
         "extraction_budget_queries": args.budget, "benign_load_x_top_throughput": args.load,
         "fingerprinted_attack_acc_pct": base["fp_acc"], "fingerprinted_attack_fidelity_pct": base["fp_fid"],
+        "fingerprinted_attack_acc_std_points": _std([b["fp_acc"] for b in per_seed.values()]),
+        "fingerprinted_shown_id_attack_acc_pct": base["shown_acc"],
+        "fingerprinted_shown_id_attack_fidelity_pct": base["shown_fid"],
         "naive_attack_acc_pct": base["naive_acc"], "naive_attack_fidelity_pct": base["naive_fid"],
+        "naive_equal_total_queries_attack_acc_pct": base["naive_eq_acc"],
+        "naive_equal_total_queries_attack_fidelity_pct": base["naive_eq_fid"],
         "upper_bound_acc_pct": base["upper_acc"], "upper_bound_fidelity_pct": base["upper_fid"],
         "fingerprinted_minus_upper_bound_acc_points": base["fp_acc"] - base["upper_acc"],
+        "fingerprinted_minus_upper_bound_fidelity_points": base["fp_fid"] - base["upper_fid"],
         "fingerprinted_minus_naive_acc_points": base["fp_acc"] - base["naive_acc"],
         "fingerprinted_minus_naive_fidelity_points": base["fp_fid"] - base["naive_fid"],
-        "pinned_is_victim": plain["pinned_is_victim"],
-        "fingerprint_queries_subnet_hidden": plain["fingerprint_queries"],
-        "fingerprint_queries_subnet_shown": shown["fingerprint_queries"],
-        "goodput_no_defense_pct": plain["goodput_pct"],
-        "psml_defense_attack_acc_drop_points_at_goodput_80pct": psml["acc_drop"],
-        "psml_defense_attack_fidelity_drop_points_at_goodput_80pct": psml["fid_drop"],
-        "psml_defense_goodput_pct_at_that_point": psml["goodput"],
-        "pareto_defense_attack_acc_drop_points_at_goodput_80pct": ours["acc_drop"],
-        "pareto_defense_attack_fidelity_drop_points_at_goodput_80pct": ours["fid_drop"],
-        "pareto_defense_goodput_pct_at_that_point": ours["goodput"],
-        "pareto_fastest_defense_attack_acc_drop_points_at_goodput_80pct": ours_far["acc_drop"],
-        "pareto_fastest_defense_attack_fidelity_drop_points_at_goodput_80pct": ours_far["fid_drop"],
-        "pareto_fastest_defense_goodput_pct_at_that_point": ours_far["goodput"],
-        "wall_time_s": time.perf_counter() - t0,
+        "pin_on_victim_pct_of_seeds": 100.0 * _mean([float(b["pinned_is_victim"]) for b in per_seed.values()]),
+        "shown_id_pin_on_victim_pct_of_seeds": 100.0 * _mean([float(b["shown_pinned_is_victim"])
+                                                                for b in per_seed.values()]),
+        "responders_found_mean": base["responders_found"],
+        "victim_label_share_pct": base["victim_label_share_pct"],
+        "fingerprint_queries_subnet_hidden": base["fp_queries_hidden"],
+        "fingerprint_queries_subnet_shown": base["fp_queries_shown"],
+        "fingerprinted_total_queries_subnet_hidden": base["total_queries_hidden"],
+        "fingerprinted_labels_kept": base["labels"],
+        "goodput_no_defense_pct": none["goodput_pct"],
     }
+    for name, bst in best.items():
+        headline[f"{name}_defense_attack_acc_drop_points_at_goodput_80pct"] = bst["acc_drop"]
+        headline[f"{name}_defense_attack_fidelity_drop_points_at_goodput_80pct"] = bst["fid_drop"]
+        headline[f"{name}_defense_goodput_pct_at_that_point"] = bst["goodput"]
+        headline[f"{name}_defense_setting_at_that_point"] = bst["scale"]
     for name, a in adaptive.items():
         headline[f"{name}_defense_vs_adaptive_3vote_attack_acc_drop_points"] = base["fp_acc"] - a["acc_pct"]
-    if server is not None:
-        headline.update({"server_fingerprinted_attack_acc_pct": server["scores"]["fingerprinted"]["accuracy_pct"],
-                         "server_naive_attack_acc_pct": server["scores"]["naive"]["accuracy_pct"],
-                         "server_pinned_is_victim": server["pinned_is_victim"],
-                         "server_fingerprint_queries": server["fingerprint_queries"],
-                         "server_extraction_budget_queries": args.server_budget})
+    for k, r in server.items():
+        headline.update({f"server_{k}_id_responders_found": r["responders_found"],
+                         f"server_{k}_id_pinned_is_victim": r["pinned_is_victim"],
+                         f"server_{k}_id_fingerprint_queries": r["fingerprint_queries"],
+                         f"server_{k}_id_attack_acc_pct": r["scores"]["fingerprinted"]["accuracy_pct"],
+                         f"server_{k}_id_attack_fidelity_pct": r["scores"]["fingerprinted"]["fidelity_pct"]})
+        if "naive" in r["scores"]:
+            headline[f"server_naive_attack_acc_pct"] = r["scores"]["naive"]["accuracy_pct"]
+            headline[f"server_naive_attack_fidelity_pct"] = r["scores"]["naive"]["fidelity_pct"]
+    if server:
+        headline["server_extraction_budget_queries"] = args.server_budget
+    headline["wall_time_s"] = time.perf_counter() - t0
     path = write_result("extraction_defense", headline,
-                        {"seed": seed, "rows": rows, "psml_best": psml, "pareto_best": ours, "pareto_fastest_best": ours_far,
-                         "plot": png.name, "adaptive_3vote": adaptive,
+                        {"seeds": args.seeds, "per_seed_no_defense": per_seed, "aggregated": agg, "rows": rows,
+                         "best_at_goodput_80pct": best, "plot": png.name, "adaptive_3vote": adaptive,
                          "details": json.loads(json.dumps(details, default=str)),
                          "server": json.loads(json.dumps(server, default=str)) if server else None})
     print(json.dumps(headline, indent=1))

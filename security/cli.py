@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     setting = Setting.load(args.zoo, args.checkpoint, args.victim, args.seed)
     print(f"victim: {setting.victim_id} (zoo index {setting.victim} of {len(setting.zoo.entries)}); attacker data: "
-          f"sklearn digits, scored on the {setting.dataset} test split", flush=True)
+          f"{setting.dataset} validation + odd test images, scored on the even test images", flush=True)
     if args.action == "attack":
         from security.oracles import ServerOracle
 
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     pin = result["pin"]
     print(f"fingerprinting: {result['responders_found']} responders found, fingerprint set of "
           f"{result['fingerprint_set_size']} image(s), {result['fingerprint_queries']} queries; pinned responder "
-          f"{pin['responder']} with slo_ms={pin['slo_ms']:.2f}, min_accuracy={pin['min_accuracy']:.4f}")
+          f"{pin['responder']} with slo_ms={pin['slo_ms']:.2f}, min_accuracy={pin['min_accuracy']:.4f} "
+          f"(verified: {100 * pin['consistency']:.0f}% of checks named it)")
     print(f"  really served by: {result['pinned_subnet']} ({'the victim' if result['pinned_is_victim'] else 'NOT the victim'})")
     for name, s in result["scores"].items():
         print(f"  {name:14s} accuracy {s['accuracy_pct']:5.1f}%  fidelity {s['fidelity_pct']:5.1f}%  "
