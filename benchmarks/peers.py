@@ -1,0 +1,664 @@
+"""Peers, side by side: superserve (SlackFit) vs NVIDIA Triton (PyTriton) and Ray Serve on the same machine, client
+and traces, each peer serving exported fixed subnets of the same supernet.
+
+Configurations (the subnets are read from the zoo, never hard-coded):
+- `superserve[slackfit]`: `superserve serve` on the shipped checkpoint and a frozen copy of the zoo (1 embedded worker,
+  1 torch thread, the zoo's latency table re-profiled for this host once and cached, as the server does itself);
+- `triton[SUBNET,bB]` and `triton[SUBNET,bB,timeout]`: PyTriton's bundled Triton server, a Python model running
+  `supernet.export.export(net, subnet)` behind Triton's dynamic batcher (max batch B, queue delay --batch-wait-ms);
+  the `timeout` variant adds Triton's queue policy rejecting requests queued longer than the SLO (Triton's own way
+  to shed, the fairest counterpart of superserve's shedding);
+- `ray[SUBNET,bB]`: Ray Serve, one replica, `@serve.batch(max_batch_size=B)`, gRPC ingress (`gRPCOptions`) with the
+  Open Inference Protocol's servicer, `max_ongoing_requests` 8 x B;
+for SUBNET in {the zoo's most accurate subnet, its middle one by accuracy}. B per subnet: the largest profiled batch
+size whose p99 latency on this host fits in half the SLO (what `capacity_qps` assumes; `--max-batch` overrides).
+
+Every server speaks the Open Inference Protocol over gRPC, so one client does all: the open-loop replayer
+(`loadtest.replayer`, in this process) with the same arrivals per trace (`--traces`, default gamma:8 and azure) at
+`--load` x `capacity_qps` (the most accurate subnet's sustainable rate on this host). Pinning is the same for all:
+servers and all their child processes (Triton's binary and Python stub, Ray's raylet/GCS/proxy/replica) run with CPU
+affinity `--server-cpus` and 1 torch/OpenMP thread per model process; the client runs on `--client-cpus`.
+Start-up = from spawning the server process to the first successful ModelInfer answer (polled every 50 ms).
+
+The peers run in their own virtualenvs, made on demand under `--venv-dir` from Debian's python3.11 (PyTriton's
+bundled server needs a shared libpython) with torch of the project's version, the peer package and the project on
+sys.path (never installed into the project's venv; `pip install -e '.[peers]'` declares the same packages).
+
+    python benchmarks/peers.py [--duration 30] [--traces gamma:8,azure] [--load 2] [--slo-ms 100]
+        [--systems superserve,triton,ray] [--venv-dir /tmp/superserve-peers] [--setup-only] [--remove-venvs]
+
+Writes benchmarks/results/peers.json (+ peers.png) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from _common import RESULTS_DIR, command_line  # noqa: E402
+
+from superserve.experiments import Point, capacity_qps, compare, spread_indices  # noqa: E402
+from superserve.zoo import Zoo, ZooEntry  # noqa: E402
+
+SYSTEMS = ("superserve", "triton", "ray")
+PEER_IMPORT = {"triton": "pytriton.triton", "ray": "ray.serve"}  # what must import in a peer venv
+# Besides torch: the `[peers]` extra's requirement for that peer (pyproject.toml), plus what its server script uses.
+PEER_EXTRA_PREFIX = {"triton": "nvidia-pytriton", "ray": "ray[serve]"}
+PEER_EXTRAS = {"triton": ["numpy"], "ray": ["tritonclient[grpc]", "numpy"]}
+PEER_VERSIONS = {"triton": ["nvidia-pytriton", "torch", "numpy"], "ray": ["ray", "torch", "numpy", "tritonclient"]}
+INPUT_SHAPE = (1, 1, 28, 28)  # one image per request, as the demo and e2e_tradeoff send
+STARTUP_TIMEOUT_S = 300.0
+
+
+# --- configurations ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    label: str  # e.g. "triton[d444-42213266,b4,timeout]"
+    system: str  # superserve | triton | ray
+    subnet_id: str | None = None  # the fixed subnet a peer serves (None: superserve chooses per batch)
+    accuracy: float | None = None  # its zoo (validation) accuracy: what the replayer records for a peer's answers
+    role: str = ""  # "most accurate" / "mid" for a peer, "slackfit" for superserve
+    max_batch: int | None = None
+    queue_timeout_ms: float = 0.0  # triton: reject requests queued longer than this (0 = never)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_subnets(zoo: Zoo) -> list[tuple[str, ZooEntry]]:
+    """The zoo's most accurate subnet and its middle one by accuracy (e2e_tradeoff's spread of 3, middle pick)."""
+    order = sorted(zoo.entries, key=lambda e: (e.accuracy, -e.flops))
+    top = order[-1]
+    mid = order[spread_indices(len(order), 3)[1]]
+    return [("most accurate", top)] + ([("mid", mid)] if mid.subnet_id != top.subnet_id else [])
+
+
+def max_batch_within(entry: ZooEntry, slo_ms: float, fraction: float = 0.5) -> int:
+    """The largest profiled batch size whose p99 latency fits in `fraction` of the SLO (at least 1): a batch may
+    wait for the one running before it, so a batch that takes more than half the SLO cannot meet it under load."""
+    fits = [b for b, s in entry.latency_ms.items() if s.p99_ms <= fraction * slo_ms]
+    return max(fits) if fits else 1
+
+
+def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, max_batch: int | None = None,
+           triton_timeout: bool = True) -> list[Config]:
+    out: list[Config] = []
+    if "superserve" in systems:
+        out.append(Config("superserve[slackfit]", "superserve", role="slackfit"))
+    for role, e in pick_subnets(zoo):
+        b = max_batch or max_batch_within(e, slo_ms)
+        if "triton" in systems:
+            out.append(Config(f"triton[{e.subnet_id},b{b}]", "triton", e.subnet_id, e.accuracy, role, b))
+            if triton_timeout:
+                out.append(Config(f"triton[{e.subnet_id},b{b},timeout]", "triton", e.subnet_id, e.accuracy, role, b,
+                                  queue_timeout_ms=slo_ms))
+        if "ray" in systems:
+            out.append(Config(f"ray[{e.subnet_id},b{b}]", "ray", e.subnet_id, e.accuracy, role, b))
+    return out
+
+
+def trace_key(spec: str) -> str:
+    return spec.replace("gamma:", "gamma_cv2_").replace(":", "_").replace(".", "p")
+
+
+# --- results: table and headline (pure, tested without the peers) --------------------------------------------------
+def as_point(row: dict[str, Any]) -> Point:
+    acc = row["mean_accuracy"]
+    return Point(row["config"], row["system"], row["trace"], row.get("load", 0.0), row.get("rate_qps", 0.0),
+                 row["requests"], row["slo_attainment"], 0.0 if acc is None or math.isnan(acc) else acc,
+                 row.get("p99_latency_ms", float("nan")), row.get("goodput_qps", float("nan")))
+
+
+def trace_comparison(rows: Sequence[dict[str, Any]], trace: str) -> dict[str, Any] | None:
+    """superserve vs the peers' frontier on one trace (superserve.experiments.compare: 'at equal' accuracy or
+    attainment, linear between two peer configurations); None without a superserve row or peer rows."""
+    group = [r for r in rows if r["trace"] == trace]
+    ours = next((r for r in group if r["system"] == "superserve"), None)
+    peers = [r for r in group if r["system"] != "superserve"]
+    if ours is None or not peers:
+        return None
+    cmp = compare(as_point(ours), [as_point(r) for r in peers])
+    best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
+    return {"trace": trace, "superserve_slo_attainment": ours["slo_attainment"],
+            "superserve_mean_accuracy": ours["mean_accuracy"],
+            "best_peer_config": best["config"], "best_peer_slo_attainment": best["slo_attainment"],
+            "best_peer_mean_accuracy": best["mean_accuracy"],
+            "peer_attainment_at_equal_accuracy": cmp["baseline_attainment_at_equal_accuracy"],
+            "peer_accuracy_at_equal_attainment": cmp["baseline_accuracy_at_equal_attainment"],
+            "attainment_gain_x_at_equal_accuracy": cmp["attainment_gain_x"],
+            "accuracy_gain_points_at_equal_attainment": cmp["accuracy_gain_points"],
+            "peer_frontier": cmp["frontier"]}
+
+
+def _r(x: Any, nd: int) -> Any:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
+
+
+def headline(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: dict[str, float],
+             burstiest: str | None) -> dict[str, Any]:
+    """Flat key -> number/str, units in the key names."""
+    h: dict[str, Any] = {}
+    for t in traces:
+        c = trace_comparison(rows, t)
+        if c is None:
+            continue
+        k = trace_key(t)
+        h[f"superserve_slo_attainment_frac_{k}"] = _r(c["superserve_slo_attainment"], 4)
+        h[f"superserve_mean_accuracy_pct_{k}"] = _r(100 * c["superserve_mean_accuracy"], 2)
+        h[f"best_peer_config_{k}"] = c["best_peer_config"]
+        h[f"best_peer_slo_attainment_frac_{k}"] = _r(c["best_peer_slo_attainment"], 4)
+        h[f"best_peer_mean_accuracy_pct_{k}"] = _r(100 * c["best_peer_mean_accuracy"], 2)
+        h[f"attainment_gain_x_at_equal_accuracy_{k}"] = _r(c["attainment_gain_x_at_equal_accuracy"], 3)
+        h[f"accuracy_gain_points_at_equal_attainment_{k}"] = _r(c["accuracy_gain_points_at_equal_attainment"], 2)
+    if burstiest is not None and f"attainment_gain_x_at_equal_accuracy_{trace_key(burstiest)}" in h:
+        k = trace_key(burstiest)
+        g = h[f"attainment_gain_x_at_equal_accuracy_{k}"]
+        a = h[f"accuracy_gain_points_at_equal_attainment_{k}"]
+        h["burstiest_trace"] = burstiest
+        # None = no peer configuration is as accurate (resp. attains as much): superserve wins that side outright.
+        h["target_attainment_2x_at_equal_accuracy_met"] = "yes" if g is None or g >= 2 else "no"
+        h["target_higher_accuracy_at_equal_attainment_met"] = "yes" if a is None or a > 0 else "no"
+    for system in SYSTEMS:
+        vals = sorted(v for lbl, v in startups.items() if lbl.startswith(system + "["))
+        if vals:
+            h[f"startup_s_{system}_median"] = round(vals[len(vals) // 2], 2)
+    return h
+
+
+def format_table(rows: Sequence[dict[str, Any]], startups: dict[str, float]) -> str:
+    head = (f"{'trace':9s} {'configuration':38s} {'SLO att.':>8s} {'mean acc.':>9s} {'p99 ms':>8s} "
+            f"{'shed+rej':>8s} {'start-up':>8s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = r["mean_accuracy"]
+        acc_s = "-" if acc is None or math.isnan(acc) else f"{100 * acc:.2f}%"
+        p99 = r.get("p99_latency_ms", float("nan"))
+        p99_s = "-" if p99 is None or math.isnan(p99) else f"{p99:.1f}"
+        st = startups.get(r["config"])
+        lines.append(f"{r['trace']:9s} {r['config']:38s} {100 * r['slo_attainment']:7.1f}% {acc_s:>9s} {p99_s:>8s} "
+                     f"{r.get('shed', 0) + r.get('rejected', 0):8d} {'-' if st is None else f'{st:.1f} s':>8s}")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: dict[str, float], path: Path,
+         title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"superserve": "tab:red", "triton": "tab:green", "ray": "tab:blue"}
+    fig, axes = plt.subplots(1, len(traces) + 1, figsize=(4.2 * (len(traces) + 1), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], traces):
+        for r in (r for r in rows if r["trace"] == t):
+            p = as_point(r)
+            marker = "*" if r["system"] == "superserve" else ("s" if "timeout" in r["config"] else "o")
+            face = colors[r["system"]] if r.get("role") != "mid" else "white"
+            ax.scatter(100 * p.mean_accuracy, p.slo_attainment, marker=marker, s=140 if marker == "*" else 50,
+                       facecolors=face, edgecolors=colors[r["system"]], linewidths=1.5, zorder=3)
+            ax.annotate(r["config"].split("[")[0] + ("" if r["system"] == "superserve" else
+                                                     f" {r.get('role', '')}" + (" +timeout" if "timeout" in r["config"]
+                                                                                else "")),
+                        (100 * p.mean_accuracy, p.slo_attainment), fontsize=6, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_title(t, fontsize=9)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("mean serving accuracy (%)", fontsize=8)
+        ax.set_ylabel("SLO attainment", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[0][-1]
+    labels = list(startups)
+    ax.barh(range(len(labels)), [startups[x] for x in labels],
+            color=[colors.get(x.split("[")[0], "gray") for x in labels])
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=6)
+    ax.set_xlabel("start-up: process start to first answer (s)", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- peer virtualenvs -----------------------------------------------------------------------------------------------
+def peer_packages(kind: str, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """What the `kind` venv installs besides torch: its requirement from the `[peers]` extra, and the rest."""
+    import tomllib
+
+    extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["peers"]
+    req = next(r for r in extra if r.replace(" ", "").startswith(PEER_EXTRA_PREFIX[kind]))
+    return [req, *PEER_EXTRAS[kind]]
+
+
+def project_torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch").split("+")[0]
+
+
+def venv_python(venv_dir: Path, kind: str) -> Path:
+    return venv_dir / kind / "bin" / "python"
+
+
+def venv_ok(python: Path, kind: str) -> bool:
+    if not python.is_file():
+        return False
+    return subprocess.run([str(python), "-c", f"import torch, numpy, {PEER_IMPORT[kind]}"],
+                          capture_output=True).returncode == 0
+
+
+def venv_versions(python: Path, kind: str) -> dict[str, str]:
+    code = ("import json, importlib.metadata as m, sys; print(json.dumps({**{p: m.version(p) for p in "
+            f"{PEER_VERSIONS[kind]!r}}}, 'python': sys.version.split()[0], 'executable': sys.executable}}))")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr[-300:]}
+
+
+def ensure_venv(venv_dir: Path, kind: str, base_python: str, torch_spec: str) -> float:
+    """Make `venv_dir/kind` (base_python -m venv + pip install) unless it already works; seconds spent (0: reused)."""
+    python = venv_python(venv_dir, kind)
+    if venv_ok(python, kind):
+        return 0.0
+    t0 = time.perf_counter()
+    target = venv_dir / kind
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    packages = [torch_spec, *peer_packages(kind)]
+    print(f"peers: making the {kind} venv in {target} ({base_python} -m venv; pip install {' '.join(packages)}) ...",
+          flush=True)
+    subprocess.run([base_python, "-m", "venv", str(target)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    if not venv_ok(python, kind):
+        raise RuntimeError(f"the {kind} venv at {target} was made but cannot import torch/{PEER_IMPORT[kind]}")
+    return time.perf_counter() - t0
+
+
+def has_shared_libpython(python: str) -> bool:
+    out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('Py_ENABLE_SHARED'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() == "1"
+
+
+# --- servers --------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    config: Config
+    proc: subprocess.Popen
+    url: str
+    model: str
+    log: Path
+    t_spawn: float
+
+
+def server_command(cfg: Config, args: argparse.Namespace, zoo_path: Path, ports: list[int]) -> tuple[list[str], str]:
+    """(argv, protocol model name) for one configuration."""
+    ckpt = str(args.checkpoint)
+    if cfg.system == "superserve":
+        return ([str(Path(sys.executable).with_name("superserve")), "serve", "--port", str(ports[0]),
+                 "--metrics-port", "-1", "--zoo", str(zoo_path), "--checkpoint", ckpt, "--policy", "slackfit",
+                 "--reprofile", "auto", "--workers", "0", "--embedded-workers", "1",
+                 "--threads-per-worker", str(args.threads), "--default-slo-ms", str(args.slo_ms),
+                 "--drain-timeout-s", "5"], "superserve")
+    python = str(venv_python(args.venv_dir, cfg.system))
+    common = ["--zoo", str(zoo_path), "--checkpoint", ckpt, "--subnet-id", str(cfg.subnet_id), "--model-name",
+              "subnet", "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--max-batch", str(cfg.max_batch),
+              "--threads", str(args.threads)]
+    if cfg.system == "triton":
+        return ([python, str(HERE / "peers_triton.py"), *common, "--metrics-port", str(ports[2]),
+                 "--queue-delay-us", str(int(args.batch_wait_ms * 1000)),
+                 "--queue-timeout-ms", str(cfg.queue_timeout_ms)], "subnet")
+    return ([python, str(HERE / "peers_ray.py"), *common, "--batch-wait-ms", str(args.batch_wait_ms)], "subnet")
+
+
+def server_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.pop("PYTHONPATH", None)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def start(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path) -> Server:
+    ports = [free_port() for _ in range(3)]
+    argv, model = server_command(cfg, args, zoo_path, ports)
+    log = work / f"{cfg.label.replace('[', '_').replace(']', '').replace(',', '_')}.log"
+    cpus = args.server_cpu_set
+
+    def pin() -> None:  # in the child: the affinity is inherited by everything it spawns
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    fh = open(log, "w")
+    t0 = time.perf_counter()
+    # A session of its own: SIGTERM goes to the server alone; a hung one is killed with its whole process group.
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=server_env(args.threads), cwd=str(work),
+                            preexec_fn=pin, start_new_session=True)
+    return Server(cfg, proc, f"127.0.0.1:{ports[0]}", model, log, t0)
+
+
+def wait_first_answer(server: Server, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+    """Seconds from spawning the server to its first successful ModelInfer (one image)."""
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    req = pb.ModelInferRequest(model_name=server.model)
+    req.inputs.add(name="INPUT", datatype="FP32", shape=list(INPUT_SHAPE))
+    req.raw_input_contents.append(np.zeros(INPUT_SHAPE, np.float32).tobytes())
+    last = "no answer"
+    with grpc.insecure_channel(server.url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.perf_counter() - server.t_spawn < timeout_s:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{server.config.label} exited with {server.proc.returncode} before answering: "
+                                   f"{server.log.read_text()[-1500:]}")
+            try:
+                stub.ModelInfer(req, timeout=2.0)
+                return time.perf_counter() - server.t_spawn
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {(exc.details() or '')[:160]}"
+            time.sleep(0.05)
+    raise RuntimeError(f"{server.config.label} gave no answer within {timeout_s:g} s (last: {last}); log "
+                       f"{server.log}")
+
+
+def wait_idle(server: Server, slo_ms: float, timeout_s: float = 120.0) -> float:
+    """After a run, wait until one request is answered within a quarter of the SLO again: a peer may still be working
+    through the previous trace's backlog (calls the client gave up on are not cancelled inside every server), which
+    must not be charged to the next trace. Seconds waited."""
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    req = pb.ModelInferRequest(model_name=server.model)
+    req.inputs.add(name="INPUT", datatype="FP32", shape=list(INPUT_SHAPE))
+    req.raw_input_contents.append(np.zeros(INPUT_SHAPE, np.float32).tobytes())
+    t0 = time.perf_counter()
+    with grpc.insecure_channel(server.url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.perf_counter() - t0 < timeout_s:
+            t = time.perf_counter()
+            try:
+                stub.ModelInfer(req, timeout=timeout_s)
+                if time.perf_counter() - t < slo_ms / 4e3:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
+def stop(server: Server, timeout_s: float = 60.0) -> float:
+    """SIGTERM the server (PyTriton and Ray shut down their children on it); kill its process group if it hangs."""
+    t0 = time.perf_counter()
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # leftovers of our own session only (e.g. Ray actors of a server that was killed)
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    server.proc.wait()
+    return time.perf_counter() - t0
+
+
+def prepare_superserve_zoo(args: argparse.Namespace, zoo_path: Path, work: Path) -> tuple[Zoo, float]:
+    """The zoo as the server will use it here: re-profiled for this host once (by the server itself, pinned like
+    every run, cached per host), so the timed start-ups do not include profiling. Returns (zoo, seconds spent)."""
+    from superserve.server import profiling
+    from superserve.zoo import HostFingerprint
+
+    zoo = Zoo.load(zoo_path)
+    here = HostFingerprint.current(threads=args.threads)
+    if zoo.host_matches(here):
+        return zoo, 0.0
+    cached = profiling.cache_path(zoo_path, here)
+    spent = 0.0
+    if not cached.is_file():
+        print(f"peers: the zoo was profiled on {zoo.host.processor}; superserve re-profiles it for this host once "
+              f"(cached in {cached}) ...", flush=True)
+        t0 = time.perf_counter()
+        server = start(Config("superserve[reprofile]", "superserve"), args, zoo_path, work)
+        try:
+            wait_first_answer(server, timeout_s=1800)
+        finally:
+            stop(server)
+        spent = time.perf_counter() - t0
+    return Zoo.load(cached), spent
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path,
+               trace_arrivals: dict[str, Any], rates: dict[str, float]) -> tuple[float, float, list[dict[str, Any]]]:
+    from loadtest.replayer import ReplaySpec, make_trace, replay
+    from superserve.metrics import summarize
+
+    server = start(cfg, args, zoo_path, work)
+    rows = []
+    try:
+        startup = wait_first_answer(server)
+        print(f"  {cfg.label}: first answer {startup:.1f} s after start", flush=True)
+        spec = ReplaySpec(url=server.url, model=server.model, slo_ms=args.slo_ms, max_in_flight=2000,
+                          drain_timeout_s=args.drain_s, accuracy=cfg.accuracy, subnet_label=cfg.subnet_id,
+                          input_name="INPUT", input_datatype="FP32", input_shape=INPUT_SHAPE, seed=args.seed)
+        # The same short warm-up for everyone (first batches of each size allocate; superserve corrects its table).
+        replay(make_trace("poisson", 10.0, args.warmup_s, args.seed + 1), spec)
+        for trace, arrivals in trace_arrivals.items():
+            idle_s = wait_idle(server, args.slo_ms)
+            report = replay(arrivals, spec)
+            s = summarize(report.records)
+            c = report.client_summary()
+            rows.append({"config": cfg.label, "system": cfg.system, "role": cfg.role, "subnet_id": cfg.subnet_id,
+                         "max_batch": cfg.max_batch, "queue_timeout_ms": cfg.queue_timeout_ms, "trace": trace,
+                         "rate_qps": rates[trace], **s.as_dict(),
+                         "subnets_served": _subnet_shares(report.records),
+                         "client": {k: c[k] for k in ("send_lag_p99_ms", "client_overloaded_count",
+                                                      "unanswered_count", "server_error_count",
+                                                      "client_cpu_fraction", "client_bottleneck")},
+                         "errors": report.error_messages(), "idle_wait_before_s": round(idle_s, 2)})
+            print(f"    {trace:8s} {rates[trace]:6.1f} q/s: SLO att {100 * s.slo_attainment:5.1f}%  mean acc "
+                  f"{100 * s.mean_accuracy:5.2f}%  p99 {s.p99_latency_ms:7.1f} ms  shed {s.shed} rejected "
+                  f"{s.rejected}{'  CLIENT-BOUND' if c['client_bottleneck'] else ''}"
+                  f"{'  errors: ' + '; '.join(report.error_messages(2)) if c['server_error_count'] else ''}",
+                  flush=True)
+    finally:
+        stopped = stop(server)
+    return startup, stopped, rows
+
+
+def _subnet_shares(records: Sequence[Any]) -> dict[str, float]:
+    served = [r.subnet_id for r in records if r.finish_s is not None and r.subnet_id is not None]
+    return {k: round(served.count(k) / len(served), 4) for k in sorted(set(served))} if served else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per trace run (default 30)")
+    parser.add_argument("--traces", default="gamma:8,azure", help="comma-separated trace specs (replayer syntax)")
+    parser.add_argument("--load", type=float, default=2.0,
+                        help="mean rate as a multiple of capacity_qps (the most accurate subnet's sustainable rate)")
+    parser.add_argument("--rate", type=float, default=None, help="mean rate in q/s (overrides --load)")
+    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="peers' max batch size (default: per subnet, largest with p99 <= SLO/2 here)")
+    parser.add_argument("--no-triton-timeout", action="store_true", help="skip the Triton queue-timeout variant")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0,
+                        help="Triton max_queue_delay / Ray batch_wait_timeout (default 2 ms)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model process, for every system")
+    parser.add_argument("--server-cpus", default="1", help="CPU list the servers are pinned to ('' = no pinning)")
+    parser.add_argument("--client-cpus", default="0", help="CPU list the client is pinned to ('' = no pinning)")
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--drain-s", type=float, default=5.0, help="replayer drain timeout after the last send")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--venv-dir", type=Path, default=Path(tempfile.gettempdir()) / "superserve-peers",
+                        help="where the peers' virtualenvs live (made on first use; never inside the repo)")
+    parser.add_argument("--peer-python", default="/usr/bin/python3.11",
+                        help="base interpreter of the peer venvs (needs a shared libpython for PyTriton)")
+    parser.add_argument("--torch-spec", default=None, help="torch requirement for the peer venvs "
+                                                           "(default: torch==<the project's torch version>)")
+    parser.add_argument("--fresh-profile", action="store_true",
+                        help="re-profile the zoo for superserve now (private cache) instead of using the server's "
+                             "per-host cache when it has one")
+    parser.add_argument("--setup-only", action="store_true", help="make the peer venvs and exit")
+    parser.add_argument("--remove-venvs", action="store_true", help="delete --venv-dir and exit")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--zoo", type=Path, default=None)
+    parser.add_argument("--out", default="peers", help="result name under benchmarks/results/")
+    args = parser.parse_args(argv)
+
+    from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
+
+    args.checkpoint = (args.checkpoint or DEFAULT_CHECKPOINT).resolve()
+    args.zoo = (args.zoo or DEFAULT_ZOO).resolve()
+    args.venv_dir = args.venv_dir.resolve()
+    if ROOT in args.venv_dir.parents or args.venv_dir == ROOT:
+        parser.error("--venv-dir must be outside the repository")
+    if args.remove_venvs:
+        shutil.rmtree(args.venv_dir, ignore_errors=True)
+        print(f"removed {args.venv_dir}")
+        return 0
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.server_cpu_set = {int(c) for c in args.server_cpus.split(",") if c}
+    client_cpus = {int(c) for c in args.client_cpus.split(",") if c}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally`s that stop the servers
+    t_start = time.perf_counter()
+
+    # --- peer venvs ---------------------------------------------------------------------------------------------
+    torch_spec = args.torch_spec or f"torch=={project_torch_version()}"
+    venvs: dict[str, Any] = {}
+    for kind in (k for k in ("triton", "ray") if k in systems):
+        if kind == "triton" and not has_shared_libpython(args.peer_python):
+            print(f"warning: {args.peer_python} has no shared libpython; PyTriton's server may fail to start",
+                  flush=True)
+        spent = ensure_venv(args.venv_dir, kind, args.peer_python, torch_spec)
+        py = venv_python(args.venv_dir, kind)
+        venvs[kind] = {"path": str(args.venv_dir / kind), "install_s": round(spent, 1), "reused": spent == 0.0,
+                       "packages": [torch_spec, *peer_packages(kind)], **venv_versions(py, kind)}
+        print(f"peers: {kind} venv {'reused' if spent == 0 else f'made in {spent:.0f} s'}: {venvs[kind]}", flush=True)
+    if args.setup_only:
+        return 0
+
+    # --- zoo, lineup, traces ------------------------------------------------------------------------------------
+    from loadtest import traces as trace_lib
+    from loadtest.replayer import make_trace
+
+    work = Path(tempfile.mkdtemp(prefix="peers_"))
+    zoo_path = work / "zoo.json"  # frozen: the shipped zoo may be rebuilt or re-profiled while this runs
+    shutil.copy(args.zoo, zoo_path)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    if args.fresh_profile:  # the servers inherit it: superserve's per-host profile cache, private to this run
+        os.environ["SUPERSERVE_CACHE"] = str(work / "cache")
+    zoo, reprofile_s = prepare_superserve_zoo(args, zoo_path, work)
+    capacity = capacity_qps(zoo, 1, args.slo_ms)
+    configs = lineup(zoo, args.slo_ms, systems, args.max_batch, not args.no_triton_timeout)
+    trace_specs = [t for t in args.traces.split(",") if t]
+    rates: dict[str, float] = {}
+    arrivals: dict[str, Any] = {}
+    stats: dict[str, dict[str, float]] = {}
+    for t in trace_specs:
+        rates[t] = args.rate if args.rate else args.load * capacity
+        arrivals[t] = make_trace(t, rates[t], args.duration, args.seed)
+        stats[t] = trace_lib.stats(arrivals[t])
+    burstiest = max(trace_specs, key=lambda t: stats[t]["cv2"]) if trace_specs else None
+    picks = {role: e.subnet_id for role, e in pick_subnets(zoo)}
+    print(f"zoo {args.zoo} ({len(zoo.entries)} subnets; latency table for {zoo.host.processor}); subnets for the "
+          f"peers: {picks}; SLO {args.slo_ms:g} ms; capacity {capacity:.1f} q/s; {len(configs)} configurations x "
+          f"{len(trace_specs)} traces x {args.duration:g} s; servers on CPUs {sorted(args.server_cpu_set) or 'any'}, "
+          f"client on {sorted(client_cpus) or 'any'}, {args.threads} torch thread(s)", flush=True)
+    for t in trace_specs:
+        print(f"  trace {t}: {stats[t]['requests']} requests, mean {stats[t]['mean_rate_qps']:.1f} q/s, CV² "
+              f"{stats[t]['cv2']:.1f}, busiest second {stats[t]['peak_1s_rate_qps']:.0f} q/s", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    startups: dict[str, float] = {}
+    stops: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    for cfg in configs:
+        try:
+            startup, stopped, cfg_rows = run_config(cfg, args, zoo_path, work, arrivals, rates)
+        except Exception as exc:  # noqa: BLE001 - one configuration failing must not lose the others' numbers
+            failures[cfg.label] = f"{type(exc).__name__}: {exc}"[:2000]
+            print(f"  {cfg.label}: FAILED: {failures[cfg.label][:600]}", flush=True)
+            continue
+        startups[cfg.label] = round(startup, 2)
+        stops[cfg.label] = round(stopped, 2)
+        rows.extend(cfg_rows)
+
+    # --- report ---------------------------------------------------------------------------------------------------
+    rows.sort(key=lambda r: (trace_specs.index(r["trace"]), SYSTEMS.index(r["system"]), r["config"]))
+    head = headline(rows, trace_specs, startups, burstiest)
+    head.update({"slo_ms": args.slo_ms, "duration_s_per_trace": args.duration, "rate_qps": round(rates[
+        trace_specs[0]], 1) if trace_specs else None, "capacity_qps": round(capacity, 1),
+        "superserve_reprofile_s": round(reprofile_s, 1), "configs_failed": len(failures),
+        "wall_time_s": round(time.perf_counter() - t_start, 1)})
+    table = format_table(rows, startups)
+    print()
+    print(table)
+    print()
+    for t in trace_specs:
+        c = trace_comparison(rows, t)
+        if c:
+            g, a = c["attainment_gain_x_at_equal_accuracy"], c["accuracy_gain_points_at_equal_attainment"]
+            print(f"{t}: superserve {100 * c['superserve_slo_attainment']:.1f}% at {100 * c['superserve_mean_accuracy']:.2f}%"
+                  f"; best peer {c['best_peer_config']} {100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
+                  f"{'no peer is as accurate' if g is None else f'{g:.2f}x'}; at equal attainment "
+                  f"{'no peer attains as much' if a is None else f'{a:+.2f} points'}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    png = RESULTS_DIR / f"{args.out}.png"
+    plot(rows, trace_specs, startups, png,
+         f"superserve vs Triton and Ray Serve: SLO {args.slo_ms:g} ms, {args.duration:g} s per trace, "
+         f"{rates[trace_specs[0]]:.0f} q/s mean, 1 server core, seed {args.seed}" if trace_specs else "")
+    out = {"command": command_line(), "headline": head,
+           "setup": {"zoo": str(args.zoo), "zoo_host": zoo.host.__dict__, "checkpoint": str(args.checkpoint),
+                     "peer_subnets": {role: {"subnet_id": e.subnet_id, "accuracy": e.accuracy,
+                                             "max_batch": args.max_batch or max_batch_within(e, args.slo_ms)}
+                                      for role, e in pick_subnets(zoo)},
+                     "slo_ms": args.slo_ms, "load": args.load, "rates_qps": rates, "trace_stats": stats,
+                     "duration_s": args.duration, "seed": args.seed, "threads": args.threads,
+                     "server_cpus": sorted(args.server_cpu_set), "client_cpus": sorted(client_cpus),
+                     "batch_wait_ms": args.batch_wait_ms, "warmup_s": args.warmup_s, "cpus": os.cpu_count(),
+                     "venvs": venvs, "configs": [asdict(c) for c in configs]},
+           "startup_s": startups, "stop_s": stops, "failures": failures,
+           "comparisons": [c for c in (trace_comparison(rows, t) for t in trace_specs) if c], "rows": rows}
+    path = RESULTS_DIR / f"{args.out}.json"
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(json.dumps(head, indent=1))
+    print(f"wrote {path} and {png}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
