@@ -1,0 +1,129 @@
+"""benchmarks/peers.py without the peers: which subnets and batch sizes the peers get, the 'at equal' comparison and
+headline, the table, the [peers] extra, and the model the peer servers run (export of a zoo subnet, torch only).
+Nothing here needs PyTriton or Ray; the tests that would use them skip when they are absent."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import make_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import peers  # noqa: E402
+
+
+def row(config: str, system: str, att: float, acc: float | None, trace: str = "gamma:8", **kw) -> dict:
+    return {"config": config, "system": system, "trace": trace, "requests": 100, "slo_attainment": att,
+            "mean_accuracy": float("nan") if acc is None else acc, "p99_latency_ms": 50.0, "shed": 1, "rejected": 2,
+            **kw}
+
+
+def test_lineup_reads_the_subnets_from_the_zoo() -> None:
+    zoo = make_zoo(accuracies=(0.80, 0.85, 0.90, 0.95, 0.99), lat1_ms=(1, 2, 4, 8, 16))
+    picks = dict(peers.pick_subnets(zoo))
+    by_acc = sorted(zoo.entries, key=lambda e: e.accuracy)
+    assert picks["most accurate"].subnet_id == by_acc[-1].subnet_id
+    assert picks["mid"].subnet_id == by_acc[2].subnet_id
+    configs = peers.lineup(zoo, slo_ms=100)
+    assert [c.system for c in configs] == ["superserve"] + ["triton", "triton", "ray"] * 2
+    top = [c for c in configs if c.subnet_id == by_acc[-1].subnet_id]
+    assert {c.accuracy for c in top} == {0.99} and all(c.role == "most accurate" for c in top)
+    assert [c.queue_timeout_ms for c in configs if c.system == "triton"] == [0.0, 100.0, 0.0, 100.0]
+    assert len({c.label for c in configs}) == len(configs)
+    only_ray = peers.lineup(zoo, slo_ms=100, systems=("ray",), max_batch=4, triton_timeout=False)
+    assert [c.label.split("[")[0] for c in only_ray] == ["ray", "ray"] and {c.max_batch for c in only_ray} == {4}
+
+
+def test_max_batch_is_the_largest_batch_within_half_the_slo() -> None:
+    zoo = make_zoo(accuracies=(0.9,), lat1_ms=(4.0,), growth=0.25)  # B: 4 * (1 + 0.25 (B-1)) ms
+    entry = zoo.entries[0]
+    assert peers.max_batch_within(entry, slo_ms=100) == 32  # 35 ms <= 50 < 67 ms at 64
+    assert peers.max_batch_within(entry, slo_ms=20) == 4  # 7 ms <= 10 < 11 ms at 8
+    assert peers.max_batch_within(entry, slo_ms=1) == 1  # nothing fits: batch 1 anyway
+
+
+def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
+    rows = [row("superserve[slackfit]", "superserve", 0.90, 0.93),
+            row("triton[top,b4]", "triton", 0.20, 0.976),
+            row("triton[mid,b8,timeout]", "triton", 0.40, 0.926),
+            row("ray[mid,b8]", "ray", 0.10, 0.926),
+            row("superserve[slackfit]", "superserve", 0.99, 0.95, trace="azure"),
+            row("ray[top,b4]", "ray", 0.995, 0.976, trace="azure")]
+    c = peers.trace_comparison(rows, "gamma:8")
+    assert c["best_peer_config"] == "triton[mid,b8,timeout]"
+    # Peers at accuracy >= 0.93 - 0.0005: between (0.926, 0.40) and (0.976, 0.20), linearly.
+    expect = 0.40 + (0.20 - 0.40) * (0.9295 - 0.926) / (0.976 - 0.926)
+    assert c["peer_attainment_at_equal_accuracy"] == pytest.approx(expect)
+    assert c["attainment_gain_x_at_equal_accuracy"] == pytest.approx(0.90 / expect)
+    assert c["accuracy_gain_points_at_equal_attainment"] is None  # no peer attains 0.9
+    h = peers.headline(rows, ["gamma:8", "azure"], {"superserve[slackfit]": 1.2, "triton[top,b4]": 5.0,
+                                                   "triton[mid,b8,timeout]": 4.0, "ray[top,b4]": 11.0}, "gamma:8")
+    assert h["superserve_slo_attainment_frac_gamma_cv2_8"] == 0.9
+    assert h["attainment_gain_x_at_equal_accuracy_gamma_cv2_8"] == round(0.90 / expect, 3)
+    assert h["target_attainment_2x_at_equal_accuracy_met"] == "yes"
+    assert h["target_higher_accuracy_at_equal_attainment_met"] == "yes"
+    # azure: the peer attains more and is more accurate: superserve loses on both sides, and it says so.
+    assert h["attainment_gain_x_at_equal_accuracy_azure"] == round(0.99 / 0.995, 3)
+    assert h["accuracy_gain_points_at_equal_attainment_azure"] == round(100 * (0.95 - 0.976), 2)
+    h2 = peers.headline(rows, ["gamma:8", "azure"], {}, "azure")
+    assert h2["target_attainment_2x_at_equal_accuracy_met"] == "no"
+    assert h2["target_higher_accuracy_at_equal_attainment_met"] == "no"
+    assert h["startup_s_triton_median"] == 5.0 and h["startup_s_ray_median"] == 11.0
+    assert all(isinstance(v, (int, float, str)) or v is None for v in h.values())  # flat
+    assert peers.trace_comparison(rows, "poisson") is None
+
+
+def test_table_lists_every_row_and_handles_nothing_served() -> None:
+    rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93), row("ray[top,b4]", "ray", 0.0, None)]
+    text = peers.format_table(rows, {"superserve[slackfit]": 1.3})
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[2].split()[1] == "superserve[slackfit]" and lines[2].endswith("1.3 s")
+    fields = lines[3].split()
+    assert fields[1] == "ray[top,b4]" and fields[2] == "0.0%" and fields[3] == "-" and fields[-1] == "-"
+
+
+def test_peer_venv_packages_come_from_the_peers_extra() -> None:
+    assert peers.peer_packages("triton")[0].startswith("nvidia-pytriton")
+    assert peers.peer_packages("ray")[0].replace(" ", "").startswith("ray[serve]")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "peers" not in ci  # CI never installs them
+
+
+def test_peer_model_is_the_exported_subnet(serving_assets) -> None:  # noqa: ANN001 - the conftest fixture
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from peers_model import FixedSubnet
+    from supernet.checkpoint import load_checkpoint
+    from superserve.zoo import Zoo
+
+    zoo_path, ckpt = serving_assets
+    zoo = Zoo.load(zoo_path)
+    entry = max(zoo.entries, key=lambda e: e.accuracy)
+    model = FixedSubnet(str(zoo_path), str(ckpt), entry.subnet_id, threads=1)
+    assert model.accuracy == entry.accuracy and model.input_shape == (1, 28, 28)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    probs, cls = model(x)
+    net, _ = load_checkpoint(ckpt)
+    with torch.inference_mode():
+        want = torch.softmax(net(torch.from_numpy(x), entry.config), dim=1).numpy()
+    assert probs.shape == (3, 10) and cls.shape == (3, 1) and cls.dtype == np.int64
+    assert np.allclose(probs, want, atol=1e-5)
+    assert math.isclose(float(probs.sum(axis=1).mean()), 1.0, rel_tol=1e-5)
+
+
+def test_ray_app_builds_when_ray_is_installed() -> None:
+    pytest.importorskip("ray.serve")
+    import argparse
+
+    import peers_ray
+
+    args = argparse.Namespace(zoo="z", checkpoint="c", subnet_id="s", threads=1, model_name="subnet", max_batch=4,
+                              batch_wait_ms=2.0, max_ongoing=64)
+    assert peers_ray.build_app(args) is not None
