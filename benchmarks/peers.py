@@ -10,12 +10,14 @@ Configurations (the subnets are read from the zoo, never hard-coded):
   to shed, the fairest counterpart of superserve's shedding);
 - `ray[SUBNET,bB]`: Ray Serve, one replica, `@serve.batch(max_batch_size=B)`, gRPC ingress (`gRPCOptions`) with the
   Open Inference Protocol's servicer, `max_ongoing_requests` 8 x B;
-for SUBNET in {the zoo's most accurate subnet, its middle one by accuracy}. B per subnet: the largest profiled batch
-size whose p99 latency on this host fits in half the SLO (what `capacity_qps` assumes; `--max-batch` overrides).
+for SUBNET in {the zoo's most accurate subnet, its middle one by accuracy} and B in `--max-batch` (default: "auto",
+the largest profiled batch size whose p99 latency on this host fits in half the SLO, as `capacity_qps` assumes; and
+16, which amortises the peers' per-batch overhead at the price of longer batches).
 
 Every server speaks the Open Inference Protocol over gRPC, so one client does all: the open-loop replayer
-(`loadtest.replayer`, in this process) with the same arrivals per trace (`--traces`, default gamma:8 and azure) at
-`--load` x `capacity_qps` (the most accurate subnet's sustainable rate on this host). Pinning is the same for all:
+(`loadtest.replayer`, in this process) with the same arrivals per run: every trace (`--traces`, default gamma:8 and
+azure) at every load (`--loads`, default 1 and 2 x `capacity_qps`, the most accurate subnet's sustainable rate on this
+host, i.e. where it alone starts to fall behind). Pinning is the same for all:
 servers and all their child processes (Triton's binary and Python stub, Ray's raylet/GCS/proxy/replica) run with CPU
 affinity `--server-cpus` and 1 torch/OpenMP thread per model process; the client runs on `--client-cpus`.
 Start-up = from spawning the server process to the first successful ModelInfer answer (polled every 50 ms).
@@ -24,7 +26,7 @@ The peers run in their own virtualenvs, made on demand under `--venv-dir` from D
 bundled server needs a shared libpython) with torch of the project's version, the peer package and the project on
 sys.path (never installed into the project's venv; `pip install -e '.[peers]'` declares the same packages).
 
-    python benchmarks/peers.py [--duration 30] [--traces gamma:8,azure] [--load 2] [--slo-ms 100]
+    python benchmarks/peers.py [--duration 30] [--traces gamma:8,azure] [--loads 1,2] [--slo-ms 100]
         [--systems superserve,triton,ray] [--venv-dir /tmp/superserve-peers] [--setup-only] [--remove-venvs]
 
 Writes benchmarks/results/peers.json (+ peers.png) and prints the table.
@@ -95,25 +97,52 @@ def max_batch_within(entry: ZooEntry, slo_ms: float, fraction: float = 0.5) -> i
     return max(fits) if fits else 1
 
 
-def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, max_batch: int | None = None,
+def peer_batches(entry: ZooEntry, slo_ms: float, batches: Sequence[int | str] = ("auto",)) -> list[int]:
+    """The max batch sizes a peer serving `entry` is tried with: "auto" = `max_batch_within`, ints as given."""
+    out: list[int] = []
+    for b in batches:
+        size = max_batch_within(entry, slo_ms) if b == "auto" else int(b)
+        if size not in out:
+            out.append(size)
+    return out
+
+
+def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, batches: Sequence[int | str] = ("auto",),
            triton_timeout: bool = True) -> list[Config]:
+    """superserve, then per peer subnet and max batch size: Triton (plain, and with the SLO as queue timeout) and
+    Ray Serve."""
     out: list[Config] = []
     if "superserve" in systems:
         out.append(Config("superserve[slackfit]", "superserve", role="slackfit"))
     for role, e in pick_subnets(zoo):
-        b = max_batch or max_batch_within(e, slo_ms)
-        if "triton" in systems:
-            out.append(Config(f"triton[{e.subnet_id},b{b}]", "triton", e.subnet_id, e.accuracy, role, b))
-            if triton_timeout:
-                out.append(Config(f"triton[{e.subnet_id},b{b},timeout]", "triton", e.subnet_id, e.accuracy, role, b,
-                                  queue_timeout_ms=slo_ms))
-        if "ray" in systems:
-            out.append(Config(f"ray[{e.subnet_id},b{b}]", "ray", e.subnet_id, e.accuracy, role, b))
+        for b in peer_batches(e, slo_ms, batches):
+            if "triton" in systems:
+                out.append(Config(f"triton[{e.subnet_id},b{b}]", "triton", e.subnet_id, e.accuracy, role, b))
+                if triton_timeout:
+                    out.append(Config(f"triton[{e.subnet_id},b{b},timeout]", "triton", e.subnet_id, e.accuracy, role,
+                                      b, queue_timeout_ms=slo_ms))
+            if "ray" in systems:
+                out.append(Config(f"ray[{e.subnet_id},b{b}]", "ray", e.subnet_id, e.accuracy, role, b))
     return out
 
 
 def trace_key(spec: str) -> str:
     return spec.replace("gamma:", "gamma_cv2_").replace(":", "_").replace(".", "p")
+
+
+def run_name(trace: str, load: float) -> str:
+    """One (trace, load) run: "gamma:8@2"."""
+    return f"{trace}@{load:g}"
+
+
+def trace_of(run: str) -> str:
+    return run.rpartition("@")[0] or run
+
+
+def run_key(run: str) -> str:
+    """A run's suffix in headline keys: "gamma:8@1.5" -> "gamma_cv2_8_load_1p5" (a bare trace: its key)."""
+    trace, _, load = run.rpartition("@")
+    return trace_key(trace) + f"_load_{load}".replace(".", "p") if trace else trace_key(run)
 
 
 # --- results: table and headline (pure, tested without the peers) --------------------------------------------------
@@ -124,17 +153,21 @@ def as_point(row: dict[str, Any]) -> Point:
                  row.get("p99_latency_ms", float("nan")), row.get("goodput_qps", float("nan")))
 
 
-def trace_comparison(rows: Sequence[dict[str, Any]], trace: str) -> dict[str, Any] | None:
-    """superserve vs the peers' frontier on one trace (superserve.experiments.compare: 'at equal' accuracy or
+def _run(row: dict[str, Any]) -> str:
+    return row.get("run", row["trace"])
+
+
+def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any] | None:
+    """superserve vs the peers' frontier on one run (superserve.experiments.compare: 'at equal' accuracy or
     attainment, linear between two peer configurations); None without a superserve row or peer rows."""
-    group = [r for r in rows if r["trace"] == trace]
+    group = [r for r in rows if _run(r) == run]
     ours = next((r for r in group if r["system"] == "superserve"), None)
     peers = [r for r in group if r["system"] != "superserve"]
     if ours is None or not peers:
         return None
     cmp = compare(as_point(ours), [as_point(r) for r in peers])
     best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
-    return {"trace": trace, "superserve_slo_attainment": ours["slo_attainment"],
+    return {"run": run, "trace": group[0]["trace"], "superserve_slo_attainment": ours["slo_attainment"],
             "superserve_mean_accuracy": ours["mean_accuracy"],
             "best_peer_config": best["config"], "best_peer_slo_attainment": best["slo_attainment"],
             "best_peer_mean_accuracy": best["mean_accuracy"],
@@ -149,15 +182,16 @@ def _r(x: Any, nd: int) -> Any:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
 
 
-def headline(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: dict[str, float],
+def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str, float],
              burstiest: str | None) -> dict[str, Any]:
-    """Flat key -> number/str, units in the key names."""
+    """Flat key -> number/str, units in the key names; `runs` are run names (or bare traces), `burstiest` a trace:
+    the issue's targets are judged on its runs."""
     h: dict[str, Any] = {}
-    for t in traces:
-        c = trace_comparison(rows, t)
+    for run in runs:
+        c = trace_comparison(rows, run)
         if c is None:
             continue
-        k = trace_key(t)
+        k = run_key(run)
         h[f"superserve_slo_attainment_frac_{k}"] = _r(c["superserve_slo_attainment"], 4)
         h[f"superserve_mean_accuracy_pct_{k}"] = _r(100 * c["superserve_mean_accuracy"], 2)
         h[f"best_peer_config_{k}"] = c["best_peer_config"]
@@ -165,14 +199,17 @@ def headline(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: di
         h[f"best_peer_mean_accuracy_pct_{k}"] = _r(100 * c["best_peer_mean_accuracy"], 2)
         h[f"attainment_gain_x_at_equal_accuracy_{k}"] = _r(c["attainment_gain_x_at_equal_accuracy"], 3)
         h[f"accuracy_gain_points_at_equal_attainment_{k}"] = _r(c["accuracy_gain_points_at_equal_attainment"], 2)
-    if burstiest is not None and f"attainment_gain_x_at_equal_accuracy_{trace_key(burstiest)}" in h:
-        k = trace_key(burstiest)
+    if burstiest is not None:
+        h["burstiest_trace"] = burstiest
+    for run in runs:
+        k = run_key(run)
+        if burstiest is None or trace_of(run) != burstiest or f"superserve_slo_attainment_frac_{k}" not in h:
+            continue
         g = h[f"attainment_gain_x_at_equal_accuracy_{k}"]
         a = h[f"accuracy_gain_points_at_equal_attainment_{k}"]
-        h["burstiest_trace"] = burstiest
         # None = no peer configuration is as accurate (resp. attains as much): superserve wins that side outright.
-        h["target_attainment_2x_at_equal_accuracy_met"] = "yes" if g is None or g >= 2 else "no"
-        h["target_higher_accuracy_at_equal_attainment_met"] = "yes" if a is None or a > 0 else "no"
+        h[f"target_attainment_2x_at_equal_accuracy_met_{k}"] = "yes" if g is None or g >= 2 else "no"
+        h[f"target_higher_accuracy_at_equal_attainment_met_{k}"] = "yes" if a is None or a > 0 else "no"
     for system in SYSTEMS:
         vals = sorted(v for lbl, v in startups.items() if lbl.startswith(system + "["))
         if vals:
@@ -181,7 +218,7 @@ def headline(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: di
 
 
 def format_table(rows: Sequence[dict[str, Any]], startups: dict[str, float]) -> str:
-    head = (f"{'trace':9s} {'configuration':38s} {'SLO att.':>8s} {'mean acc.':>9s} {'p99 ms':>8s} "
+    head = (f"{'trace@load':13s} {'configuration':38s} {'SLO att.':>8s} {'mean acc.':>9s} {'p99 ms':>8s} "
             f"{'shed+rej':>8s} {'start-up':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -190,12 +227,12 @@ def format_table(rows: Sequence[dict[str, Any]], startups: dict[str, float]) -> 
         p99 = r.get("p99_latency_ms", float("nan"))
         p99_s = "-" if p99 is None or math.isnan(p99) else f"{p99:.1f}"
         st = startups.get(r["config"])
-        lines.append(f"{r['trace']:9s} {r['config']:38s} {100 * r['slo_attainment']:7.1f}% {acc_s:>9s} {p99_s:>8s} "
+        lines.append(f"{_run(r):13s} {r['config']:38s} {100 * r['slo_attainment']:7.1f}% {acc_s:>9s} {p99_s:>8s} "
                      f"{r.get('shed', 0) + r.get('rejected', 0):8d} {'-' if st is None else f'{st:.1f} s':>8s}")
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: dict[str, float], path: Path,
+def plot(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str, float], path: Path,
          title: str) -> None:
     import matplotlib
 
@@ -203,25 +240,34 @@ def plot(rows: Sequence[dict[str, Any]], traces: Sequence[str], startups: dict[s
     import matplotlib.pyplot as plt
 
     colors = {"superserve": "tab:red", "triton": "tab:green", "ray": "tab:blue"}
-    fig, axes = plt.subplots(1, len(traces) + 1, figsize=(4.2 * (len(traces) + 1), 3.8), squeeze=False)
-    for ax, t in zip(axes[0], traces):
-        for r in (r for r in rows if r["trace"] == t):
+    panels = len(runs) + 1
+    cols = min(3, panels)
+    nrows = math.ceil(panels / cols)
+    fig, grid = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
+    axes = [[ax for row in grid for ax in row]]
+    for ax in axes[0][panels:]:
+        ax.axis("off")
+    for ax, t in zip(axes[0], runs):
+        for r in (r for r in rows if _run(r) == t):
             p = as_point(r)
             marker = "*" if r["system"] == "superserve" else ("s" if "timeout" in r["config"] else "o")
             face = colors[r["system"]] if r.get("role") != "mid" else "white"
             ax.scatter(100 * p.mean_accuracy, p.slo_attainment, marker=marker, s=140 if marker == "*" else 50,
                        facecolors=face, edgecolors=colors[r["system"]], linewidths=1.5, zorder=3)
+            role = {"most accurate": "top", "mid": "mid"}.get(r.get("role", ""), "")
             ax.annotate(r["config"].split("[")[0] + ("" if r["system"] == "superserve" else
-                                                     f" {r.get('role', '')}" + (" +timeout" if "timeout" in r["config"]
-                                                                                else "")),
+                                                     f" {role} b{r.get('max_batch')}" +
+                                                     (" +timeout" if "timeout" in r["config"] else "")),
                         (100 * p.mean_accuracy, p.slo_attainment), fontsize=6, xytext=(4, 3),
                         textcoords="offset points")
-        ax.set_title(t, fontsize=9)
+        rate = next((r["rate_qps"] for r in rows if _run(r) == t and "rate_qps" in r), None)
+        ax.set_title(f"{t.replace('@', ', load ')}" + (f" ({rate:.0f} q/s)" if rate else ""), fontsize=9)
         ax.set_ylim(-0.03, 1.05)
+        ax.margins(x=0.25)
         ax.set_xlabel("mean serving accuracy (%)", fontsize=8)
         ax.set_ylabel("SLO attainment", fontsize=8)
         ax.grid(alpha=0.3)
-    ax = axes[0][-1]
+    ax = axes[0][panels - 1]
     labels = list(startups)
     ax.barh(range(len(labels)), [startups[x] for x in labels],
             color=[colors.get(x.split("[")[0], "gray") for x in labels])
@@ -385,10 +431,10 @@ def wait_first_answer(server: Server, timeout_s: float = STARTUP_TIMEOUT_S) -> f
                        f"{server.log}")
 
 
-def wait_idle(server: Server, slo_ms: float, timeout_s: float = 120.0) -> float:
+def wait_idle(server: Server, slo_ms: float, timeout_s: float = 20.0) -> bool:
     """After a run, wait until one request is answered within a quarter of the SLO again: a peer may still be working
-    through the previous trace's backlog (calls the client gave up on are not cancelled inside every server), which
-    must not be charged to the next trace. Seconds waited."""
+    through the previous run's backlog (calls the client gave up on are not cancelled inside every server), which
+    must not be charged to the next run. False if it is still busy after `timeout_s`."""
     import grpc
     import numpy as np
     from tritonclient.grpc import service_pb2 as pb
@@ -403,13 +449,13 @@ def wait_idle(server: Server, slo_ms: float, timeout_s: float = 120.0) -> float:
         while time.perf_counter() - t0 < timeout_s:
             t = time.perf_counter()
             try:
-                stub.ModelInfer(req, timeout=timeout_s)
+                stub.ModelInfer(req, timeout=max(0.1, timeout_s - (t - t0)))
                 if time.perf_counter() - t < slo_ms / 4e3:
-                    break
+                    return True
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    return time.perf_counter() - t0
+    return False
 
 
 def stop(server: Server, timeout_s: float = 60.0) -> float:
@@ -456,41 +502,64 @@ def prepare_superserve_zoo(args: argparse.Namespace, zoo_path: Path, work: Path)
 
 # --- the run --------------------------------------------------------------------------------------------------------
 def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path,
-               trace_arrivals: dict[str, Any], rates: dict[str, float]) -> tuple[float, float, list[dict[str, Any]]]:
+               runs: dict[str, tuple[str, float, float, Any]]) -> tuple[list[float], list[float], list[dict[str, Any]]]:
+    """Start the server, time its first answer, warm it up, replay every run (name -> (trace, load, rate, arrivals))
+    and stop it. A server still busy with the previous run's backlog 20 s after it is restarted (a fresh start,
+    timed and warmed up like the first). Returns (start-up s of each start, stop s of each stop, one row per run)."""
     from loadtest.replayer import ReplaySpec, make_trace, replay
     from superserve.metrics import summarize
 
-    server = start(cfg, args, zoo_path, work)
+    startups: list[float] = []
+    stops: list[float] = []
     rows = []
+    server: Server | None = None
+
+    def fresh() -> tuple[Server, ReplaySpec]:
+        srv = start(cfg, args, zoo_path, work)
+        try:
+            startups.append(wait_first_answer(srv))
+            print(f"  {cfg.label}: first answer {startups[-1]:.1f} s after start", flush=True)
+            spec = ReplaySpec(url=srv.url, model=srv.model, slo_ms=args.slo_ms, max_in_flight=2000,
+                              drain_timeout_s=args.drain_s, accuracy=cfg.accuracy, subnet_label=cfg.subnet_id,
+                              input_name="INPUT", input_datatype="FP32", input_shape=INPUT_SHAPE, seed=args.seed)
+            # The same short warm-up for everyone (first batches of each size allocate; superserve corrects its
+            # latency table online).
+            replay(make_trace("poisson", 10.0, args.warmup_s, args.seed + 1), spec)
+        except BaseException:
+            stops.append(stop(srv))
+            raise
+        return srv, spec
+
     try:
-        startup = wait_first_answer(server)
-        print(f"  {cfg.label}: first answer {startup:.1f} s after start", flush=True)
-        spec = ReplaySpec(url=server.url, model=server.model, slo_ms=args.slo_ms, max_in_flight=2000,
-                          drain_timeout_s=args.drain_s, accuracy=cfg.accuracy, subnet_label=cfg.subnet_id,
-                          input_name="INPUT", input_datatype="FP32", input_shape=INPUT_SHAPE, seed=args.seed)
-        # The same short warm-up for everyone (first batches of each size allocate; superserve corrects its table).
-        replay(make_trace("poisson", 10.0, args.warmup_s, args.seed + 1), spec)
-        for trace, arrivals in trace_arrivals.items():
-            idle_s = wait_idle(server, args.slo_ms)
+        server, spec = fresh()
+        for run, (trace, load, rate, arrivals) in runs.items():
+            restarted = False
+            if rows and not wait_idle(server, args.slo_ms):
+                print(f"  {cfg.label}: still busy with the previous run's backlog after 20 s: restarting", flush=True)
+                stops.append(stop(server))
+                server = None
+                server, spec = fresh()
+                restarted = True
             report = replay(arrivals, spec)
             s = summarize(report.records)
             c = report.client_summary()
             rows.append({"config": cfg.label, "system": cfg.system, "role": cfg.role, "subnet_id": cfg.subnet_id,
-                         "max_batch": cfg.max_batch, "queue_timeout_ms": cfg.queue_timeout_ms, "trace": trace,
-                         "rate_qps": rates[trace], **s.as_dict(),
+                         "max_batch": cfg.max_batch, "queue_timeout_ms": cfg.queue_timeout_ms, "run": run,
+                         "trace": trace, "load": load, "rate_qps": rate, **s.as_dict(),
                          "subnets_served": _subnet_shares(report.records),
                          "client": {k: c[k] for k in ("send_lag_p99_ms", "client_overloaded_count",
                                                       "unanswered_count", "server_error_count",
                                                       "client_cpu_fraction", "client_bottleneck")},
-                         "errors": report.error_messages(), "idle_wait_before_s": round(idle_s, 2)})
-            print(f"    {trace:8s} {rates[trace]:6.1f} q/s: SLO att {100 * s.slo_attainment:5.1f}%  mean acc "
+                         "errors": report.error_messages(), "restarted_before": restarted})
+            print(f"    {run:12s} {rate:6.1f} q/s: SLO att {100 * s.slo_attainment:5.1f}%  mean acc "
                   f"{100 * s.mean_accuracy:5.2f}%  p99 {s.p99_latency_ms:7.1f} ms  shed {s.shed} rejected "
                   f"{s.rejected}{'  CLIENT-BOUND' if c['client_bottleneck'] else ''}"
                   f"{'  errors: ' + '; '.join(report.error_messages(2)) if c['server_error_count'] else ''}",
                   flush=True)
     finally:
-        stopped = stop(server)
-    return startup, stopped, rows
+        if server is not None:
+            stops.append(stop(server))
+    return startups, stops, rows
 
 
 def _subnet_shares(records: Sequence[Any]) -> dict[str, float]:
@@ -502,13 +571,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per trace run (default 30)")
     parser.add_argument("--traces", default="gamma:8,azure", help="comma-separated trace specs (replayer syntax)")
-    parser.add_argument("--load", type=float, default=2.0,
-                        help="mean rate as a multiple of capacity_qps (the most accurate subnet's sustainable rate)")
-    parser.add_argument("--rate", type=float, default=None, help="mean rate in q/s (overrides --load)")
+    parser.add_argument("--loads", default="1,2",
+                        help="mean rates as multiples of capacity_qps (the most accurate subnet's sustainable rate "
+                             "on this host), comma-separated; every trace runs at every load (default 1,2)")
+    parser.add_argument("--rates", default=None, help="mean rates in q/s instead of --loads, comma-separated")
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--max-batch", type=int, default=None,
-                        help="peers' max batch size (default: per subnet, largest with p99 <= SLO/2 here)")
+    parser.add_argument("--max-batch", default="auto,16",
+                        help="peers' max batch sizes, comma-separated; auto = per subnet, the largest whose p99 "
+                             "latency here is <= SLO/2 (default auto,16)")
     parser.add_argument("--no-triton-timeout", action="store_true", help="skip the Triton queue-timeout variant")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0,
                         help="Triton max_queue_delay / Ray batch_wait_timeout (default 2 ms)")
@@ -582,52 +653,61 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SUPERSERVE_CACHE"] = str(work / "cache")
     zoo, reprofile_s = prepare_superserve_zoo(args, zoo_path, work)
     capacity = capacity_qps(zoo, 1, args.slo_ms)
-    configs = lineup(zoo, args.slo_ms, systems, args.max_batch, not args.no_triton_timeout)
+    batches = [b if b == "auto" else int(b) for b in args.max_batch.split(",") if b]
+    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout)
     trace_specs = [t for t in args.traces.split(",") if t]
-    rates: dict[str, float] = {}
-    arrivals: dict[str, Any] = {}
+    if args.rates:
+        levels = [(float(x) / capacity, float(x)) for x in args.rates.split(",") if x]
+    else:
+        levels = [(float(x), float(x) * capacity) for x in args.loads.split(",") if x]
+    runs: dict[str, tuple[str, float, float, Any]] = {}
     stats: dict[str, dict[str, float]] = {}
     for t in trace_specs:
-        rates[t] = args.rate if args.rate else args.load * capacity
-        arrivals[t] = make_trace(t, rates[t], args.duration, args.seed)
-        stats[t] = trace_lib.stats(arrivals[t])
-    burstiest = max(trace_specs, key=lambda t: stats[t]["cv2"]) if trace_specs else None
+        for load, rate in levels:
+            name = run_name(t, round(load, 3))
+            runs[name] = (t, round(load, 3), rate, make_trace(t, rate, args.duration, args.seed))
+            stats[name] = trace_lib.stats(runs[name][3])
+    # The burstiest trace: the largest CV² of inter-arrival times (at the first load; CV² does not depend on it).
+    burstiest = max(trace_specs, key=lambda t: stats[run_name(t, round(levels[0][0], 3))]["cv2"]) \
+        if trace_specs and levels else None
     picks = {role: e.subnet_id for role, e in pick_subnets(zoo)}
     print(f"zoo {args.zoo} ({len(zoo.entries)} subnets; latency table for {zoo.host.processor}); subnets for the "
           f"peers: {picks}; SLO {args.slo_ms:g} ms; capacity {capacity:.1f} q/s; {len(configs)} configurations x "
-          f"{len(trace_specs)} traces x {args.duration:g} s; servers on CPUs {sorted(args.server_cpu_set) or 'any'}, "
+          f"{len(runs)} runs x {args.duration:g} s; servers on CPUs {sorted(args.server_cpu_set) or 'any'}, "
           f"client on {sorted(client_cpus) or 'any'}, {args.threads} torch thread(s)", flush=True)
-    for t in trace_specs:
-        print(f"  trace {t}: {stats[t]['requests']} requests, mean {stats[t]['mean_rate_qps']:.1f} q/s, CV² "
-              f"{stats[t]['cv2']:.1f}, busiest second {stats[t]['peak_1s_rate_qps']:.0f} q/s", flush=True)
+    for name, st in stats.items():
+        print(f"  {name}: {st['requests']} requests, mean {st['mean_rate_qps']:.1f} q/s, CV² {st['cv2']:.1f}, "
+              f"busiest second {st['peak_1s_rate_qps']:.0f} q/s", flush=True)
 
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
-    stops: dict[str, float] = {}
+    stops: dict[str, list[float]] = {}
+    startups_all: dict[str, list[float]] = {}
     failures: dict[str, str] = {}
     for cfg in configs:
         try:
-            startup, stopped, cfg_rows = run_config(cfg, args, zoo_path, work, arrivals, rates)
+            startup, stopped, cfg_rows = run_config(cfg, args, zoo_path, work, runs)
         except Exception as exc:  # noqa: BLE001 - one configuration failing must not lose the others' numbers
             failures[cfg.label] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {cfg.label}: FAILED: {failures[cfg.label][:600]}", flush=True)
             continue
-        startups[cfg.label] = round(startup, 2)
-        stops[cfg.label] = round(stopped, 2)
+        startups[cfg.label] = round(startup[0], 2)  # the first start; restarts in startup_s_all
+        startups_all[cfg.label] = [round(x, 2) for x in startup]
+        stops[cfg.label] = [round(x, 2) for x in stopped]
         rows.extend(cfg_rows)
 
     # --- report ---------------------------------------------------------------------------------------------------
-    rows.sort(key=lambda r: (trace_specs.index(r["trace"]), SYSTEMS.index(r["system"]), r["config"]))
-    head = headline(rows, trace_specs, startups, burstiest)
-    head.update({"slo_ms": args.slo_ms, "duration_s_per_trace": args.duration, "rate_qps": round(rates[
-        trace_specs[0]], 1) if trace_specs else None, "capacity_qps": round(capacity, 1),
+    order = list(runs)
+    rows.sort(key=lambda r: (order.index(r["run"]), SYSTEMS.index(r["system"]), r["config"]))
+    head = headline(rows, order, startups, burstiest)
+    head.update({"slo_ms": args.slo_ms, "duration_s_per_run": args.duration, "capacity_qps": round(capacity, 1),
         "superserve_reprofile_s": round(reprofile_s, 1), "configs_failed": len(failures),
         "wall_time_s": round(time.perf_counter() - t_start, 1)})
     table = format_table(rows, startups)
     print()
     print(table)
     print()
-    for t in trace_specs:
+    for t in order:
         c = trace_comparison(rows, t)
         if c:
             g, a = c["attainment_gain_x_at_equal_accuracy"], c["accuracy_gain_points_at_equal_attainment"]
@@ -637,21 +717,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'no peer attains as much' if a is None else f'{a:+.2f} points'}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     png = RESULTS_DIR / f"{args.out}.png"
-    plot(rows, trace_specs, startups, png,
-         f"superserve vs Triton and Ray Serve: SLO {args.slo_ms:g} ms, {args.duration:g} s per trace, "
-         f"{rates[trace_specs[0]]:.0f} q/s mean, 1 server core, seed {args.seed}" if trace_specs else "")
+    plot(rows, order, startups, png,
+         f"superserve (star) vs Triton and Ray Serve serving fixed subnets (filled: most accurate, hollow: mid; "
+         f"square: Triton with queue timeout): SLO {args.slo_ms:g} ms, {args.duration:g} s per run, "
+         f"servers on CPUs {sorted(args.server_cpu_set) or 'any'}, {args.threads} thread(s), seed {args.seed}")
     out = {"command": command_line(), "headline": head,
            "setup": {"zoo": str(args.zoo), "zoo_host": zoo.host.__dict__, "checkpoint": str(args.checkpoint),
                      "peer_subnets": {role: {"subnet_id": e.subnet_id, "accuracy": e.accuracy,
-                                             "max_batch": args.max_batch or max_batch_within(e, args.slo_ms)}
+                                             "max_batch": peer_batches(e, args.slo_ms, batches)}
                                       for role, e in pick_subnets(zoo)},
-                     "slo_ms": args.slo_ms, "load": args.load, "rates_qps": rates, "trace_stats": stats,
+                     "slo_ms": args.slo_ms, "capacity_qps": capacity,
+                     "runs": {n: {"trace": t, "load": ld, "rate_qps": r} for n, (t, ld, r, _) in runs.items()},
+                     "trace_stats": stats, "burstiest_trace": burstiest, "fresh_profile": args.fresh_profile,
                      "duration_s": args.duration, "seed": args.seed, "threads": args.threads,
                      "server_cpus": sorted(args.server_cpu_set), "client_cpus": sorted(client_cpus),
                      "batch_wait_ms": args.batch_wait_ms, "warmup_s": args.warmup_s, "cpus": os.cpu_count(),
                      "venvs": venvs, "configs": [asdict(c) for c in configs]},
-           "startup_s": startups, "stop_s": stops, "failures": failures,
-           "comparisons": [c for c in (trace_comparison(rows, t) for t in trace_specs) if c], "rows": rows}
+           "startup_s": startups, "startup_s_all": startups_all, "stop_s": stops, "failures": failures,
+           "comparisons": [c for c in (trace_comparison(rows, t) for t in order) if c], "rows": rows}
     path = RESULTS_DIR / f"{args.out}.json"
     path.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(head, indent=1))
