@@ -305,3 +305,61 @@ def test_sigterm_drains_and_exits_zero(serving_assets, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _stream_results(client, requests, timeout_s: float = 60.0, headers=None):
+    """Send `requests` [(id, inputs, parameters)] on one ModelStreamInfer stream; {id: (result, error)}."""
+    got: dict[str, tuple] = {}
+    done = threading.Event()
+
+    def callback(result, error):
+        rid = result.get_response().id if result is not None else None
+        if rid is None and error is not None:  # an error answer: tritonclient keeps the message, not the id
+            rid = f"error-{len(got)}"
+        got[rid] = (result, error)
+        if len(got) == len(requests):
+            done.set()
+
+    client.start_stream(callback=callback, headers=headers)
+    try:
+        for rid, inputs, params in requests:
+            client.async_stream_infer(MODEL, inputs, request_id=rid, parameters=params)
+        assert done.wait(timeout_s), f"{len(got)} of {len(requests)} stream answers"
+    finally:
+        client.stop_stream()
+    return got
+
+
+def test_stream_infer_answers_every_request_and_keeps_going_after_a_bad_one(client, server, model):
+    x = images(5, seed=11)
+    bad = tc.InferInput("INPUT", [1, 1, 28, 28], "FP32")
+    bad.set_data_from_numpy(np.full((1, 1, 28, 28), np.nan, dtype=np.float32))
+    requests = [(f"r{k}", [fp32_input(x[k:k + 1])], {"slo_ms": RELAXED_SLO_MS}) for k in range(5)]
+    requests.insert(2, ("bad", [bad], None))
+    got = _stream_results(client, requests)
+    errors = [e for _, e in got.values() if e is not None]
+    assert len(errors) == 1 and "NaN" in str(errors[0])
+    for k in range(5):
+        result, error = got[f"r{k}"]
+        assert error is None
+        sid = result.get_response().parameters["subnet_id"].string_param
+        np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), expected_probs(model, server, x[k:k + 1], sid),
+                                   atol=1e-5)
+
+
+def test_stream_requests_are_rate_limited_one_by_one(serving_assets):
+    from superserve.server.security import SecurityConfig
+
+    srv = _start(serving_assets, security=SecurityConfig(rate_limit_images_per_s=0.01, rate_burst_images=3),
+                 engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
+    c = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    try:
+        x = images(5, seed=12)
+        got = _stream_results(c, [(f"r{k}", [fp32_input(x[k:k + 1])], None) for k in range(5)])
+        served = [rid for rid, (_, e) in got.items() if e is None]
+        refused = [str(e) for _, e in got.values() if e is not None]
+        assert len(served) == 3 and len(refused) == 2  # the burst is 3 images; the stream stays open for all 5
+        assert all("RESOURCE_EXHAUSTED" in m and "rate limit" in m for m in refused)
+    finally:
+        c.close()
+        srv.stop()

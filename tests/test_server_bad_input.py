@@ -115,26 +115,40 @@ BAD = [
 
 def test_malformed_requests_interleaved_with_good_ones(stub):
     stub, srv = stub
-    futures = []
+    futures, futures_request = [], {}
+
+    def send(req):
+        fut = stub.ModelInfer.future(req, timeout=60)
+        futures_request[id(fut)] = req
+        return fut
+
     rounds = 1100 // len(BAD) + 1  # >= 1,000 malformed requests
     k = 0
     for r in range(rounds):
         for kind, build, code, word in BAD:
             if kind == "oversize message" and r % 10:
                 continue  # 2 MB each: a few are enough
-            futures.append((kind, code, word, stub.ModelInfer.future(build(), timeout=60)))
+            futures.append((kind, code, word, send(build())))
             k += 1
             if k % 4 == 0:
-                futures.append(("good", grpc.StatusCode.OK, "", stub.ModelInfer.future(good(k), timeout=60)))
+                futures.append(("good", grpc.StatusCode.OK, "", send(good(k))))
             if k % 50 == 0:
-                futures.append(("typed good", grpc.StatusCode.OK, "", stub.ModelInfer.future(typed_good(),
-                                                                                             timeout=60)))
+                futures.append(("typed good", grpc.StatusCode.OK, "", send(typed_good())))
     bad = sum(1 for f in futures if f[1] != grpc.StatusCode.OK)
     assert bad >= 1000
-    goods = 0
+    goods = cancelled = 0
     for kind, code, word, fut in futures:
         try:
-            response = fut.result()
+            try:
+                response = fut.result()
+            except grpc.RpcError as err:
+                # grpc.aio itself (not our code, which never answers CANCELLED) answers a handful of ~1,400
+                # concurrent calls CANCELLED now and then: a race in its Cython layer, reproduced with a bare
+                # grpc.aio server. A client resends those; we do once and bound how often it happens.
+                if err.code() != grpc.StatusCode.CANCELLED:
+                    raise
+                cancelled += 1
+                response = stub.ModelInfer(futures_request[id(fut)], timeout=60)
             assert code == grpc.StatusCode.OK, f"{kind}: accepted"
             assert np.frombuffer(response.raw_output_contents[0], np.float32).shape == (10,)
             goods += 1
@@ -142,5 +156,6 @@ def test_malformed_requests_interleaved_with_good_ones(stub):
             assert err.code() == code, f"{kind}: {err.code()} {err.details()}"
             assert word in err.details(), f"{kind}: message {err.details()!r} lacks {word!r}"
     assert goods == sum(1 for f in futures if f[1] == grpc.StatusCode.OK) > 250
+    assert cancelled <= len(futures) // 100, f"{cancelled} of {len(futures)} calls answered CANCELLED by gRPC"
     # still serving normally afterwards
     assert stub.ModelInfer(good(0), timeout=60).raw_output_contents

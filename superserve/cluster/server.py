@@ -6,46 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import grpc
 
 from policies.base import make_policy
-from superserve.cluster.frontend import UNAVAILABLE, FrontendConfig, RedisEngine
+from superserve.cluster.frontend import FrontendConfig, RedisEngine
 from superserve.cluster.redis_queue import ClusterConfig, parse_backend
 from superserve.server.app import Server, ServeConfig, model_spec
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.service import InferenceService
-
-# NOTE(cluster): the servicer maps failed outcomes to status codes with a table that has no entry for calls lost with
-# Redis; they reach `context.abort` as INTERNAL with this prefix, which `_Context` turns into UNAVAILABLE.
-_UNAVAILABLE_PREFIX = "\0unavailable\0"
-
-
-class _Context:
-    """A gRPC servicer context whose `abort` reports lost calls as UNAVAILABLE; everything else passes through."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
-        if code == grpc.StatusCode.INTERNAL and details.startswith(_UNAVAILABLE_PREFIX):
-            code, details = grpc.StatusCode.UNAVAILABLE, details[len(_UNAVAILABLE_PREFIX):]
-        await self._inner.abort(code, details, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class ClusterService(InferenceService):
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await super().ModelInfer(request, _Context(context))
-
-
-class _Engine(RedisEngine):
-    def _finish_locked(self, call, outcome, message, now):  # noqa: ANN001, ANN202 - see _UNAVAILABLE_PREFIX
-        if outcome == UNAVAILABLE:
-            message = _UNAVAILABLE_PREFIX + message
-        return super()._finish_locked(call, outcome, message, now)
-
 
 class ClusterServer(Server):
     """A stateless front end: `start()` returns once it answers requests; `stop()` drains like the embedded server."""
@@ -77,8 +44,8 @@ class ClusterServer(Server):
         published = ClusterConfig(zoo.to_dict(), cfg.policy, params, cfg.model_name)
         self.metrics = ServerMetrics(spec.name, spec.version)
         self.records = RecordWriter(cfg.records_path) if cfg.records_path else None
-        self.engine: Any = _Engine(zoo, self.backend, published, cfg.engine, self.cluster, self.metrics,
+        self.engine: Any = RedisEngine(zoo, self.backend, published, cfg.engine, self.cluster, self.metrics,
                                    self.records).start()
         self.pool = self.engine  # Server.stop() closes the "pool": the engine's threads and keys
-        self.service = ClusterService(spec, self.engine, self.metrics, cfg.response_params)
+        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params)
         return self._start_transport(t_start)  # type: ignore[return-value]

@@ -38,6 +38,11 @@ import numpy as np
 _SERVICE = "/inference.GRPCInferenceService/"
 _HEALTH = frozenset({_SERVICE + "ServerLive", _SERVICE + "ServerReady"})
 _INFER = _SERVICE + "ModelInfer"
+_STREAM_INFER = _SERVICE + "ModelStreamInfer"
+
+
+class LimitExceeded(Exception):
+    """A call refused by a rate limit or in-flight cap: answered RESOURCE_EXHAUSTED with this message."""
 
 
 @dataclass(frozen=True)
@@ -191,46 +196,103 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         else:
             tenant = None  # anonymous: the peer address, known only inside the call
-        # NOTE: only unary methods are limited; the servicer implements no streaming method (ModelStreamInfer
-        # answers UNIMPLEMENTED), so nothing can go around the limits. Wrap streams here if one is ever added.
-        if handler.unary_unary is None or (self.bucket is None and cfg.max_inflight_per_tenant is None):
+        if self.bucket is None and cfg.max_inflight_per_tenant is None:
+            return handler
+        if method == _STREAM_INFER and handler.stream_stream is not None:
+            # Each request of a stream is limited like a unary call (rate and in-flight cap), and a refused one is
+            # answered with an error message in the stream, which stays open: see InferenceService.ModelStreamInfer.
+            return grpc.stream_stream_rpc_method_handler(self._limited_stream(handler.stream_stream, tenant),
+                                                         request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        if handler.unary_unary is None:  # no other streaming method exists
             return handler
         return grpc.unary_unary_rpc_method_handler(self._limited(handler.unary_unary, tenant, method == _INFER),
                                                    request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 
-    def _limited(self, inner: Any, tenant: str | None, is_infer: bool) -> Any:
+    def admit(self, who: str, cost: int) -> None:
+        """Take `cost` images from `who`'s rate budget and one in-flight slot, or raise LimitExceeded (nothing
+        taken). Pair every admitted call with `release(who)`."""
         cfg = self.config
+        if self.bucket is not None:
+            wait_s = self.bucket.take(who, cost)
+            if wait_s > 0:
+                self._deny("rate", who)
+                more = "exceeds the burst size" if math.isinf(wait_s) else f"retry in {wait_s * 1e3:.0f} ms"
+                raise LimitExceeded(f"rate limit of {cfg.rate_limit_images_per_s:g} images/s for tenant {who!r}: "
+                                    f"this call of {cost} image(s) {more}")
+        cap = cfg.max_inflight_per_tenant
+        if cap is not None:
+            with self._lock:
+                busy = self._inflight.get(who, 0)
+                admitted = busy < cap
+                if admitted:
+                    self._inflight[who] = busy + 1
+            if not admitted:
+                self._deny("inflight", who)
+                raise LimitExceeded(f"tenant {who!r} already has {cap} call(s) in flight (the cap)")
 
+    def release(self, who: str) -> None:
+        if self.config.max_inflight_per_tenant is not None:
+            with self._lock:
+                self._inflight[who] -= 1
+
+    def _limited(self, inner: Any, tenant: str | None, is_infer: bool) -> Any:
         async def call(request: Any, context: Any) -> Any:
             who = tenant or "ip:" + _peer_host(context.peer())
-            if self.bucket is not None:
-                cost = _images_in(request) if is_infer else 1
-                wait_s = self.bucket.take(who, cost)
-                if wait_s > 0:
-                    self._deny("rate", who)
-                    more = "exceeds the burst size" if math.isinf(wait_s) else f"retry in {wait_s * 1e3:.0f} ms"
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"rate limit of {cfg.rate_limit_images_per_s:g} images/s for tenant "
-                                        f"{who!r}: this call of {cost} image(s) {more}")
-            cap = cfg.max_inflight_per_tenant
-            if cap is not None:
-                with self._lock:
-                    busy = self._inflight.get(who, 0)
-                    admitted = busy < cap
-                    if admitted:
-                        self._inflight[who] = busy + 1
-                if not admitted:
-                    self._deny("inflight", who)
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"tenant {who!r} already has {cap} call(s) in flight (the cap)")
+            try:
+                self.admit(who, _images_in(request) if is_infer else 1)
+            except LimitExceeded as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             try:
                 return await inner(request, context)
             finally:
-                if cap is not None:
-                    with self._lock:
-                        self._inflight[who] -= 1
+                self.release(who)
         return call
+
+    def _limited_stream(self, inner: Any, tenant: str | None) -> Any:
+        interceptor = self
+
+        async def stream(request_iterator: Any, context: Any) -> Any:
+            who = tenant or "ip:" + _peer_host(context.peer())
+
+            async def admitted_requests() -> Any:
+                async for request in request_iterator:
+                    try:
+                        interceptor.admit(who, _images_in(request))
+                    except LimitExceeded as exc:
+                        yield _Refused(request, str(exc))
+                        continue
+                    yield _Admitted(request, lambda: interceptor.release(who))
+
+            async for answer in inner(admitted_requests(), context):
+                yield answer
+        return stream
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A stream request the limiter refused: the servicer answers it with `message` (RESOURCE_EXHAUSTED)."""
+
+    request: Any
+    message: str
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A stream request the limiter admitted: the servicer calls `release` once it is answered."""
+
+    request: Any
+    release: Callable[[], None]
+
+
+def unwrap_stream_request(item: Any) -> tuple[Any, str | None, Callable[[], None] | None]:
+    """(request, refusal message or None, release or None) for an item of a (possibly limited) request stream."""
+    if isinstance(item, _Refused):
+        return item.request, item.message, None
+    if isinstance(item, _Admitted):
+        return item.request, None, item.release
+    return item, None, None
 
 
 def _peer_host(peer: str) -> str:

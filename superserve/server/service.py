@@ -22,11 +22,13 @@ from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, d
                                      encode_outputs, load_decoder)
 from superserve.server.engine import CallResult, Engine
 from superserve.server.metrics import ServerMetrics
-from superserve.server.security import submit_per_image
+from superserve.server.security import submit_per_image, unwrap_stream_request
 
 SERVER_NAME = "superserve"
 SERVER_VERSION = "0.1.0"
-_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED}
+# Failed outcomes -> status; anything else is INTERNAL. "unavailable": calls the Redis front end lost with Redis or
+# that no worker picked up (superserve.cluster.frontend.UNAVAILABLE).
+_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED, "unavailable": grpc.StatusCode.UNAVAILABLE}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_STRING, "INT64": mc.TYPE_INT64}
 
 
@@ -79,17 +81,72 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=[model])
 
     async def _check_model(self, name: str, version: str, context: Any) -> None:
+        try:
+            self._require_model(name, version)
+        except _CallFailed as exc:
+            await context.abort(exc.code, exc.message)
+
+    def _require_model(self, name: str, version: str) -> None:
         if name != self.spec.name:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown model {name!r}; this server serves {self.spec.name!r}")
+            raise _CallFailed(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server serves {self.spec.name!r}")
         if version not in ("", self.spec.version):
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"model {name!r} has no version {version!r}; available: {self.spec.version}")
+            raise _CallFailed(grpc.StatusCode.NOT_FOUND,
+                              f"model {name!r} has no version {version!r}; available: {self.spec.version}")
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        try:
+            return await self._infer(request)
+        except _CallFailed as exc:
+            # Status set and an empty message returned rather than context.abort(): under ~1,000 concurrent calls
+            # grpc.aio's abort path answered a few of them CANCELLED instead of the status it was given.
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+            return pb.ModelInferResponse()
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+        """Triton's bidirectional stream: each request is scheduled as it arrives (the EDF queue orders them, not the
+        stream), and each answer is sent as soon as it is ready, so answers may overtake one another; clients match
+        them by request id, as tritonclient's stream callback does. A failed request does not end the stream: its
+        answer carries `error_message` (and the request id), as Triton's does."""
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(item: Any) -> None:
+            request, refused, release = unwrap_stream_request(item)  # per-request limits (security.py)
+            try:
+                if refused is not None:
+                    raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
+            except _CallFailed as exc:
+                answers.put_nowait(_stream_error(request, exc.code, exc.message))
+            except Exception as exc:  # noqa: BLE001 - every request of the stream gets its one answer
+                answers.put_nowait(_stream_error(request, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            finally:
+                if release is not None:
+                    release()
+
+        async def read() -> None:
+            async for item in request_iterator:
+                task = asyncio.create_task(one(item))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:  # the client half-closed: finish what it sent
+                await asyncio.gather(*list(pending))
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # re-raises a broken stream
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request: Any) -> Any:
+        """One inference call start to end; raises _CallFailed with the status and message to answer."""
         arrival_s = self.engine.clock()  # the SLO counts from here: decoding is part of the request's latency
-        await self._check_model(request.model_name, request.model_version, context)
+        self._require_model(request.model_name, request.model_version)
         loop = asyncio.get_running_loop()
         try:
             decoded = decode_request(request, self.spec)
@@ -113,10 +170,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if self.metrics is not None:
                 outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
                 self.metrics.call_done(outcome, 0.0)
-            await context.abort(exc.code, exc.message)
+            raise _CallFailed(exc.code, exc.message) from None
         result = await answer
         if result.outcome not in (OK, LATE):
-            await context.abort(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
+            raise _CallFailed(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
         response = pb.ModelInferResponse(model_name=self.spec.name, model_version=self.spec.version, id=request.id)
         if self.response_params:
             # One id when every image ran on the same subnet, else one per image (a call's images may be split
@@ -130,6 +187,20 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
+
+
+class _CallFailed(Exception):
+    """A call answered with a non-OK status (`code`, `message`): an abort for ModelInfer, an error_message in a stream."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _stream_error(request: Any, code: grpc.StatusCode, message: str) -> Any:
+    return pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}",
+                                       infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                                            id=request.id))
 
 
 def _resolve(future: asyncio.Future[CallResult], result: CallResult) -> None:
