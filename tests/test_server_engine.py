@@ -144,3 +144,22 @@ def test_profile_correction_learns_a_slowdown_and_scales_the_table():
     assert corr.corrected_zoo() is None  # unchanged since the last one handed out
     corr.observe("unknown", 1, 1.0)  # ignored
     corr.observe(sid, 1000, 1.0)  # beyond the table: ignored
+
+
+def test_profile_correction_widens_the_p99_when_service_times_spread():
+    zoo = make_zoo()
+    sid = zoo.subnet_ids[0]
+    med, p99 = zoo.latency_ms(sid, 4, "median"), zoo.latency_ms(sid, 4)
+    steady = ProfileCorrector(zoo, CorrectionConfig(alpha=0.2, prior_batches=5))
+    for _ in range(100):  # steady at the table's median: the table's tail stays as it is
+        steady.observe(sid, 4, med * 1e-3)
+    assert steady.sigma(sid) == pytest.approx(0.0, abs=1e-9)
+    spread = ProfileCorrector(zoo, CorrectionConfig(alpha=0.2, prior_batches=5))
+    for k in range(200):  # a neighbour preempts every other batch: 1x and 4x the median
+        spread.observe(sid, 4, med * (4.0 if k % 2 else 1.0) * 1e-3)
+    assert 0.5 < spread.sigma(sid) <= 1.0
+    fixed = spread.corrected_zoo()
+    assert fixed is not None
+    # median scaled by the geometric mean (2x); the p99 now covers the slow batches (4x the median) with room
+    assert fixed.latency_ms(sid, 4, "median") == pytest.approx(2 * med, rel=0.1)
+    assert fixed.latency_ms(sid, 4) > max(4 * med, 2 * p99)

@@ -8,8 +8,18 @@ batch size, as the simulator's service model does). Subnets rarely chosen borrow
 
     factor(subnet) = (n * local + k * global) / (n + k),   n = batches seen for the subnet, k = `prior_batches`
 
-`corrected_zoo()` is the original zoo with each subnet's median and p99 scaled by its factor, or None when no factor
-moved by more than `min_change` since the last zoo handed out (rebuilding a policy costs milliseconds: not per batch).
+`corrected_zoo()` is the original zoo with each subnet's median scaled by its factor, or None when no factor moved by
+more than `min_change` since the last zoo handed out (rebuilding a policy costs milliseconds: not per batch).
+
+Tails are corrected too, not just scaled with the median: SLO decisions use the p99, and a drifted host (a noisy
+neighbour preempting the worker) mostly widens the spread. So the corrector also keeps an EWMA of the squared
+deviation of the log ratio, sigma (blended with the global one like the factor), and the corrected p99 is
+
+    p99' = max(p99_table * factor, median_table * factor * exp(z * sigma)),   z = 2.33 (the normal's 99th percentile)
+
+i.e. never below the table's own tail shape, and wider when observed service times are spread wider than the table
+says. (Without this, a table profiled on a busier host than the serving one taught the correction fast medians, and
+the scaled-down p99 then under-estimated the tail as soon as a neighbour arrived.)
 Pure arithmetic on values handed in: no clock, no threads; the engine serialises calls.
 """
 
@@ -30,6 +40,8 @@ class CorrectionConfig:
     min_change: float = 0.05  # relative change of any factor that triggers a new zoo
     floor: float = 0.3  # factors are clamped to [floor, ceiling]: a wild outlier cannot wreck the table
     ceiling: float = 10.0
+    tail_z: float = 2.33  # p99 of a log-normal spread: median * exp(z * sigma)
+    max_sigma: float = 1.0  # the observed log spread is capped (exp(2.33) ~ 10x median at most)
 
 
 class ProfileCorrector:
@@ -44,8 +56,10 @@ class ProfileCorrector:
         self._log_local = {sid: 0.0 for sid in zoo.subnet_ids}
         self._count = {sid: 0 for sid in zoo.subnet_ids}
         self._log_global = 0.0
+        self._var_local = {sid: 0.0 for sid in zoo.subnet_ids}  # EWMA of squared deviations of the log ratio
+        self._var_global = 0.0
         self._seen = 0  # batches observed, all subnets
-        self._applied = {sid: 1.0 for sid in zoo.subnet_ids}
+        self._applied = {sid: (1.0, 0.0) for sid in zoo.subnet_ids}  # (factor, sigma) of the last zoo handed out
 
     def observe(self, subnet_id: str, batch_size: int, service_s: float) -> None:
         """Fold one finished batch in. Unknown subnets and non-positive times are ignored."""
@@ -56,9 +70,19 @@ class ProfileCorrector:
         a = self.config.alpha
         n = self._count[subnet_id]
         # The first observation replaces the neutral prior instead of being averaged with it.
-        self._log_local[subnet_id] = log_ratio if n == 0 else (1 - a) * self._log_local[subnet_id] + a * log_ratio
+        if n == 0:
+            self._log_local[subnet_id] = log_ratio
+        else:
+            dev = log_ratio - self._log_local[subnet_id]
+            self._var_local[subnet_id] = (1 - a) * self._var_local[subnet_id] + a * dev * dev
+            self._log_local[subnet_id] += a * dev
         self._count[subnet_id] = n + 1
-        self._log_global = log_ratio if self._seen == 0 else (1 - a) * self._log_global + a * log_ratio
+        if self._seen == 0:
+            self._log_global = log_ratio
+        else:
+            dev = log_ratio - self._log_global
+            self._var_global = (1 - a) * self._var_global + a * dev * dev
+            self._log_global += a * dev
         self._seen += 1
 
     def factor(self, subnet_id: str) -> float:
@@ -66,16 +90,26 @@ class ProfileCorrector:
         log_f = (n * self._log_local[subnet_id] + k * self._log_global) / (n + k)
         return min(self.config.ceiling, max(self.config.floor, math.exp(log_f)))
 
+    def sigma(self, subnet_id: str) -> float:
+        """Observed spread of log(service / table median) for the subnet, blended with the global one."""
+        n, k = self._count[subnet_id], self.config.prior_batches
+        var = (n * self._var_local[subnet_id] + k * self._var_global) / (n + k)
+        return min(self.config.max_sigma, math.sqrt(var))
+
     def factors(self) -> dict[str, float]:
         return {sid: self.factor(sid) for sid in self.zoo.subnet_ids}
 
     def corrected_zoo(self) -> Zoo | None:
-        """A zoo with corrected latencies if any factor moved by more than `min_change`, else None."""
-        current = self.factors()
-        if all(abs(current[s] / self._applied[s] - 1) <= self.config.min_change for s in current):
+        """A zoo with corrected latencies if any factor or tail moved by more than `min_change`, else None."""
+        z, tol = self.config.tail_z, self.config.min_change
+        current = {sid: (self.factor(sid), self.sigma(sid)) for sid in self.zoo.subnet_ids}
+        if all(abs(f / self._applied[s][0] - 1) <= tol and abs(math.exp(z * (g - self._applied[s][1])) - 1) <= tol
+               for s, (f, g) in current.items()):
             return None
         self._applied = current
-        tables = {e.subnet_id: {b: LatencyStats(s.median_ms * current[e.subnet_id], s.p99_ms * current[e.subnet_id])
-                                for b, s in e.latency_ms.items()}
-                  for e in self.zoo.entries}
+        tables = {}
+        for e in self.zoo.entries:
+            f, tail = current[e.subnet_id][0], math.exp(z * current[e.subnet_id][1])
+            tables[e.subnet_id] = {b: LatencyStats(s.median_ms * f, max(s.p99_ms * f, s.median_ms * f * tail))
+                                   for b, s in e.latency_ms.items()}
         return self.zoo.with_latencies(tables, self.zoo.host)
