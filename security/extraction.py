@@ -29,25 +29,28 @@ class Collected:
     discarded: int  # labels thrown away by failed consistency checks
     failed: int  # images shed / refused
     truth: dict[str, int] = field(default_factory=dict)  # which subnet really labelled the kept images (evaluation)
+    repins: int = 0  # times the victim's step was re-located after a failed check
 
 
 def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy: float | None, batch: int = 4,
             fingerprinter: Any = None, pin: Any = None, check_every: int = 50, interval_s: float | None = None,
-            repeats: int = 1) -> Collected:
+            repeats: int = 1, repin: bool = True) -> Collected:
     """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks.
     `repeats` > 1 is the adaptive attacker against per-request noise: every image is sent `repeats` times and
-    labelled by its most frequent answer (ties: the first)."""
+    labelled by its most frequent answer (ties: the first). With `repin`, a check naming another responder also
+    re-locates the victim's step (`Fingerprinter.repin`) and the rest goes out with the new hints."""
     if repeats > 1:
         got = collect(oracle, np.repeat(indices, repeats), slo_ms, min_accuracy, batch, fingerprinter, pin,
-                      check_every, interval_s)
+                      check_every, interval_s, repin=repin)
         votes: dict[int, list[int]] = {}
         for i, lab in zip(got.indices, got.labels):
             votes.setdefault(int(i), []).append(int(lab))
         keep = [i for i in dict.fromkeys(int(x) for x in got.indices)]
         labels = [max(set(votes[i]), key=votes[i].count) for i in keep]
         return Collected(np.array(keep, dtype=np.int64), np.array(labels, dtype=np.int64), got.queries,
-                         got.discarded, got.failed, got.truth)
+                         got.discarded, got.failed, got.truth, got.repins)
     q0 = oracle.queries
+    repins = 0
     chunks = [indices[k:k + batch] for k in range(0, len(indices), batch)]
     kept_idx: list[int] = []
     kept_lab: list[int] = []
@@ -74,6 +77,10 @@ def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy
             if seen is not None and seen != pin.victim:  # another responder answered: drop; unknown: keep
                 discarded += len(pending)
                 pending = []
+                if repin:  # the step may have moved (a server correcting its latency table): find it again
+                    pin = fingerprinter.repin(pin)
+                    slo_ms, min_accuracy = pin.slo_ms, pin.min_accuracy
+                    repins += 1
                 continue
         for i, lab, t in pending:
             kept_idx.append(i)
@@ -84,7 +91,7 @@ def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy
     for t in kept_truth:
         truth[str(t)] = truth.get(str(t), 0) + 1
     return Collected(np.array(kept_idx, dtype=np.int64), np.array(kept_lab, dtype=np.int64),
-                     oracle.queries - q0, discarded, failed, truth)
+                     oracle.queries - q0, discarded, failed, truth, repins)
 
 
 # --- the surrogate ------------------------------------------------------------------------------------------------

@@ -12,15 +12,21 @@ failure statuses and, only when the server shows them, `subnet_id` / `subnet_acc
    served there (its accuracy), the smallest SLO served with a hint just above it (the next responder's budget), and
    so on until a hint is refused outright (INVALID_ARGUMENT: above the most accurate subnet; the attacker bisects
    that bound first, one call per step, since refusals do not depend on load). Each step is a bisection (SLO in log
-   space to `resolution`, accuracy to `acc_resolution`) whose tests are `tries` calls: served once = feasible (under
-   benign load a feasible call is sometimes shed; an infeasible one is served only by riding in a batch chosen for
-   someone else, which needs a more accurate subnet and is rare). Only statuses are needed: labels play no part, so
+   space to `resolution`, accuracy to `acc_resolution`) whose tests estimate the served fraction: an SLO test is a
+   sequential majority (`need` of `tries` calls served), which puts a boundary where the served fraction crosses
+   one half, the undefended boundary under symmetric noise on the hints (with "served once in 3" tiny noise made
+   phantom steps); the accuracy test at a step's lower edge counts one served call (there about half of the
+   feasible calls are shed under load), and the next floor is then pushed past the noise until `tries` calls are
+   all unserved (`_clear_above`). Only statuses are needed: labels play no part, so
    the label noise of the old probe-signature scan (ambiguous images, riders) cannot split or merge responders. When
    the response shows the subnet, the shown accuracy replaces the accuracy bisection.
    NOTE: this reads a policy that honours both hints (SlackFit and every baseline here do); a policy that ignores
    the SLO when idle would show one step per accuracy level only.
-2. Signatures and the fingerprint set: every responder's labels on the probe images at its own pin (`repeats`
-   passes, per-image majority; a third pass only where two disagree), then the fewest probe images that separate
+2. Signatures and the fingerprint set: every responder's labels on the probe images at its lower edge as it is
+   when signed (`edge_hints`: accuracy hint = its floor, SLO walked from the discovered start to the smallest
+   served; only the fastest subnet meeting the floor fits there, however a real server's online latency correction
+   has moved the steps since discovery) (`repeats` passes, per-image majority; a third pass only where two
+   disagree), then the fewest probe images that separate
    every pair of responders by `votes` images, neighbouring pairs first (greedy; at most `max_fp`). Neighbours are
    the pairs a defense or a rider swaps, and they disagree on the fewest images: the disagreement set is chosen from
    the attacker's own blends and its own answers.
@@ -30,6 +36,8 @@ failure statuses and, only when the server shows them, `subnet_id` / `subnet_acc
    least twice more often, and its
    measured consistency is kept in the Pin. A hint-shaping defense that moves only "pin-shaped" requests is then met
    by whichever candidate it leaves alone.
+   During extraction a check that names another responder makes the attacker re-locate the victim's step
+   (`repin`: the two SLO boundaries bisected again at the same accuracy hints) and carry on with the new pin.
 4. Identification: the labels on the fingerprint set matched to the responder signatures image by image; the
    responder with most matches wins (ties, or fewer than half matching: unknown). One call per image.
 Every call is counted (`oracle.queries` images, `oracle.calls` calls).
@@ -76,7 +84,8 @@ class Fingerprinter:
     acc_resolution: float = 0.0005
     slo_min_ms: float = 0.1
     slo_max_ms: float = 10_000.0
-    tries: int = 3  # calls per feasibility test (one served call decides)
+    tries: int = 5  # calls per feasibility test at most (sequential: stops once the majority is decided)
+    need: int = 3  # served calls out of `tries` that make a point feasible (the served fraction is >= need/tries)
     repeats: int = 3  # passes per signature (majority)
     votes: int = 3  # images separating each pair of responders in the fingerprint set
     max_fp: int = 8
@@ -102,15 +111,24 @@ class Fingerprinter:
         self.log.append((slo_ms, min_accuracy, a.status))
         return a
 
-    def feasible(self, slo_ms: float, min_accuracy: float) -> bool:
-        """Served at least once in `tries` calls (a refusal decides at once)."""
-        for _ in range(self.tries):
+    def feasible(self, slo_ms: float, min_accuracy: float, need: int | None = None) -> bool:
+        """Is the served fraction at these hints at least `need` / `tries`? Sequential: calls stop as soon as `need`
+        are served or `tries - need + 1` are not (a refusal decides at once). A majority, not "served once": under a
+        noise defense a hint just past a step is still served now and then (the noise pulled it back), and "any of
+        3" read that as a feasible point, so discovery saw phantom steps; a majority puts the boundary where the
+        served fraction crosses one half, the undefended one for symmetric noise. A feasible call shed by load
+        counts against it: at the loads here (pins shed ~15%) a majority still holds."""
+        need = self.need if need is None else need
+        served = failed = 0
+        while served < need and failed <= self.tries - need:
             a = self._call(slo_ms, min_accuracy)
-            if a.label is not None:
-                return True
             if a.status in REFUSED:
                 return False
-        return False
+            if a.label is not None:
+                served += 1
+            else:
+                failed += 1
+        return served >= need
 
     def _shown_at(self, slo_ms: float, min_accuracy: float) -> tuple[str, float] | None:
         """The majority shown (subnet_id, accuracy) over the first `tries` served calls (at most 3 x `tries`
@@ -123,6 +141,18 @@ class Fingerprinter:
                 if len(seen) == self.tries:
                     break
         return max(set(seen), key=seen.count) if seen else None
+
+    def tests(self) -> list[tuple[float, float, int, int]]:
+        """The status calls grouped into tests: (slo_ms, min_accuracy, served, calls) per run of identical hints."""
+        out: list[list] = []
+        for slo, acc, status in self.log:
+            ok = status in ("ok", "late")
+            if out and out[-1][0] == slo and out[-1][1] == acc:
+                out[-1][2] += ok
+                out[-1][3] += 1
+            else:
+                out.append([slo, acc, int(ok), 1])
+        return [tuple(t) for t in out]
 
     # --- 1. discovery -------------------------------------------------------------------------------------------
     def _largest_hint(self) -> float:
@@ -149,14 +179,38 @@ class Fingerprinter:
         return hi
 
     def _largest_acc(self, slo: float, lo: float, hi: float) -> tuple[float, float]:
-        """Bisect the largest accuracy hint served at `slo`: (served, not served) within `acc_resolution`."""
+        """Bisect the largest accuracy hint served at `slo`: (served, not served) within `acc_resolution`. Here a
+        hint counts as served once in `tries` calls: `slo` is the step's lower edge as a majority test found it,
+        where about half of the feasible calls are shed under load; an infeasible hint is served only when noise
+        pulls it down (the estimate then errs upwards, and `_clear_above` places the next floor past the noise)."""
         while hi - lo > self.acc_resolution:
             mid = 0.5 * (lo + hi)
-            if self.feasible(slo, mid):
+            if self.feasible(slo, mid, need=1):
                 lo = mid
             else:
                 hi = mid
         return lo, hi
+
+    def _clear_above(self, slo: float, acc: float, above: float) -> float:
+        """The accuracy hint that excludes this responder for sure: the majority boundary `acc` is where the served
+        fraction crosses one half; under noise on the hints a hint just above it is still served often, and a
+        floor there made the next SLO bisection find a phantom step. So the offset above `acc` doubles until
+        `tries` calls at this SLO are all refused or shed (undefended: the first offset, `tries` calls)."""
+        off = max(above - acc, self.acc_resolution)
+        for _ in range(8):
+            h = acc + off
+            if h > self.max_hint:
+                return h
+            for _ in range(self.tries):
+                a = self._call(slo, h)
+                if a.label is not None:
+                    break
+                if a.status in REFUSED:
+                    return h
+            else:
+                return h
+            off *= 2
+        return acc + off
 
     def discover(self) -> list[Responder]:
         self.max_hint = self._largest_hint()
@@ -177,7 +231,8 @@ class Fingerprinter:
                 above = min(acc + 1e-6, 1.0)
             else:
                 hi = min(1.0, self.max_hint + self.acc_resolution / 4)
-                acc, above = (hi, hi) if self.feasible(s, hi) else self._largest_acc(s, floor, hi)
+                acc, above = (hi, hi) if self.feasible(s, hi, need=1) else self._largest_acc(s, floor, hi)
+                above = self._clear_above(s, acc, above)
             if sid is not None and found and found[-1].subnet_id == sid:
                 # the same subnet again (a defense blurs the steps): one responder, its step extended
                 prev = found.pop()
@@ -226,17 +281,41 @@ class Fingerprinter:
         acc = 0.0 if loose else 0.5 * (r.floor + r.accuracy)
         return slo, acc
 
+    def edge_hints(self, k: int, step: float = 1.04, walk: int = 6) -> tuple[float, float]:
+        """Hints at responder k's lower edge as it is now: the accuracy hint `floor` (every faster responder
+        excluded) and the smallest SLO served there, found by walking from the discovered start in `step` ratios
+        (down while served, up while not; single calls, at most `walk` each way), plus 2%; never above the middle of
+        the step. At the edge only the fastest subnet meeting the floor fits, i.e. responder k, wherever a server's
+        online latency correction has moved the step since discovery (on a busy host it moved by 1.5x within
+        seconds, and mid-step hints of the narrow steps then selected a neighbour)."""
+        r = self.responders[k]
+        mid = self.default_hints(k)[0]
+        s = r.slo_lo_ms
+        served = self._call(s, r.floor).label is not None
+        for _ in range(walk):
+            nxt = s / step if served else s * step
+            if served and nxt < self.slo_min_ms:
+                break
+            ok = self._call(nxt, r.floor).label is not None
+            if served and not ok:
+                break  # s is the smallest served
+            s = nxt
+            if not served and ok:
+                served = True
+                break
+        return min(1.02 * s, mid) if served else mid, r.floor
+
     def _labels(self, slo: float, acc: float, positions: Sequence[int]) -> np.ndarray:
         answers = self.oracle.query_each(self.probe[list(positions)], slo, acc)
         return np.array([-1 if a.label is None else a.label for a in answers])
 
     def _signatures(self) -> None:
-        """Per responder, the per-image majority label on the probe set at its default hints (two passes, a third
-        only where they differ or failed)."""
+        """Per responder, the per-image majority label on the probe set at its edge hints (`edge_hints`; two
+        passes, a third only where they differ or failed)."""
         sigs = []
         everything = list(range(len(self.probe)))
         for k in range(len(self.responders)):
-            hints = self.default_hints(k)
+            hints = self.edge_hints(k)
             passes = [self._labels(*hints, everything) for _ in range(min(2, self.repeats))]
             unsure = [p for p in everything if passes[0][p] != passes[1][p] or passes[0][p] < 0] \
                 if len(passes) == 2 else []
@@ -282,6 +361,8 @@ class Fingerprinter:
         nearer either end of the step."""
         out = [self.default_hints(victim), self.default_hints(victim, loose=True),
                self.default_hints(victim, 0.2), self.default_hints(victim, 0.8)]
+        if not self.shown:
+            out.append(self.edge_hints(victim))
         return list(dict.fromkeys(out))
 
     def pin(self, victim: int, verify: bool = True) -> Pin:
@@ -300,6 +381,32 @@ class Fingerprinter:
                 if best_score == 1.0:
                     break
         return Pin(best[0], best[1], victim, sig, best_score, self.oracle.queries - q0)
+
+    def repin(self, pin: Pin) -> Pin:
+        """Re-locate the victim's step and return a pin at its middle: the attacker's answer to a server whose
+        latency table moves under it (online correction rescales each subnet by its own observed factor, so the SLO
+        interval that selected the victim drifts). The accuracy side does not move: the hint that excludes every
+        faster responder (`floor`) and the one that excludes the victim (just above its accuracy) are re-used; only
+        the two SLO boundaries are bisected again, bracketed around the old ones (4x either side, coarser: 3%)."""
+        k = pin.victim
+        r = self.responders[k]
+        res, self.resolution = self.resolution, max(self.resolution, 1.03)
+        try:
+            hi = min(self.slo_max_ms, 4.0 * r.slo_lo_ms)
+            while not self.feasible(hi, r.floor) and hi < self.slo_max_ms:
+                hi = min(self.slo_max_ms, 4.0 * hi)
+            start = self._smallest_slo(r.floor, max(self.slo_min_ms, r.slo_lo_ms / 4.0), hi)
+            nxt = math.inf
+            if k + 1 < len(self.responders):
+                above = self.responders[k + 1].floor
+                top = min(self.slo_max_ms, 4.0 * max(r.next_slo_ms, start))
+                if self.feasible(top, above):
+                    nxt = self._smallest_slo(above, start, top)
+        finally:
+            self.resolution = res
+        self.responders[k] = Responder(r.accuracy, start, r.floor, nxt, r.subnet_id)
+        slo, acc = self.default_hints(k)
+        return Pin(slo, acc, k, pin.signature, pin.consistency, pin.queries)
 
     # --- 4. identification --------------------------------------------------------------------------------------
     def identify(self, slo_ms: float | None, min_accuracy: float | None) -> int | None:
