@@ -540,6 +540,7 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
                 server = None
                 server, spec = fresh()
                 restarted = True
+            load_avg = os.getloadavg()[0]  # other work on the host shows here: a noisy neighbour skews a run
             report = replay(arrivals, spec)
             s = summarize(report.records)
             c = report.client_summary()
@@ -550,7 +551,8 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
                          "client": {k: c[k] for k in ("send_lag_p99_ms", "client_overloaded_count",
                                                       "unanswered_count", "server_error_count",
                                                       "client_cpu_fraction", "client_bottleneck")},
-                         "errors": report.error_messages(), "restarted_before": restarted})
+                         "errors": report.error_messages(), "restarted_before": restarted,
+                         "host_load_avg_1min_before": round(load_avg, 2)})
             print(f"    {run:12s} {rate:6.1f} q/s: SLO att {100 * s.slo_attainment:5.1f}%  mean acc "
                   f"{100 * s.mean_accuracy:5.2f}%  p99 {s.p99_latency_ms:7.1f} ms  shed {s.shed} rejected "
                   f"{s.rejected}{'  CLIENT-BOUND' if c['client_bottleneck'] else ''}"
@@ -731,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                      "trace_stats": stats, "burstiest_trace": burstiest, "fresh_profile": args.fresh_profile,
                      "duration_s": args.duration, "seed": args.seed, "threads": args.threads,
                      "server_cpus": sorted(args.server_cpu_set), "client_cpus": sorted(client_cpus),
-                     "batch_wait_ms": args.batch_wait_ms, "warmup_s": args.warmup_s, "cpus": os.cpu_count(),
+                     "host_load_avg_1min_at_end": round(os.getloadavg()[0], 2), "batch_wait_ms": args.batch_wait_ms, "warmup_s": args.warmup_s, "cpus": os.cpu_count(),
                      "venvs": venvs, "configs": [asdict(c) for c in configs]},
            "startup_s": startups, "startup_s_all": startups_all, "stop_s": stops, "failures": failures,
            "comparisons": [c for c in (trace_comparison(rows, t) for t in order) if c], "rows": rows}

@@ -4,7 +4,7 @@ Run by `benchmarks/peers.py` with the Ray venv's python. The ingress is Ray Serv
 the Open Inference Protocol's own service (`GRPCInferenceService` from tritonclient's generated stubs) registered as
 the servicer, so the deployment's `ModelInfer` method receives `ModelInferRequest`s and the same replayer client
 talks to it as to superserve and Triton. One replica, `max_ongoing_requests` well above the max batch size (else it
-never batches). Stop with SIGTERM (serve.shutdown, then ray.shutdown).
+never batches), no access log. Stop with SIGTERM (serve.shutdown, then ray.shutdown).
 
     python benchmarks/peers_ray.py --zoo Z --checkpoint C --subnet-id ID --grpc-port P --http-port H [--max-batch 16]
         [--batch-wait-ms 2] [--threads 1]
@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(num_cpus=1, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False,
              configure_logging=False)
+    # No per-request access log (a production setting; it costs CPU on the one core everything shares).
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
-                grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[SERVICER]))
+                grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[SERVICER]),
+                logging_config={"enable_access_log": False, "log_level": "WARNING"})
     serve.run(build_app(args), name=args.model_name, route_prefix="/", blocking=False)
     print(f"peers_ray: serving {args.model_name} = subnet {args.subnet_id} on 127.0.0.1:{args.grpc_port} (gRPC), "
           f"max batch {args.max_batch}, max_ongoing_requests {args.max_ongoing}", flush=True)
