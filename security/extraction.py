@@ -37,8 +37,8 @@ def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy
             repeats: int = 1, repin: bool = True) -> Collected:
     """Query the transfer set in calls of `batch` images. With a fingerprinter and pin: consistency checks.
     `repeats` > 1 is the adaptive attacker against per-request noise: every image is sent `repeats` times and
-    labelled by its most frequent answer (ties: the first). With `repin`, a check naming another responder also
-    re-locates the victim's step (`Fingerprinter.repin`) and the rest goes out with the new hints."""
+    labelled by its most frequent answer (ties: the first). With `repin`, a check naming another responder, or a group of
+    calls mostly shed, also re-locates the victim's step (`Fingerprinter.repin`) and the rest goes out with the new hints."""
     if repeats > 1:
         got = collect(oracle, np.repeat(indices, repeats), slo_ms, min_accuracy, batch, fingerprinter, pin,
                       check_every, interval_s, repin=repin)
@@ -67,11 +67,18 @@ def collect(oracle: Any, indices: np.ndarray, slo_ms: float | None, min_accuracy
         truths = oracle.truth[t0:]
         flat_idx = np.concatenate(part)
         flat = [a for call in answers for a in call]
+        group_failed = 0
         for i, a, t in zip(flat_idx, flat, truths):
             if a.label is None:
-                failed += 1
+                group_failed += 1
             else:
                 pending.append((int(i), a.label, t))
+        failed += group_failed
+        if repin and fingerprinter is not None and pin is not None and group_failed * 2 > len(flat):
+            # most calls shed: the victim's step moved up (a server's latency correction); re-locate it
+            pin = fingerprinter.repin(pin)
+            slo_ms, min_accuracy = pin.slo_ms, pin.min_accuracy
+            repins += 1
         if fingerprinter is not None and pin is not None:
             seen = fingerprinter.identify(pin.slo_ms, pin.min_accuracy)
             if seen is not None and seen != pin.victim:  # another responder answered: drop; unknown: keep

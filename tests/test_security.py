@@ -447,3 +447,22 @@ def test_pinnable_victim_skips_narrow_steps():
     # budgets 3, 6, 6.2, 10, 18 ms: 0.92's step (6 -> 6.2) is 3% wide
     assert pinnable_front(zoo) == [0, 2, 3, 4]
     assert pinnable_victim(zoo) == 2
+
+
+def test_collect_repins_when_the_pin_is_shed():
+    """Extraction through a pin whose step has moved up (every budget doubled): the first group of calls is all
+    shed, the attacker re-locates the step, and the rest is labelled by the victim."""
+    from security.extraction import collect
+    from security.fingerprint import Fingerprinter
+    from security.oracles import SimOracle
+
+    zoo, oracle = _small_zoo_oracle(False, load=0.0)
+    fp = Fingerprinter(oracle, np.arange(12))
+    fp.discover()
+    pin = fp.pin(1)
+    slower = make_zoo(accuracies=(0.90, 0.94, 0.96, 0.98), lat1_ms=(2.0, 4.0, 8.0, 16.0))
+    moved = SimOracle(slower, oracle.predictions, oracle.workload, seed=5)
+    fp.oracle = moved
+    got = collect(moved, np.arange(12, 52), pin.slo_ms, pin.min_accuracy, 1, fp, pin, check_every=10)
+    assert got.repins >= 1 and len(got.labels) >= 20
+    assert set(got.truth) == {slower.entries[1].subnet_id}
