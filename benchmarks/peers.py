@@ -167,6 +167,11 @@ def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]
         return None
     cmp = compare(as_point(ours), [as_point(r) for r in peers])
     best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
+    by_role = {}
+    for role in dict.fromkeys(r.get("role", "") for r in peers):
+        top = max((r for r in peers if r.get("role", "") == role), key=lambda r: r["slo_attainment"])
+        by_role[role] = {"config": top["config"], "slo_attainment": top["slo_attainment"],
+                         "mean_accuracy": top["mean_accuracy"]}
     return {"run": run, "trace": group[0]["trace"], "superserve_slo_attainment": ours["slo_attainment"],
             "superserve_mean_accuracy": ours["mean_accuracy"],
             "best_peer_config": best["config"], "best_peer_slo_attainment": best["slo_attainment"],
@@ -175,7 +180,7 @@ def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]
             "peer_accuracy_at_equal_attainment": cmp["baseline_accuracy_at_equal_attainment"],
             "attainment_gain_x_at_equal_accuracy": cmp["attainment_gain_x"],
             "accuracy_gain_points_at_equal_attainment": cmp["accuracy_gain_points"],
-            "peer_frontier": cmp["frontier"]}
+            "best_peer_by_subnet": by_role, "peer_frontier": cmp["frontier"]}
 
 
 def _r(x: Any, nd: int) -> Any:
@@ -199,6 +204,9 @@ def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict
         h[f"best_peer_mean_accuracy_pct_{k}"] = _r(100 * c["best_peer_mean_accuracy"], 2)
         h[f"attainment_gain_x_at_equal_accuracy_{k}"] = _r(c["attainment_gain_x_at_equal_accuracy"], 3)
         h[f"accuracy_gain_points_at_equal_attainment_{k}"] = _r(c["accuracy_gain_points_at_equal_attainment"], 2)
+        for role, b in c["best_peer_by_subnet"].items():
+            if role:
+                h[f"best_peer_{role.replace(' ', '_')}_subnet_slo_attainment_frac_{k}"] = _r(b["slo_attainment"], 4)
     if burstiest is not None:
         h["burstiest_trace"] = burstiest
     for run in runs:
@@ -219,7 +227,7 @@ def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict
 
 def format_table(rows: Sequence[dict[str, Any]], startups: dict[str, float]) -> str:
     head = (f"{'trace@load':13s} {'configuration':38s} {'SLO att.':>8s} {'mean acc.':>9s} {'p99 ms':>8s} "
-            f"{'shed+rej':>8s} {'start-up':>8s}")
+            f"{'shed+rej':>8s} {'start-up':>8s} {'sat. q/s':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         acc = r["mean_accuracy"]
@@ -227,8 +235,11 @@ def format_table(rows: Sequence[dict[str, Any]], startups: dict[str, float]) -> 
         p99 = r.get("p99_latency_ms", float("nan"))
         p99_s = "-" if p99 is None or math.isnan(p99) else f"{p99:.1f}"
         st = startups.get(r["config"])
+        sat = r.get("saturation_qps")
+        sat_s = "-" if sat is None else f"{sat:.0f}"
         lines.append(f"{_run(r):13s} {r['config']:38s} {100 * r['slo_attainment']:7.1f}% {acc_s:>9s} {p99_s:>8s} "
-                     f"{r.get('shed', 0) + r.get('rejected', 0):8d} {'-' if st is None else f'{st:.1f} s':>8s}")
+                     f"{r.get('shed', 0) + r.get('rejected', 0):8d} {'-' if st is None else f'{st:.1f} s':>8s} "
+                     f"{sat_s:>8s}")
     return "\n".join(lines)
 
 
@@ -506,9 +517,10 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
     """Start the server, time its first answer, warm it up, replay every run (name -> (trace, load, rate, arrivals))
     and stop it. A server still busy with the previous run's backlog 20 s after it is restarted (a fresh start,
     timed and warmed up like the first). Returns (start-up s of each start, stop s of each stop, one row per run)."""
-    from loadtest.replayer import ReplaySpec, make_trace, replay
+    from loadtest.replayer import ReplaySpec, make_trace, replay, saturate
     from superserve.metrics import summarize
 
+    saturation: dict[str, float] = {}
     startups: list[float] = []
     stops: list[float] = []
     rows = []
@@ -525,6 +537,10 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
             # The same short warm-up for everyone (first batches of each size allocate; superserve corrects its
             # latency table online).
             replay(make_trace("poisson", 10.0, args.warmup_s, args.seed + 1), spec)
+            if args.saturate_s > 0 and not saturation:
+                # Throughput with 32 calls always outstanding (closed loop; superserve then serves small subnets).
+                saturation.update(saturate(spec, 32, args.saturate_s))
+                print(f"  {cfg.label}: {saturation['throughput_qps']:.0f} q/s at saturation", flush=True)
         except BaseException:
             stops.append(stop(srv))
             raise
@@ -552,7 +568,8 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
                                                       "unanswered_count", "server_error_count",
                                                       "client_cpu_fraction", "client_bottleneck")},
                          "errors": report.error_messages(), "restarted_before": restarted,
-                         "host_load_avg_1min_before": round(load_avg, 2)})
+                         "host_load_avg_1min_before": round(load_avg, 2),
+                         "saturation_qps": round(saturation["throughput_qps"], 1) if saturation else None})
             print(f"    {run:12s} {rate:6.1f} q/s: SLO att {100 * s.slo_attainment:5.1f}%  mean acc "
                   f"{100 * s.mean_accuracy:5.2f}%  p99 {s.p99_latency_ms:7.1f} ms  shed {s.shed} rejected "
                   f"{s.rejected}{'  CLIENT-BOUND' if c['client_bottleneck'] else ''}"
@@ -589,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="1", help="CPU list the servers are pinned to ('' = no pinning)")
     parser.add_argument("--client-cpus", default="0", help="CPU list the client is pinned to ('' = no pinning)")
     parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--saturate-s", type=float, default=5.0,
+                        help="per configuration, seconds of closed-loop saturation (32 outstanding) to measure its "
+                             "throughput on the server CPUs; 0 = skip")
     parser.add_argument("--drain-s", type=float, default=5.0, help="replayer drain timeout after the last send")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--venv-dir", type=Path, default=Path(tempfile.gettempdir()) / "superserve-peers",

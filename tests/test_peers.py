@@ -56,9 +56,9 @@ def test_max_batch_is_the_largest_batch_within_half_the_slo() -> None:
 
 def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
     rows = [row("superserve[slackfit]", "superserve", 0.90, 0.93),
-            row("triton[top,b4]", "triton", 0.20, 0.976),
-            row("triton[mid,b8,timeout]", "triton", 0.40, 0.926),
-            row("ray[mid,b8]", "ray", 0.10, 0.926),
+            row("triton[top,b4]", "triton", 0.20, 0.976, role="most accurate"),
+            row("triton[mid,b8,timeout]", "triton", 0.40, 0.926, role="mid"),
+            row("ray[mid,b8]", "ray", 0.10, 0.926, role="mid"),
             row("superserve[slackfit]", "superserve", 0.99, 0.95, trace="azure"),
             row("ray[top,b4]", "ray", 0.995, 0.976, trace="azure")]
     c = peers.trace_comparison(rows, "gamma:8")
@@ -71,6 +71,8 @@ def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
     h = peers.headline(rows, ["gamma:8", "azure"], {"superserve[slackfit]": 1.2, "triton[top,b4]": 5.0,
                                                    "triton[mid,b8,timeout]": 4.0, "ray[top,b4]": 11.0}, "gamma:8")
     assert h["superserve_slo_attainment_frac_gamma_cv2_8"] == 0.9
+    assert h["best_peer_most_accurate_subnet_slo_attainment_frac_gamma_cv2_8"] == 0.2
+    assert h["best_peer_mid_subnet_slo_attainment_frac_gamma_cv2_8"] == 0.4
     assert h["attainment_gain_x_at_equal_accuracy_gamma_cv2_8"] == round(0.90 / expect, 3)
     assert h["target_attainment_2x_at_equal_accuracy_met_gamma_cv2_8"] == "yes"
     assert h["target_higher_accuracy_at_equal_attainment_met_gamma_cv2_8"] == "yes"
@@ -101,12 +103,13 @@ def test_runs_are_trace_at_load() -> None:
 
 
 def test_table_lists_every_row_and_handles_nothing_served() -> None:
-    rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93), row("ray[top,b4]", "ray", 0.0, None)]
+    rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93, saturation_qps=812.4),
+            row("ray[top,b4]", "ray", 0.0, None)]
     text = peers.format_table(rows, {"superserve[slackfit]": 1.3})
     lines = text.splitlines()
-    assert len(lines) == 4 and lines[2].split()[1] == "superserve[slackfit]" and lines[2].endswith("1.3 s")
+    assert len(lines) == 4 and lines[2].split()[1] == "superserve[slackfit]" and lines[2].endswith("1.3 s      812")
     fields = lines[3].split()
-    assert fields[1] == "ray[top,b4]" and fields[2] == "0.0%" and fields[3] == "-" and fields[-1] == "-"
+    assert fields[1] == "ray[top,b4]" and fields[2] == "0.0%" and fields[3] == "-" and fields[-2:] == ["-", "-"]
 
 
 def test_peer_venv_packages_come_from_the_peers_extra() -> None:
