@@ -217,11 +217,11 @@ class Engine:
             answers += more
             if not self._items:
                 self._idle_cv.notify_all()
+        self._fire(answers, dispatches)  # answers first: metrics and records are not on the request's path
         if self.metrics is not None:
             self.metrics.batch_done(subnet_id, accuracy, len(rids), result.compute_s, queued_s, met)
         if self.records is not None:
             self.records.write(records)
-        self._fire(answers, dispatches)
 
     # --- scheduling (lock held) -----------------------------------------------------------------------------------
     def _schedule_locked(self, now: float) -> tuple[list[tuple[int, Batch]], list[tuple[_Call, CallResult]]]:
