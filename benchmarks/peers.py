@@ -733,8 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         c = trace_comparison(rows, t)
         if c:
             g, a = c["attainment_gain_x_at_equal_accuracy"], c["accuracy_gain_points_at_equal_attainment"]
-            print(f"{t}: superserve {100 * c['superserve_slo_attainment']:.1f}% at {100 * c['superserve_mean_accuracy']:.2f}%"
-                  f"; best peer {c['best_peer_config']} {100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
+            print(f"{t}: superserve {100 * c['superserve_slo_attainment']:.1f}% at "
+                  f"{100 * c['superserve_mean_accuracy']:.2f}%; best peer {c['best_peer_config']} {100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
                   f"{'no peer is as accurate' if g is None else f'{g:.2f}x'}; at equal attainment "
                   f"{'no peer attains as much' if a is None else f'{a:+.2f} points'}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -753,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
                      "trace_stats": stats, "burstiest_trace": burstiest, "fresh_profile": args.fresh_profile,
                      "duration_s": args.duration, "seed": args.seed, "threads": args.threads,
                      "server_cpus": sorted(args.server_cpu_set), "client_cpus": sorted(client_cpus),
-                     "host_load_avg_1min_at_end": round(os.getloadavg()[0], 2), "batch_wait_ms": args.batch_wait_ms, "warmup_s": args.warmup_s, "cpus": os.cpu_count(),
+                     "host_load_avg_1min_at_end": round(os.getloadavg()[0], 2), "batch_wait_ms": args.batch_wait_ms,
+                     "warmup_s": args.warmup_s, "saturate_s": args.saturate_s, "cpus": os.cpu_count(),
                      "venvs": venvs, "configs": [asdict(c) for c in configs]},
            "startup_s": startups, "startup_s_all": startups_all, "stop_s": stops, "failures": failures,
            "comparisons": [c for c in (trace_comparison(rows, t) for t in order) if c], "rows": rows}
