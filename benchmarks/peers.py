@@ -734,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         if c:
             g, a = c["attainment_gain_x_at_equal_accuracy"], c["accuracy_gain_points_at_equal_attainment"]
             print(f"{t}: superserve {100 * c['superserve_slo_attainment']:.1f}% at "
-                  f"{100 * c['superserve_mean_accuracy']:.2f}%; best peer {c['best_peer_config']} {100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
+                  f"{100 * c['superserve_mean_accuracy']:.2f}%; best peer {c['best_peer_config']} "
+                  f"{100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
                   f"{'no peer is as accurate' if g is None else f'{g:.2f}x'}; at equal attainment "
                   f"{'no peer attains as much' if a is None else f'{a:+.2f} points'}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
