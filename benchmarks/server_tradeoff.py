@@ -3,8 +3,10 @@ correction on vs off while a background process loads one core. One short run, e
 
 Part 1: one bursty gamma trace replayed open-loop (client in its own process) through the gRPC server with SlackFit
 and with Clipper+ on the most accurate subnet; the simulator replays the same trace with the same policy and zoo.
-Part 2: the same trace with SlackFit while a busy-looping process takes one core (a noisy neighbour the latency
-table does not know about), with online correction on and off.
+Part 2: the same trace with SlackFit while a busy-looping process shares the server's core (a noisy neighbour the
+latency table does not know about), with online correction on and off. The server process and the neighbour are
+pinned to one CPU and the client to the other (Linux); unpinned, the OS would move the one-worker server to the
+idle core of this 2-core host and the neighbour would not bite.
 
     nice python benchmarks/server_tradeoff.py                      # shipped zoo
     nice python benchmarks/server_tradeoff.py --zoo Z --checkpoint C
@@ -39,14 +41,16 @@ from superserve.sim import SimConfig, simulate  # noqa: E402
 BUSY_LOOP = "import time\nend = time.time() + {s}\nwhile time.time() < end:\n    pass\n"
 
 
-def serve_and_replay(args, arrivals, slo_ms, images, policy, params, correction: bool) -> dict:  # noqa: ANN001
+def serve_and_replay(args, arrivals, slo_ms, images, policy, params, correction: bool,  # noqa: ANN001
+                     client_cpus: set[int] | None = None) -> dict:
     srv = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
                              policy=policy, policy_params=params, quiet=True,
                              engine=EngineConfig(default_slo_ms=slo_ms,
                                                  correction_interval_s=0.25 if correction else None)))
     srv.start()
     try:
-        out = replay_in_subprocess(arrivals, ReplaySpec(url=f"127.0.0.1:{srv.port}", slo_ms=slo_ms), images)
+        out = replay_in_subprocess(arrivals, ReplaySpec(url=f"127.0.0.1:{srv.port}", slo_ms=slo_ms), images,
+                                   cpus=client_cpus)
         factors = srv.engine.corrector.factors() if srv.engine.corrector else {}
     finally:
         srv.stop()
@@ -89,19 +93,26 @@ def main(argv: list[str] | None = None) -> int:
               f"{real['mean_accuracy'] * 100:.2f}%, p99 {real['p99_latency_ms']} ms | simulator: "
               f"{sim.slo_attainment * 100:5.1f}%, {sim.mean_accuracy * 100:.2f}%", flush=True)
     part2 = {}
-    for correction in (True, False):
-        busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(s=args.duration_s + 30)])
-        try:
-            time.sleep(0.5)
-            res = serve_and_replay(args, arrivals, slo_ms, images, "slackfit", {}, correction)
-        finally:
-            busy.kill()
-            busy.wait()
-        key = "with_correction" if correction else "without_correction"
-        part2[key] = res
-        print(f"noisy neighbour, SlackFit {key.replace('_', ' '):19}: attainment {res['slo_attainment'] * 100:5.1f}%, "
-              f"accuracy {res['mean_accuracy'] * 100:.2f}%, p99 {res['p99_latency_ms']} ms "
-              f"{res['final_correction_factors'] or ''}", flush=True)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpus = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
+    os.sched_setaffinity(0, server_cpu)  # threads the server starts inherit it
+    try:
+        for correction in (True, False):
+            busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(s=args.duration_s + 30)],
+                                    preexec_fn=lambda: os.sched_setaffinity(0, server_cpu))
+            try:
+                time.sleep(0.5)
+                res = serve_and_replay(args, arrivals, slo_ms, images, "slackfit", {}, correction, client_cpus)
+            finally:
+                busy.kill()
+                busy.wait()
+            key = "with_correction" if correction else "without_correction"
+            part2[key] = res
+            print(f"noisy neighbour, SlackFit {key.replace('_', ' '):19}: attainment {res['slo_attainment'] * 100:5.1f}%, "
+                  f"accuracy {res['mean_accuracy'] * 100:.2f}%, p99 {res['p99_latency_ms']} ms "
+                  f"{res['final_correction_factors'] or ''}", flush=True)
+    finally:
+        os.sched_setaffinity(0, set(cpus))
     headline = {
         "slackfit_slo_attainment": part1["slackfit"]["server"]["slo_attainment"],
         "slackfit_mean_accuracy": part1["slackfit"]["server"]["mean_accuracy"],

@@ -243,18 +243,20 @@ def replay(arrivals_s: Sequence[float] | np.ndarray, spec: ReplaySpec,
 
 
 def replay_in_subprocess(arrivals_s: Sequence[float] | np.ndarray, spec: ReplaySpec,
-                         inputs: np.ndarray | None = None) -> ReplayReport:
+                         inputs: np.ndarray | None = None, *, cpus: set[int] | None = None) -> ReplayReport:
     """`replay` from a fresh process (see `in_subprocess`)."""
-    return in_subprocess(replay, np.asarray(arrivals_s, dtype=np.float64), spec, inputs=inputs)
+    return in_subprocess(replay, np.asarray(arrivals_s, dtype=np.float64), spec, inputs=inputs, cpus=cpus)
 
 
-def in_subprocess(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def in_subprocess(fn: Any, *args: Any, cpus: set[int] | None = None, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a fresh (spawned) process, its result pickled back: for any of this module's client
     functions when the server runs in the calling process (in one process a Python client and server would share the
-    GIL and slow each other down, which blurs the measurement). `fn` must be importable (module level)."""
+    GIL and slow each other down, which blurs the measurement). `fn` must be importable (module level). `cpus`
+    pins the client process to those CPUs (Linux), e.g. to keep it off a core the server was pinned to."""
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(1) as pool:
+    pin = (os.sched_setaffinity, (0, set(cpus))) if cpus is not None else (None, ())
+    with mp.get_context("spawn").Pool(1, initializer=pin[0], initargs=pin[1]) as pool:
         return pool.apply(fn, args, kwargs)
 
 
