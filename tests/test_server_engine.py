@@ -163,3 +163,20 @@ def test_profile_correction_widens_the_p99_when_service_times_spread():
     # median scaled by the geometric mean (2x); the p99 now covers the slow batches (4x the median) with room
     assert fixed.latency_ms(sid, 4, "median") == pytest.approx(2 * med, rel=0.1)
     assert fixed.latency_ms(sid, 4) > max(4 * med, 2 * p99)
+
+
+def test_profile_correction_relaxes_back_to_the_table_without_observations():
+    """A subnet made infeasible by a slow transient gets no traffic, hence no observations: the correction must
+    drift back to the profile by itself, or the subnet would be shed forever."""
+    zoo = make_zoo()
+    sid = zoo.subnet_ids[-1]
+    corr = ProfileCorrector(zoo, CorrectionConfig(alpha=0.2, prior_batches=5, relax_s=5.0))
+    for k in range(50):  # a start-up transient: 4x slower, spread
+        corr.observe(sid, 1, zoo.latency_ms(sid, 1, "median") * (3.0 if k % 2 else 5.0) * 1e-3)
+    assert corr.factor(sid) > 3 and corr.sigma(sid) > 0.1
+    assert corr.corrected_zoo().latency_ms(sid, 1) > 3 * zoo.latency_ms(sid, 1)
+    for _ in range(120):  # 30 s of refresher ticks with nothing observed
+        corr.relax(0.25)
+    assert corr.factor(sid) == pytest.approx(1.0, abs=0.01) and corr.sigma(sid) < 0.01
+    fixed = corr.corrected_zoo()
+    assert fixed is not None and fixed.latency_ms(sid, 1) == pytest.approx(zoo.latency_ms(sid, 1), rel=0.03)

@@ -319,6 +319,7 @@ class Engine:
         assert self.corrector is not None and self.config.correction_interval_s
         while not self._stop.wait(self.config.correction_interval_s):
             with self._lock:
+                self.corrector.relax(self.config.correction_interval_s)
                 zoo = self.corrector.corrected_zoo()
                 factors = self.corrector.factors()
             if self.metrics is not None:

@@ -20,6 +20,10 @@ deviation of the log ratio, sigma (blended with the global one like the factor),
 i.e. never below the table's own tail shape, and wider when observed service times are spread wider than the table
 says. (Without this, a table profiled on a busier host than the serving one taught the correction fast medians, and
 the scaled-down p99 then under-estimated the tail as soon as a neighbour arrived.)
+Corrections relax back toward the table with time (`relax(elapsed_s)`, called by the engine's refresher): a
+subnet the corrected table deems infeasible gets no traffic and so no new observations, and without relaxing, one
+slow transient (start-up imports, a neighbour that has left) could leave it shed forever.
+
 Pure arithmetic on values handed in: no clock, no threads; the engine serialises calls.
 """
 
@@ -41,7 +45,8 @@ class CorrectionConfig:
     floor: float = 0.3  # factors are clamped to [floor, ceiling]: a wild outlier cannot wreck the table
     ceiling: float = 10.0
     tail_z: float = 2.33  # p99 of a log-normal spread: median * exp(z * sigma)
-    max_sigma: float = 1.0  # the observed log spread is capped (exp(2.33) ~ 10x median at most)
+    max_sigma: float = 0.75  # the observed log spread is capped (p99 at most exp(2.33 * 0.75) ~ 5.7x the median)
+    relax_s: float = 5.0  # time constant of the relaxation toward the table when observations stop
 
 
 class ProfileCorrector:
@@ -89,6 +94,18 @@ class ProfileCorrector:
         n, k = self._count[subnet_id], self.config.prior_batches
         log_f = (n * self._log_local[subnet_id] + k * self._log_global) / (n + k)
         return min(self.config.ceiling, max(self.config.floor, math.exp(log_f)))
+
+    def relax(self, elapsed_s: float) -> None:
+        """Shrink every correction toward the table by exp(-elapsed / relax_s). Steady traffic outweighs it (each batch
+        moves the EWMA by alpha); a subnet that stopped getting traffic drifts back to its profile."""
+        if elapsed_s <= 0:
+            return
+        keep = math.exp(-elapsed_s / self.config.relax_s)
+        for sid in self._log_local:
+            self._log_local[sid] *= keep
+            self._var_local[sid] *= keep * keep  # sigma shrinks at the rate the log factor does
+        self._log_global *= keep
+        self._var_global *= keep * keep
 
     def sigma(self, subnet_id: str) -> float:
         """Observed spread of log(service / table median) for the subnet, blended with the global one."""
