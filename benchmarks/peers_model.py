@@ -7,6 +7,7 @@ and only `supernet` (torch) and `superserve.zoo` (pure Python) are imported from
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -63,3 +64,17 @@ class FixedSubnet:
         with torch.inference_mode():
             probs = torch.softmax(self.model(torch.from_numpy(x)), dim=1)
         return probs.numpy(), probs.argmax(dim=1, keepdim=True).numpy()
+
+
+def server_arg_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every peer server script takes (benchmarks/peers.py passes them); each adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--subnet-id", required=True)
+    p.add_argument("--model-name", default="subnet")
+    p.add_argument("--grpc-port", type=int, required=True)
+    p.add_argument("--http-port", type=int, required=True)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    return p

@@ -81,17 +81,11 @@ def _pb2_alias_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--subnet-id", required=True)
-    p.add_argument("--model-name", default="subnet")
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=16)
+    from peers_model import server_arg_parser
+
+    p = server_arg_parser(__doc__.splitlines()[0])
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="@serve.batch batch_wait_timeout_s, in ms")
     p.add_argument("--max-ongoing", type=int, default=0, help="max_ongoing_requests (0: 8 x max batch, >= 64)")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     args.max_ongoing = args.max_ongoing or max(64, 8 * args.max_batch)
     if args.max_ongoing < args.max_batch:

@@ -10,30 +10,21 @@ the Open Inference Protocol, so the replayer talks to it unchanged. Stop with SI
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers_model import INPUT_NAME, FixedSubnet  # noqa: E402
+from peers_model import INPUT_NAME, FixedSubnet, server_arg_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--subnet-id", required=True)
-    p.add_argument("--model-name", default="subnet")
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
+    p = server_arg_parser(__doc__.splitlines()[0])
     p.add_argument("--metrics-port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher max_queue_delay_microseconds")
     p.add_argument("--queue-timeout-ms", type=float, default=0.0,
                    help="> 0: the batcher rejects requests queued longer than this (Triton's queue policy)")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
     import numpy as np
