@@ -412,12 +412,10 @@ def test_small_noise_adds_no_phantom_steps():
         assert got.count(zoo.entries[victim].subnet_id) >= 0.75 * len(got)
 
 
-def test_repin_and_edge_follow_a_step_that_moved():
-    """The server's latency table moves under the attacker (online correction): after every budget doubles, the
-    old pin of subnet 1 is shed or lands elsewhere; `repin` re-locates the step (the accuracy side is kept) and the
-    new pin serves subnet 1 again; `edge_hints` finds the new lower edge too."""
-    from dataclasses import replace
 
+def _pin_then_slow_down():
+    """A pin on subnet 1 of the small zoo, then every budget doubles (the server's table moved): the fingerprinter
+    now talks to the slowed-down oracle. Returns (fingerprinter, old pin, slower zoo, its oracle)."""
     from security.fingerprint import Fingerprinter
     from security.oracles import SimOracle
 
@@ -428,6 +426,13 @@ def test_repin_and_edge_follow_a_step_that_moved():
     slower = make_zoo(accuracies=(0.90, 0.94, 0.96, 0.98), lat1_ms=(2.0, 4.0, 8.0, 16.0))
     moved = SimOracle(slower, oracle.predictions, oracle.workload, seed=5)
     fp.oracle = moved
+    return fp, pin, slower, moved
+
+def test_repin_and_edge_follow_a_step_that_moved():
+    """The server's latency table moves under the attacker (online correction): after every budget doubles, the
+    old pin of subnet 1 is shed or lands elsewhere; `repin` re-locates the step (the accuracy side is kept) and the
+    new pin serves subnet 1 again; `edge_hints` finds the new lower edge too."""
+    fp, pin, slower, moved = _pin_then_slow_down()
     new = fp.repin(pin)
     assert new.slo_ms > pin.slo_ms
     edge = fp.edge_hints(1)
@@ -453,16 +458,8 @@ def test_collect_repins_when_the_pin_is_shed():
     """Extraction through a pin whose step has moved up (every budget doubled): the first group of calls is all
     shed, the attacker re-locates the step, and the rest is labelled by the victim."""
     from security.extraction import collect
-    from security.fingerprint import Fingerprinter
-    from security.oracles import SimOracle
 
-    zoo, oracle = _small_zoo_oracle(False, load=0.0)
-    fp = Fingerprinter(oracle, np.arange(12))
-    fp.discover()
-    pin = fp.pin(1)
-    slower = make_zoo(accuracies=(0.90, 0.94, 0.96, 0.98), lat1_ms=(2.0, 4.0, 8.0, 16.0))
-    moved = SimOracle(slower, oracle.predictions, oracle.workload, seed=5)
-    fp.oracle = moved
+    fp, pin, slower, moved = _pin_then_slow_down()
     got = collect(moved, np.arange(12, 52), pin.slo_ms, pin.min_accuracy, 1, fp, pin, check_every=10)
     assert got.repins >= 1 and len(got.labels) >= 20
     assert set(got.truth) == {slower.entries[1].subnet_id}

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 from policies.base import make_policy
 from superserve.cluster.frontend import FrontendConfig, RedisEngine
 from superserve.cluster.redis_queue import ClusterConfig, parse_backend
-from superserve.server.app import Server, ServeConfig, model_spec
+from superserve.server.app import Server, ServeConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.service import InferenceService
 
@@ -23,22 +22,13 @@ class ClusterServer(Server):
         self.cluster = cluster
 
     def start(self) -> "ClusterServer":
-        from supernet.checkpoint import load_checkpoint
-
         cfg = self.config
         t_start = time.perf_counter()
         self.backend = parse_backend(self.backend_url)  # BackendError (a ValueError) for a malformed URL
         if cfg.engine.late != "shed":
             raise ValueError("--late serve is not supported with --backend redis (requests that cannot meet their "
                              "deadline are shed)")
-        net, data = load_checkpoint(cfg.checkpoint_path)
-        zoo = self.zoo = self.load_zoo(net)
-        missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
-        if missing:
-            raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
-                             f"{', '.join(missing)}: calibrate them (superserve zoo) or use the matching zoo")
-        spec = model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
-        del net
+        _, zoo, spec = self.load_model()  # the workers hold the weights; the front end only checks them
         params = {"overhead_ms": cfg.rpc_overhead_ms, **cfg.policy_params}
         make_policy(cfg.policy, zoo, **params)  # bad policy parameters fail here, not in every worker
         published = ClusterConfig(zoo.to_dict(), cfg.policy, params, cfg.model_name)

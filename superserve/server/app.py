@@ -123,21 +123,26 @@ class Server:
         zoo.save(cached)
         return zoo
 
-    def start(self) -> "Server":
+    def load_model(self) -> tuple[Any, Zoo, ModelSpec]:
+        """(supernet, zoo for this host, protocol spec), checking that the checkpoint calibrated every zoo subnet."""
         from supernet.checkpoint import load_checkpoint
 
         cfg = self.config
-        t_start = time.perf_counter()
-        torch.set_num_threads(cfg.threads_per_worker)
-        if cfg.gil_switch_interval_s is not None:
-            sys.setswitchinterval(cfg.gil_switch_interval_s)
         net, data = load_checkpoint(cfg.checkpoint_path)
         zoo = self.zoo = self.load_zoo(net)
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
                              f"{', '.join(missing)}: calibrate them (superserve zoo) or use the matching zoo")
-        spec = model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
+        return net, zoo, model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
+
+    def start(self) -> "Server":
+        cfg = self.config
+        t_start = time.perf_counter()
+        torch.set_num_threads(cfg.threads_per_worker)
+        if cfg.gil_switch_interval_s is not None:
+            sys.setswitchinterval(cfg.gil_switch_interval_s)
+        net, zoo, spec = self.load_model()
         self.metrics = ServerMetrics(spec.name, spec.version)
         records = RecordWriter(cfg.records_path) if cfg.records_path else None
         params = {"overhead_ms": cfg.rpc_overhead_ms, **cfg.policy_params}
