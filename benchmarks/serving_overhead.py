@@ -1,16 +1,21 @@
 """What the server costs over running the model directly, measured side by side in one run.
 
 1. Throughput at saturation: a client process keeps `--concurrency` single-image calls in flight against the real
-   gRPC server (one embedded worker, SlackFit) for `--duration-s`; the server's per-request records give the exact
-   sequence of (subnet, batch size) it ran. Then the same sequence runs in-process, `net(x, subnet)` + softmax, no
-   server. Ratio = server images/s / in-process images/s (target >= 85%).
+   gRPC server (one embedded worker, SlackFit) for `--duration-s`, in `--sat-rounds` blocks; after each block the
+   server's per-request records give the exact sequence of (subnet, batch size) it ran, and that sequence runs
+   in-process, `net(x, subnet)` + softmax, no server. Ratio = server images/s / in-process images/s over all blocks
+   (target >= 85%); each block's ratio is kept too.
 2. Added latency at light load: one call at a time from a client process, every request pinned to the most accurate
    subnet (min_accuracy hint), against the in-process batch-1 forward (+ softmax) of that subnet on the same input.
    The two alternate in `--rounds` blocks (server block, then in-process block, ...) so that load from other
    processes on this shared host hits both alike. Added median = client p50 - in-process p50 (target < 1 ms).
    Also reported, per call: client round trip minus the server's own dispatch-to-result time for that call (from its
-   records), i.e. what gRPC, decoding, queueing and the hand-offs add; and an empty RPC (ServerLive) round trip, the
-   protocol's floor on this host.
+   records), i.e. what gRPC, decoding, queueing and the hand-offs add; and an empty RPC (ServerLive) round trip.
+3. Where the added time goes, in the same rounds: (a) the gRPC floor: the same client and request against a grpc.aio
+   servicer that answers ModelInfer at once with a canned answer of the real size (what any Python gRPC server pays
+   here before running any code of its own); (b) our code run cold on one thread, no gRPC and no threads: decode the
+   request, engine.submit (EDF queue + SlackFit), the forward, on_result, encode the answer, after the same idle gap.
+   Added = floor + (our code, cold) + the rest (thread hand-offs and the GIL).
 
     nice python benchmarks/serving_overhead.py            # shipped zoo
     nice python benchmarks/serving_overhead.py --zoo Z --checkpoint C
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,6 +88,116 @@ def empty_rpc_ms(url: str, calls: int, gap_s: float = 0.005) -> np.ndarray:
     return np.array(out)
 
 
+class _FloorServer:
+    """A grpc.aio OIP servicer on the real server's event loop answering every ModelInfer at once with `answer` (a
+    real answer's bytes): the protocol's cost with none of the server's own code on the path."""
+
+    def __init__(self, srv: Server, answer: bytes) -> None:
+        import asyncio
+
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+        from tritonclient.grpc import service_pb2_grpc
+
+        from superserve.server.service import InferenceService
+
+        canned = pb.ModelInferResponse.FromString(answer)
+
+        class Floor(InferenceService):
+            async def ModelInfer(self, request, context):  # noqa: ANN001, ANN202, N802
+                return canned
+
+        service = Floor(srv.service.spec, srv.engine, None, preload_decoder=False)
+
+        async def start() -> tuple[object, int]:
+            server = grpc.aio.server()
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            return server, port
+
+        self._loop = srv._loop
+        self._server, self.port = asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=30)
+        self._service = service
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(timeout=30)
+        self._service.close()
+
+
+def answer_bytes(url: str, request_image: np.ndarray, min_accuracy: float) -> bytes:
+    """One real answer of the server to the light-load request, serialised (the floor server replays it)."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        request = pb.ModelInferRequest(model_name="superserve")
+        request.inputs.add(name="INPUT", datatype="FP32", shape=list(request_image.shape))
+        request.raw_input_contents.append(request_image.astype(np.float32).tobytes())
+        request.parameters["min_accuracy"].double_param = min_accuracy
+        return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request).SerializeToString()
+
+
+class _InlinePool:
+    """One worker slot whose batches run on the submitting thread: the engine without any thread hand-off."""
+
+    size = 1
+
+    def __init__(self, net, configs) -> None:  # noqa: ANN001
+        self.net, self.configs, self.engine = net, configs, None
+
+    def submit(self, worker_id: int, batch) -> None:  # noqa: ANN001
+        from superserve.server.workers import run_batch
+
+        self.engine.on_result(run_batch(self.net, self.configs, batch.batch_id, batch.subnet_id, batch.inputs,
+                                        worker_id))
+
+
+def pipeline_ms(net, zoo, spec, policy_factory, request_bytes: bytes, calls: int) -> np.ndarray:  # noqa: ANN001
+    """Our code for one call, on one thread, after the same idle gap as every light-load call: parse and decode the
+    request, engine.submit (EDF queue, policy), the forward + softmax, on_result, build and serialise the answer."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    from superserve.server.codec import decode_request, encode_outputs
+    from superserve.server.engine import Engine, EngineConfig
+
+    pool = _InlinePool(net, {e.subnet_id: e.config for e in zoo.entries})
+    engine = Engine(zoo, policy_factory, EngineConfig(default_slo_ms=10_000.0, correction_interval_s=None))
+    pool.engine = engine
+    engine.start(pool)
+    results: list = []
+    out = []
+    for k in range(calls + 1):
+        t = time.perf_counter()
+        request = pb.ModelInferRequest.FromString(request_bytes)
+        decoded = decode_request(request, spec)
+        engine.submit(decoded.images, decoded.hints.slo_ms, decoded.hints.min_accuracy, results.append)
+        result = results.pop()
+        response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
+        response.parameters["subnet_id"].string_param = ",".join(result.subnet_ids[:1])
+        response.parameters["subnet_accuracy"].double_param = result.accuracy
+        response.parameters["slo_met"].bool_param = True
+        encode_outputs(response, decoded.outputs, result.probabilities)
+        response.SerializeToString()
+        if k:  # the first call warms up
+            out.append((time.perf_counter() - t) * 1e3)
+        time.sleep(0.005)
+    return np.array(out)
+
+
+def _light_request(image: np.ndarray, min_accuracy: float) -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="superserve")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=list(image.shape))
+    request.raw_input_contents.append(image.astype(np.float32).tobytes())
+    request.parameters["min_accuracy"].double_param = min_accuracy
+    return request.SerializeToString()
+
+
 def service_ms(records_path: Path) -> np.ndarray:
     """Dispatch-to-result time of every served request, in arrival order (ms)."""
     rows = [json.loads(line) for line in records_path.read_text().splitlines()]
@@ -107,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--duration-s", type=float, default=8.0)
+    p.add_argument("--sat-rounds", type=int, default=4,
+                   help="saturation blocks (each followed by its in-process replay) sharing --duration-s")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--light-calls", type=int, default=300, help="light-load calls in all (split over --rounds)")
     p.add_argument("--rounds", type=int, default=5, help="alternating server / in-process blocks at light load")
@@ -126,38 +244,68 @@ def main(argv: list[str] | None = None) -> int:
     top = max(zoo.entries, key=lambda e: e.accuracy)
     net, _ = load_checkpoint(args.checkpoint)  # the in-process side: its own copy, same weights
     per_round = max(1, args.light_calls // args.rounds)
-    light, direct, empty = [], [], []
+    light, direct, empty, floor, ours = [], [], [], [], []
+    floor_srv = None
     try:
         spec = ReplaySpec(url=url, slo_ms=10_000.0)
-        sat = in_subprocess(saturate, spec, args.concurrency, args.duration_s, images[:1])
+        # Saturation in --sat-rounds blocks, each followed by the in-process replay of exactly the batches the server
+        # ran in it, so that drift in this shared host's speed hits both sides alike.
+        torch.set_num_threads(1)
+        sample = torch.from_numpy(np.resize(images, (zoo.batch_sizes[-1], *images.shape[1:])))
+        sats, raw_s, mix, seen = [], 0.0, [], 0
+        for _ in tqdm(range(args.sat_rounds), desc="saturation rounds", unit="round"):
+            sats.append(in_subprocess(saturate, spec, args.concurrency, args.duration_s / args.sat_rounds,
+                                      images[:1]))
+            time.sleep(0.5)  # the server writes its records every 0.1 s
+            ran = batch_mix(records)[seen:]
+            seen += len(ran)
+            mix += ran
+            t_raw = run_in_process(net, zoo, ran, sample)
+            raw_s += t_raw
+            sats[-1]["ratio"] = sats[-1]["ok"] / sats[-1]["duration_s"] / (sum(b for _, b in ran) / t_raw)
+        light_spec = replace(spec, min_accuracy=top.accuracy)
+        answer = answer_bytes(url, images[:1], top.accuracy)
+        floor_srv = _FloorServer(srv, answer)
+        floor_spec = replace(light_spec, url=f"127.0.0.1:{floor_srv.port}")
+        request_bytes = _light_request(images[:1], top.accuracy)
+        policy = srv.engine._policy_factory
         # One client process for every light-load block (spawned once: its start-up is not measured).
         with mp.get_context("spawn").Pool(1) as client:
             empty.append(client.apply(empty_rpc_ms, (url, per_round)))
-            for _ in range(args.rounds):
-                light.append(client.apply(sequential, (replace(spec, min_accuracy=top.accuracy), per_round,
-                                                       images[:1])))
+            for _ in tqdm(range(args.rounds), desc="light-load rounds", unit="round"):
+                light.append(client.apply(sequential, (light_spec, per_round, images[:1])))
                 direct.append(direct_latency_ms(net, top.config, torch.from_numpy(images[:1]), per_round))
+                floor.append(client.apply(sequential, (floor_spec, per_round, images[:1])))
+                ours.append(pipeline_ms(net, zoo, srv.service.spec, policy, request_bytes, per_round))
     finally:
+        if floor_srv is not None:
+            floor_srv.close()
         srv.stop()
     light, direct, empty = np.concatenate(light), np.concatenate(direct), np.concatenate(empty)
+    floor, ours = np.concatenate(floor), np.concatenate(ours)
     served = service_ms(records)[-len(light):]  # the light-load calls ran last (records are flushed on stop)
     paired = light - served if len(served) == len(light) else np.array([np.nan])
-    mix = batch_mix(records)[:-len(light)]  # the light-load calls ran last, one batch of one each
     served_images = sum(b for _, b in mix)
-    torch.set_num_threads(1)
-    sample = torch.from_numpy(np.resize(images, (zoo.batch_sizes[-1], *images.shape[1:])))
-    raw_s = run_in_process(net, zoo, mix, sample)
     raw_qps = served_images / raw_s
+    sat = {"calls": sum(r["calls"] for r in sats), "ok": sum(r["ok"] for r in sats),
+           "errors": sum(r["errors"] for r in sats), "duration_s": sum(r["duration_s"] for r in sats),
+           "rounds": sats}
+    sat["throughput_qps"] = sat["ok"] / sat["duration_s"]
     headline = {
         "server_throughput_qps": round(sat["throughput_qps"], 1),
         "in_process_throughput_qps": round(raw_qps, 1),
         "throughput_ratio": round(sat["throughput_qps"] / raw_qps, 3),
+
         "mean_batch_size_at_saturation": round(served_images / max(1, len(mix)), 2),
         "light_load_server_p50_ms": round(float(np.median(light)), 3),
         "light_load_in_process_p50_ms": round(float(np.median(direct)), 3),
         "added_median_latency_ms": round(float(np.median(light) - np.median(direct)), 3),
         "added_median_latency_paired_ms": round(float(np.median(paired)), 3),
         "empty_rpc_round_trip_p50_ms": round(float(np.median(empty)), 3),
+        "grpc_floor_round_trip_p50_ms": round(float(np.median(floor)), 3),
+        "added_above_grpc_floor_ms": round(float(np.median(light) - np.median(direct) - np.median(floor)), 3),
+        "our_code_cold_one_thread_ms": round(float(np.median(ours) - np.median(direct)), 3),
+        "hand_offs_and_gil_ms": round(float(np.median(light) - np.median(floor) - np.median(ours)), 3),
     }
     result = {
         "command": "nice python benchmarks/serving_overhead.py" + (" " + " ".join(argv) if argv else
@@ -165,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     else "")),
         "zoo": str(args.zoo), "host_load_avg_1min": os.getloadavg()[0],
         "setup": {"workers": "1 embedded thread, 1 torch thread", "policy": "slackfit",
-                  "concurrency": args.concurrency, "duration_s": args.duration_s, "light_calls": len(light),
+                  "concurrency": args.concurrency, "duration_s": args.duration_s,
+                  "sat_rounds": args.sat_rounds, "light_calls": len(light),
                   "rounds": args.rounds},
         "headline": headline,
         "saturation": sat,
@@ -181,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
           f"-> added {headline['added_median_latency_ms']} ms (target < 1 ms)")
     print(f"  per call, round trip minus the server's dispatch-to-result time: {headline['added_median_latency_paired_ms']}"
           f" ms; of which an empty RPC (ServerLive) round trip is {headline['empty_rpc_round_trip_p50_ms']} ms")
+    print(f"  where it goes: gRPC floor (canned answer, same client) {headline['grpc_floor_round_trip_p50_ms']} ms, our "
+          f"code cold on one thread {headline['our_code_cold_one_thread_ms']} ms, thread hand-offs and GIL "
+          f"{headline['hand_offs_and_gil_ms']} ms; added above the floor {headline['added_above_grpc_floor_ms']} ms")
     print(f"load average during the run: {result['host_load_avg_1min']:.1f} on {os.cpu_count()} cores; wrote {args.out}")
     return 0
 

@@ -219,6 +219,7 @@ class Server:
         self.service.close()
         if self.records is not None:
             self.records.close()
+        self.metrics.close()
         if getattr(self, "_http", None) is not None:
             self._http.shutdown()
         return drained

@@ -311,9 +311,10 @@ class Engine:
         for worker_id, batch in dispatches:
             self._pool.submit(worker_id, batch)
         for call, result in answers:
-            if self.metrics is not None:
-                self.metrics.call_done(result.outcome, result.latency_s)
             call.on_done(result)
+        if self.metrics is not None:
+            for _, result in answers:
+                self.metrics.call_done(result.outcome, result.latency_s)
 
     def _refresh_loop(self) -> None:
         assert self.corrector is not None and self.config.correction_interval_s

@@ -7,17 +7,24 @@ nv_inference_pending_request_count (queued images).
 SuperServe-specific: requests by outcome, SLO met/missed, end-to-end latency and batch-size histograms, the subnet
 chosen, queue depth, and the online profile-correction factor per subnet.
 
+Updates are deferred: the request path only appends a tuple to a deque, and a housekeeping thread applies them every
+`flush_interval_s` (and any read of the registry applies them first, so a scrape is never stale). Applying them
+inline cost each call ~10 us hot and far more cold, on the thread that held the GIL while the event loop waited to
+send the answer.
+
 Records: one `superserve.records.RequestRecord` per scheduled image, the schema the simulator writes, appended to a
-JSONL file by a background thread so that the request path never waits on the disk.
+JSONL file by a background thread that wakes every `flush_interval_s` (not per batch: a wake-up per batch took the GIL
+from the answer path) so that the request path never waits on the disk.
 """
 
 from __future__ import annotations
 
 import json
-import queue as queue_mod
 import threading
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,9 +34,46 @@ _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+class _ApplyPendingFirst:
+    """A collector that yields nothing but applies the deferred updates: registered first, so every scrape (and
+    `registry.get_sample_value`) sees every call answered before it."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        self._flush()
+        return []
+
+
+class _Ticker:
+    """A daemon thread calling `fn` every `interval_s` until `stop()` (which calls it one last time)."""
+
+    def __init__(self, fn: Callable[[], None], interval_s: float, name: str) -> None:
+        self._fn, self._interval_s, self._stop = fn, interval_s, threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._fn()
+        self._fn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 class ServerMetrics:
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, flush_interval_s: float = 0.1) -> None:
         self.registry = CollectorRegistry()
+        self._pending: deque[tuple[Any, ...]] = deque()  # deferred updates; append/popleft are thread-safe
+        self._depth: int | None = None  # the latest queue depth not yet applied
+        self._apply_lock = threading.Lock()
+        self.registry.register(_ApplyPendingFirst(self.flush))
         r, mv = self.registry, ("model", "version")
         self._labels = {"model": model, "version": version}
         self.success = Counter("nv_inference_request_success", "Successful inference calls", mv, registry=r)
@@ -60,12 +104,41 @@ class ServerMetrics:
         self._success, self._request_us = self.success.labels(**lab), self.request_us.labels(**lab)
         self._exec, self._count = self.exec_count.labels(**lab), self.count.labels(**lab)
         self._compute_us, self._queue_us = self.compute_us.labels(**lab), self.queue_us.labels(**lab)
-        self._pending = self.pending.labels(**lab)
+        self._pending_gauge = self.pending.labels(**lab)
         self._met, self._missed = self.slo.labels("met"), self.slo.labels("missed")
         self._outcome = {o: self.outcomes.labels(o) for o in ("ok", "late", "shed", "rejected", "invalid", "error")}
+        self._ticker = _Ticker(self.flush, flush_interval_s, "superserve-metrics")
 
+    # --- the request path: record and return ----------------------------------------------------------------------
     def call_done(self, outcome: str, latency_s: float) -> None:
         """One protocol call answered (outcome ok/late = success, anything else = failure)."""
+        self._pending.append((self._apply_call, outcome, latency_s))
+
+    def batch_done(self, subnet_id: str, accuracy: float, batch_size: int, compute_s: float, queue_s: float,
+                   met: int) -> None:
+        self._pending.append((self._apply_batch, subnet_id, accuracy, batch_size, compute_s, queue_s, met))
+
+    def set_queue_depth(self, images: int) -> None:
+        self._depth = images
+
+    # --- the housekeeping thread, or a reader of the registry -----------------------------------------------------
+    def flush(self) -> None:
+        """Apply every deferred update (in order)."""
+        with self._apply_lock:
+            pending = self._pending
+            while pending:
+                fn, *args = pending.popleft()
+                fn(*args)
+            depth, self._depth = self._depth, None
+            if depth is not None:
+                self.queue_depth.set(depth)
+                self._pending_gauge.set(depth)
+
+    def close(self) -> None:
+        """Stop the housekeeping thread after applying what is pending."""
+        self._ticker.stop()
+
+    def _apply_call(self, outcome: str, latency_s: float) -> None:
         (self._outcome.get(outcome) or self.outcomes.labels(outcome)).inc()
         if outcome in ("ok", "late"):
             self._success.inc()
@@ -74,8 +147,8 @@ class ServerMetrics:
         else:
             self.failure.labels(reason=outcome, **self._labels).inc()
 
-    def batch_done(self, subnet_id: str, accuracy: float, batch_size: int, compute_s: float, queue_s: float,
-                   met: int) -> None:
+    def _apply_batch(self, subnet_id: str, accuracy: float, batch_size: int, compute_s: float, queue_s: float,
+                     met: int) -> None:
         self._exec.inc()
         self._count.inc(batch_size)
         self._compute_us.inc(compute_s * 1e6)
@@ -87,10 +160,6 @@ class ServerMetrics:
         if batch_size - met:
             self._missed.inc(batch_size - met)
 
-    def set_queue_depth(self, images: int) -> None:
-        self.queue_depth.set(images)
-        self._pending.set(images)
-
     def set_correction(self, factors: dict[str, float]) -> None:
         for sid, f in factors.items():
             self.correction.labels(sid).set(f)
@@ -99,26 +168,28 @@ class ServerMetrics:
 class RecordWriter:
     """Appends RequestRecords to a JSONL file from a background thread; `close()` flushes everything."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.1) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "w")
-        self._queue: queue_mod.SimpleQueue[list[RequestRecord] | None] = queue_mod.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="superserve-records", daemon=True)
-        self._thread.start()
+        self._pending: deque[list[RequestRecord]] = deque()
+        self._ticker = _Ticker(self._drain, flush_interval_s, "superserve-records")
+        self._closed = False
 
     def write(self, records: list[RequestRecord]) -> None:
         if records:
-            self._queue.put(records)
+            self._pending.append(records)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            self._fh.write("".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in item))
-        self._fh.close()
+    def _drain(self) -> None:
+        lines = []
+        while self._pending:
+            lines.extend(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in self._pending.popleft())
+        if lines:
+            self._fh.write("".join(lines))
+            self._fh.flush()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        if not self._closed:
+            self._closed = True
+            self._ticker.stop()  # drains one last time
+            self._fh.close()
