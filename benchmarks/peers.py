@@ -82,12 +82,21 @@ class Config:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def pick_subnets(zoo: Zoo) -> list[tuple[str, ZooEntry]]:
-    """The zoo's most accurate subnet and its middle one by accuracy (e2e_tradeoff's spread of 3, middle pick)."""
+def pick_subnets(zoo: Zoo, extra: Sequence[str] = ()) -> list[tuple[str, ZooEntry]]:
+    """The zoo's most accurate subnet and its middle one by accuracy (e2e_tradeoff's spread of 3, middle pick), then
+    any `extra` subnet ids (role "extra"): e.g. one near SlackFit's mean accuracy, so that "at equal accuracy" is a
+    measured peer, not a line between two."""
     order = sorted(zoo.entries, key=lambda e: (e.accuracy, -e.flops))
     top = order[-1]
     mid = order[spread_indices(len(order), 3)[1]]
-    return [("most accurate", top)] + ([("mid", mid)] if mid.subnet_id != top.subnet_id else [])
+    picks = [("most accurate", top)] + ([("mid", mid)] if mid.subnet_id != top.subnet_id else [])
+    by_id = {e.subnet_id: e for e in zoo.entries}
+    for sid in extra:
+        if sid not in by_id:
+            raise SystemExit(f"--extra-subnets: {sid!r} is not in the zoo; its subnets: {', '.join(sorted(by_id))}")
+        if sid not in {e.subnet_id for _, e in picks}:
+            picks.append(("extra", by_id[sid]))
+    return picks
 
 
 def max_batch_within(entry: ZooEntry, slo_ms: float, fraction: float = 0.5) -> int:
@@ -108,13 +117,13 @@ def peer_batches(entry: ZooEntry, slo_ms: float, batches: Sequence[int | str] = 
 
 
 def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, batches: Sequence[int | str] = ("auto",),
-           triton_timeout: bool = True) -> list[Config]:
+           triton_timeout: bool = True, extra: Sequence[str] = ()) -> list[Config]:
     """superserve, then per peer subnet and max batch size: Triton (plain, and with the SLO as queue timeout) and
     Ray Serve."""
     out: list[Config] = []
     if "superserve" in systems:
         out.append(Config("superserve[slackfit]", "superserve", role="slackfit"))
-    for role, e in pick_subnets(zoo):
+    for role, e in pick_subnets(zoo, extra):
         for b in peer_batches(e, slo_ms, batches):
             if "triton" in systems:
                 out.append(Config(f"triton[{e.subnet_id},b{b}]", "triton", e.subnet_id, e.accuracy, role, b))
@@ -265,7 +274,7 @@ def plot(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str
             face = colors[r["system"]] if r.get("role") != "mid" else "white"
             ax.scatter(100 * p.mean_accuracy, p.slo_attainment, marker=marker, s=140 if marker == "*" else 50,
                        facecolors=face, edgecolors=colors[r["system"]], linewidths=1.5, zorder=3)
-            role = {"most accurate": "top", "mid": "mid"}.get(r.get("role", ""), "")
+            role = {"most accurate": "top", "mid": "mid", "extra": "extra"}.get(r.get("role", ""), "")
             ax.annotate(r["config"].split("[")[0] + ("" if r["system"] == "superserve" else
                                                      f" {role} b{r.get('max_batch')}" +
                                                      (" +timeout" if "timeout" in r["config"] else "")),
@@ -596,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default=None, help="mean rates in q/s instead of --loads, comma-separated")
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--extra-subnets", default="",
+                        help="comma-separated zoo subnet ids the peers also serve (role 'extra'), e.g. one near "
+                             "SlackFit's mean accuracy so that 'at equal accuracy' compares with a measured peer")
     parser.add_argument("--max-batch", default="auto,16",
                         help="peers' max batch sizes, comma-separated; auto = per subnet, the largest whose p99 "
                              "latency here is <= SLO/2 (default auto,16)")
@@ -676,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     zoo, reprofile_s = prepare_superserve_zoo(args, zoo_path, work)
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     batches = [b if b == "auto" else int(b) for b in args.max_batch.split(",") if b]
-    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout)
+    extra = [x for x in args.extra_subnets.split(",") if x]
+    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout, extra)
     trace_specs = [t for t in args.traces.split(",") if t]
     if args.rates:
         levels = [(float(x) / capacity, float(x)) for x in args.rates.split(",") if x]
@@ -692,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     # The burstiest trace: the largest CV² of inter-arrival times (at the first load; CV² does not depend on it).
     burstiest = max(trace_specs, key=lambda t: stats[run_name(t, round(levels[0][0], 3))]["cv2"]) \
         if trace_specs and levels else None
-    picks = {role: e.subnet_id for role, e in pick_subnets(zoo)}
+    picks = [(role, e.subnet_id) for role, e in pick_subnets(zoo, extra)]
     print(f"zoo {args.zoo} ({len(zoo.entries)} subnets; latency table for {zoo.host.processor}); subnets for the "
           f"peers: {picks}; SLO {args.slo_ms:g} ms; capacity {capacity:.1f} q/s; {len(configs)} configurations x "
           f"{len(runs)} runs x {args.duration:g} s; servers on CPUs {sorted(args.server_cpu_set) or 'any'}, "
@@ -748,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
            "setup": {"zoo": str(args.zoo), "zoo_host": zoo.host.__dict__, "checkpoint": str(args.checkpoint),
                      "peer_subnets": {role: {"subnet_id": e.subnet_id, "accuracy": e.accuracy,
                                              "max_batch": peer_batches(e, args.slo_ms, batches)}
-                                      for role, e in pick_subnets(zoo)},
+                                      for role, e in pick_subnets(zoo, extra)},
                      "slo_ms": args.slo_ms, "capacity_qps": capacity,
                      "runs": {n: {"trace": t, "load": ld, "rate_qps": r} for n, (t, ld, r, _) in runs.items()},
                      "trace_stats": stats, "burstiest_trace": burstiest, "fresh_profile": args.fresh_profile,

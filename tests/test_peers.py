@@ -46,6 +46,18 @@ def test_lineup_reads_the_subnets_from_the_zoo() -> None:
         3 * len(dict.fromkeys([auto_top, 16, 4]))
 
 
+def test_extra_subnets_join_the_lineup_once_and_unknown_ids_are_refused() -> None:
+    zoo = make_zoo(accuracies=(0.80, 0.85, 0.90, 0.95, 0.99), lat1_ms=(1, 2, 4, 8, 16))
+    by_acc = sorted(zoo.entries, key=lambda e: e.accuracy)
+    low, mid = by_acc[0].subnet_id, by_acc[2].subnet_id
+    picks = peers.pick_subnets(zoo, [low, mid])  # the mid subnet is already a pick: not added twice
+    assert [role for role, _ in picks] == ["most accurate", "mid", "extra"] and picks[2][1].subnet_id == low
+    configs = peers.lineup(zoo, slo_ms=100, systems=("triton",), batches=(4,), triton_timeout=False, extra=[low])
+    assert [(c.role, c.subnet_id) for c in configs][-1] == ("extra", low) and len(configs) == 3
+    with pytest.raises(SystemExit, match="not in the zoo"):
+        peers.pick_subnets(zoo, ["d999-nope"])
+
+
 def test_max_batch_is_the_largest_batch_within_half_the_slo() -> None:
     zoo = make_zoo(accuracies=(0.9,), lat1_ms=(4.0,), growth=0.25)  # B: 4 * (1 + 0.25 (B-1)) ms
     entry = zoo.entries[0]
