@@ -127,18 +127,15 @@ class _FloorServer:
         self._service.close()
 
 
-def answer_bytes(url: str, request_image: np.ndarray, min_accuracy: float) -> bytes:
-    """One real answer of the server to the light-load request, serialised (the floor server replays it)."""
+def answer_bytes(url: str, request_bytes: bytes) -> bytes:
+    """The server's real answer to the light-load request, serialised (the floor server replays it)."""
     import grpc
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc
 
     with grpc.insecure_channel(url) as channel:
-        request = pb.ModelInferRequest(model_name="superserve")
-        request.inputs.add(name="INPUT", datatype="FP32", shape=list(request_image.shape))
-        request.raw_input_contents.append(request_image.astype(np.float32).tobytes())
-        request.parameters["min_accuracy"].double_param = min_accuracy
-        return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request).SerializeToString()
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return stub.ModelInfer(pb.ModelInferRequest.FromString(request_bytes)).SerializeToString()
 
 
 class _InlinePool:
@@ -161,8 +158,9 @@ def pipeline_ms(net, zoo, spec, policy_factory, request_bytes: bytes, calls: int
     request, engine.submit (EDF queue, policy), the forward + softmax, on_result, build and serialise the answer."""
     from tritonclient.grpc import service_pb2 as pb
 
-    from superserve.server.codec import decode_request, encode_outputs
+    from superserve.server.codec import decode_request
     from superserve.server.engine import Engine, EngineConfig
+    from superserve.server.service import build_response
 
     pool = _InlinePool(net, {e.subnet_id: e.config for e in zoo.entries})
     engine = Engine(zoo, policy_factory, EngineConfig(default_slo_ms=10_000.0, correction_interval_s=None))
@@ -175,13 +173,7 @@ def pipeline_ms(net, zoo, spec, policy_factory, request_bytes: bytes, calls: int
         request = pb.ModelInferRequest.FromString(request_bytes)
         decoded = decode_request(request, spec)
         engine.submit(decoded.images, decoded.hints.slo_ms, decoded.hints.min_accuracy, results.append)
-        result = results.pop()
-        response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
-        response.parameters["subnet_id"].string_param = ",".join(result.subnet_ids[:1])
-        response.parameters["subnet_accuracy"].double_param = result.accuracy
-        response.parameters["slo_met"].bool_param = True
-        encode_outputs(response, decoded.outputs, result.probabilities)
-        response.SerializeToString()
+        build_response(spec, request.id, decoded.outputs, results.pop()).SerializeToString()
         if k:  # the first call warms up
             out.append((time.perf_counter() - t) * 1e3)
         time.sleep(0.005)
@@ -264,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             raw_s += t_raw
             sats[-1]["ratio"] = sats[-1]["ok"] / sats[-1]["duration_s"] / (sum(b for _, b in ran) / t_raw)
         light_spec = replace(spec, min_accuracy=top.accuracy)
-        answer = answer_bytes(url, images[:1], top.accuracy)
-        floor_srv = _FloorServer(srv, answer)
-        floor_spec = replace(light_spec, url=f"127.0.0.1:{floor_srv.port}")
         request_bytes = _light_request(images[:1], top.accuracy)
+        floor_srv = _FloorServer(srv, answer_bytes(url, request_bytes))
+        floor_spec = replace(light_spec, url=f"127.0.0.1:{floor_srv.port}")
         policy = srv.engine._policy_factory
         # One client process for every light-load block (spawned once: its start-up is not measured).
         with mp.get_context("spawn").Pool(1) as client:

@@ -174,19 +174,25 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         result = await answer
         if result.outcome not in (OK, LATE):
             raise _CallFailed(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
-        response = pb.ModelInferResponse(model_name=self.spec.name, model_version=self.spec.version, id=request.id)
-        if self.response_params:
-            # One id when every image ran on the same subnet, else one per image (a call's images may be split
-            # across batches); subnet_accuracy is the lowest among them.
-            ids = result.subnet_ids if len(set(result.subnet_ids)) > 1 else result.subnet_ids[:1]
-            response.parameters["subnet_id"].string_param = ",".join(ids)
-            response.parameters["subnet_accuracy"].double_param = result.accuracy
-            response.parameters["slo_met"].bool_param = result.outcome == OK
-        encode_outputs(response, decoded.outputs, result.probabilities)  # type: ignore[arg-type]
-        return response
+        return build_response(self.spec, request.id, decoded.outputs, result, self.response_params)
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False)
+
+
+def build_response(spec: ModelSpec, request_id: str, outputs: tuple[str, ...], result: CallResult,
+                   response_params: bool = True) -> Any:
+    """The ModelInferResponse of a served call: the requested outputs and, with `response_params`, which subnet served
+    it. One id when every image ran on the same subnet, else one per image (a call's images may be split across
+    batches); subnet_accuracy is the lowest among them."""
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request_id)
+    if response_params:
+        ids = result.subnet_ids if len(set(result.subnet_ids)) > 1 else result.subnet_ids[:1]
+        response.parameters["subnet_id"].string_param = ",".join(ids)
+        response.parameters["subnet_accuracy"].double_param = result.accuracy
+        response.parameters["slo_met"].bool_param = result.outcome == OK
+    encode_outputs(response, outputs, result.probabilities)  # type: ignore[arg-type]
+    return response
 
 
 class _CallFailed(Exception):
