@@ -93,31 +93,46 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grpc: Any = None
         self._stopped = False
+        self._warmed = False  # every subnet has run once in this process (allocator warm-up)
 
     def _say(self, text: str) -> None:
         if not self.config.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def load_zoo(self, net: Any) -> Zoo:
-        """The zoo, re-profiled on this host (or loaded from the per-host cache) when its fingerprint differs."""
+    def load_zoo(self, net: Any, sample: torch.Tensor) -> Zoo:
+        """The zoo with a latency table that fits this host: the file's own, or the per-host cached re-profile, or a
+        new re-profile (then cached). With `reprofile="auto"` a table whose fingerprint matches must also pass a
+        spot check of its speed (`profiling.check_speed`, which doubles as the workers' warm-up)."""
+        from superserve.server import profiling
+
         cfg = self.config
         zoo = Zoo.load(cfg.zoo_path)
         here = HostFingerprint.current(threads=cfg.threads_per_worker)
-        if zoo.host_matches(here) and cfg.reprofile != "always":
-            return zoo
-        from superserve.server import profiling
-
         cached = profiling.cache_path(Path(cfg.zoo_path), here)
-        if cached.is_file() and cfg.reprofile != "always":
-            self._say(f"using the latency table re-profiled for this host: {cached}")
-            return Zoo.load(cached)
+        # This host's own re-profile first: the file's fingerprint can match a machine of another speed.
+        candidate, source = ((Zoo.load(cached), str(cached)) if cached.is_file()
+                             else (zoo, str(cfg.zoo_path)) if zoo.host_matches(here) else (None, ""))
         if cfg.reprofile == "never":
-            self._say(f"WARNING: {cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, "
-                      f"{zoo.host.threads} thread(s)); SLO decisions rely on online correction until you restart "
-                      f"with --reprofile auto (or run `superserve zoo reprofile`)")
-            return zoo
-        self._say(f"{cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, {zoo.host.threads} "
-                  f"thread(s)); re-profiling here once (cached in {cached}; --reprofile never skips this)")
+            if candidate is None:
+                self._say(f"WARNING: {cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, "
+                          f"{zoo.host.threads} thread(s)); SLO decisions rely on online correction until you restart "
+                          f"with --reprofile auto (or run `superserve zoo reprofile`)")
+            return candidate or zoo
+        if candidate is not None and cfg.reprofile == "auto":
+            speed = profiling.check_speed(net, candidate, sample)
+            self._warmed = True
+            if speed.fits():
+                if source == str(cached):
+                    self._say(f"using the latency table re-profiled for this host: {cached}")
+                return candidate
+            pace = f"{speed.ratio:.2f}x slower" if speed.ratio > 1 else f"{1 / speed.ratio:.2f}x faster"
+            why = (f"this host runs the subnets {pace} than the latency table in {source} says (median over "
+                   f"{speed.subnets} subnets at batch 1): a machine of another speed behind the same fingerprint")
+        elif candidate is None:
+            why = f"{cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, {zoo.host.threads} thread(s))"
+        else:
+            why = "--reprofile always"
+        self._say(f"{why}; re-profiling here once (cached in {cached}; --reprofile never skips this)")
         zoo = profiling.profile_zoo(net, zoo, here, progress=not cfg.quiet)
         cached.parent.mkdir(parents=True, exist_ok=True)
         zoo.save(cached)
@@ -129,7 +144,8 @@ class Server:
 
         cfg = self.config
         net, data = load_checkpoint(cfg.checkpoint_path)
-        zoo = self.zoo = self.load_zoo(net)
+        space = net.space
+        zoo = self.zoo = self.load_zoo(net, torch.zeros(1, space.in_channels, space.image_size, space.image_size))
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
@@ -156,7 +172,8 @@ class Server:
         else:
             self.pool = ThreadWorkerPool(net, configs, cfg.embedded_workers, cfg.threads_per_worker,
                                          self.engine.on_result)
-            self.pool.warm_up(torch.zeros(sample_shape))
+            if not self._warmed:  # the speed check ran every subnet already
+                self.pool.warm_up(torch.zeros(sample_shape))
         self.engine.start(self.pool)
         hook = None
         if cfg.security.hint_defense is not None:  # security (issue 7): noise on the requested metrics

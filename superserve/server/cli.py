@@ -134,6 +134,12 @@ def _since_process_start_s() -> float:
         return float("nan")
 
 
+class _InterruptedStart(BaseException):  # BaseException: no `except Exception` on the start-up path may swallow it
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
     import sys
@@ -153,13 +159,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         server = Server(config_from_args(args))  # type: ignore[arg-type]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    starting = True
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if starting:  # nothing admitted yet, so nothing to drain: leave now, even mid re-profile (minutes)
+            raise _InterruptedStart(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()
     except (ValueError, OSError, RuntimeError) as exc:  # bad files, or the port is taken (gRPC: RuntimeError)
         print(f"superserve serve: {exc}", file=sys.stderr)
         return 2
+    except _InterruptedStart as exc:
+        print(f"\nsuperserve serve: {signal.Signals(exc.signum).name} during start-up; stopped before serving",
+              file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    starting = False
     zoo = server.zoo
     assert zoo is not None
     accs = [e.accuracy for e in zoo.entries]

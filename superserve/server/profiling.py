@@ -1,4 +1,9 @@
-"""Re-profile a zoo at server start when its latency table comes from other hardware, with a per-host cache.
+"""Re-profile a zoo at server start when its latency table does not fit this host, with a per-host cache.
+
+Two checks decide it. The fingerprint (CPU model, device, threads, torch build) catches other hardware. A spot check
+of the speed catches the same fingerprint running at another speed: virtual machines report generic model names
+("AMD EPYC") over hosts whose forward passes differ by 2-4x (nested virtualisation, clock, neighbours), and a table
+off by that much makes every slack computation wrong.
 
 The measuring itself is `training.profiling.profile_subnets` (the same code `superserve zoo build/reprofile` uses,
 with a progress bar); this module only decides where the re-profiled copy lives: ~/.cache/superserve (or
@@ -11,10 +16,46 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from superserve.zoo import HostFingerprint, Zoo
+
+# Re-profile when the table's batch-1 latencies are off by more than this factor either way. Wide enough that a
+# busy-but-same host does not trigger a re-profile (online correction absorbs 10-30%), narrow enough to catch another
+# machine behind the same model name.
+SPEED_TOLERANCE = 1.5
+
+
+@dataclass(frozen=True)
+class SpeedCheck:
+    """Measured over profiled batch-1 latency, the median over the zoo's subnets (1.0 = the table fits)."""
+
+    ratio: float
+    subnets: int
+
+    def fits(self, tolerance: float = SPEED_TOLERANCE) -> bool:
+        return 1.0 / tolerance <= self.ratio <= tolerance
+
+
+@torch.inference_mode()
+def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor) -> SpeedCheck:
+    """Run every subnet twice at batch 1 (the first run is the warm-up the workers need anyway) and compare the second
+    with the table. One sample per subnet is noisy, but the median over a dozen subnets is not, and the decision is
+    about factors of 1.5, not percents."""
+    ratios = []
+    for entry in zoo.entries:
+        net(sample, entry.config)
+        t0 = time.perf_counter()
+        net(sample, entry.config)
+        measured_ms = (time.perf_counter() - t0) * 1e3
+        ratios.append(measured_ms / zoo.latency_ms(entry.subnet_id, 1, "median"))
+    return SpeedCheck(statistics.median(ratios), len(ratios))
 
 
 def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True) -> Zoo:
