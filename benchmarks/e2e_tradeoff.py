@@ -167,9 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         mid = loads[len(loads) // 2]
         runs = [(t, x) for t in ("azure", "gamma:8") for x in loads] + [("gamma:2", mid), ("gamma:4", mid)]
     work = Path(tempfile.mkdtemp(prefix="e2e_tradeoff_"))
-    zoo_path = work / "zoo.json"  # frozen: the shipped zoo may be re-profiled while this runs
-    shutil.copy(DEFAULT_ZOO, zoo_path)
-    zoo = Zoo.load(zoo_path)
+    # Frozen for the run, and with the latencies the server uses on this host (its table re-profiled and cached
+    # when the shipped one does not fit here): the servers below run it with --reprofile never, the simulator too.
+    from superserve.server.app import Server, ServeConfig
+
+    zoo_path = work / "zoo.json"
+    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=DEFAULT_ZOO, checkpoint_path=DEFAULT_CHECKPOINT,
+                             quiet=True)).load_model()[1]
+    zoo.save(zoo_path)
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     policies = lineup(zoo)
     if args.policies:

@@ -496,28 +496,26 @@ def stop(server: Server, timeout_s: float = 60.0) -> float:
 
 
 def prepare_superserve_zoo(args: argparse.Namespace, zoo_path: Path, work: Path) -> tuple[Zoo, float]:
-    """The zoo as the server will use it here: re-profiled for this host once (by the server itself, pinned like
-    every run, cached per host), so the timed start-ups do not include profiling. Returns (zoo, seconds spent)."""
+    """The zoo as the server will use it here. The server itself decides (host fingerprint, then a spot check of its
+    speed) and re-profiles once when the table does not fit, caching the result per host; it starts here once, pinned
+    like every run, so that the timed start-ups do not include profiling. Returns (zoo, seconds spent re-profiling,
+    0 when the table fitted)."""
     from superserve.server import profiling
     from superserve.zoo import HostFingerprint
 
-    zoo = Zoo.load(zoo_path)
-    here = HostFingerprint.current(threads=args.threads)
-    if zoo.host_matches(here):
-        return zoo, 0.0
-    cached = profiling.cache_path(zoo_path, here)
-    spent = 0.0
-    if not cached.is_file():
-        print(f"peers: the zoo was profiled on {zoo.host.processor}; superserve re-profiles it for this host once "
-              f"(cached in {cached}) ...", flush=True)
-        t0 = time.perf_counter()
-        server = start(Config("superserve[reprofile]", "superserve"), args, zoo_path, work)
-        try:
-            wait_first_answer(server, timeout_s=1800)
-        finally:
-            stop(server)
-        spent = time.perf_counter() - t0
-    return Zoo.load(cached), spent
+    cached = profiling.cache_path(zoo_path, HostFingerprint.current(threads=args.threads))
+    before = cached.stat().st_mtime if cached.is_file() else None
+    t0 = time.perf_counter()
+    server = start(Config("superserve[reprofile]", "superserve"), args, zoo_path, work)
+    try:
+        wait_first_answer(server, timeout_s=1800)
+    finally:
+        stop(server)
+    after = cached.stat().st_mtime if cached.is_file() else None
+    spent = time.perf_counter() - t0 if after != before else 0.0
+    if spent:
+        print(f"peers: superserve re-profiled the zoo for this host ({spent:.0f} s, cached in {cached})", flush=True)
+    return (Zoo.load(cached) if after is not None else Zoo.load(zoo_path)), spent
 
 
 # --- the run --------------------------------------------------------------------------------------------------------

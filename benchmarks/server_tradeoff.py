@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ BUSY_LOOP = "import time\nend = time.time() + {s}\nwhile time.time() < end:\n   
 def serve_and_replay(args, arrivals, slo_ms, images, policy, params, correction: bool,  # noqa: ANN001
                      client_cpus: set[int] | None = None) -> dict:
     srv = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
-                             policy=policy, policy_params=params, quiet=True,
+                             policy=policy, policy_params=params, quiet=True, reprofile="never",
                              engine=EngineConfig(default_slo_ms=slo_ms,
                                                  correction_interval_s=0.25 if correction else None)))
     srv.start()
@@ -73,9 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server_tradeoff.json")
     args = p.parse_args(argv)
-    from superserve.zoo import Zoo
-
-    zoo = Zoo.load(args.zoo)
+    # The zoo as the server will use it on this host (re-profiled and cached when its table does not fit here), so
+    # that the load is sized and the simulator predicts with the latencies the server schedules with.
+    # Resolved once, on a quiet host, and frozen: a server started beside the noisy neighbour of part 2 must not
+    # re-profile under it (the neighbour is the drift that online correction is there to absorb).
+    zoo_source = args.zoo
+    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
+                             quiet=True)).load_model()[1]
+    args.zoo = Path(tempfile.mkdtemp(prefix="server_tradeoff_")) / "zoo.json"
+    zoo.save(args.zoo)
     slo_auto, rate_auto = size_load(zoo)
     slo_ms, rate = args.slo_ms or slo_auto, args.rate_qps or rate_auto
     arrivals = traces.gamma(rate, args.cv2, args.duration_s, np.random.default_rng(args.seed))
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     st = traces.stats(arrivals)
     result = {
         "command": "nice python benchmarks/server_tradeoff.py" + ("".join(" " + a for a in (argv or sys.argv[1:]))),
-        "zoo": str(args.zoo), "host_load_avg_1min": os.getloadavg()[0],
+        "zoo": str(zoo_source), "zoo_profiled_on": zoo.host.__dict__, "host_load_avg_1min": os.getloadavg()[0],
         "trace": {"kind": f"gamma:{args.cv2:g}", "duration_s": args.duration_s, "mean_rate_qps": round(rate, 1),
                   "requests": st["requests"], "peak_1s_rate_qps": st["peak_1s_rate_qps"], "slo_ms": round(slo_ms, 2),
                   "seed": args.seed},
