@@ -30,6 +30,7 @@ from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
 
 log = logging.getLogger("superserve.server")
+LATE_ARRIVAL_WINDOW_S = 0.2  # after draining, before gRPC stops: late calls get UNAVAILABLE, not CANCELLED
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,9 @@ class Server:
         self._stopped = True
         drained = self.engine.drain(drain_timeout_s)
         if self._loop is not None and self._grpc is not None:
+            # Calls already on the wire when draining began reach the handler within a moment and are answered
+            # UNAVAILABLE; stopping gRPC at once would cancel them instead (seen: CANCELLED in the SIGTERM test).
+            time.sleep(LATE_ARRIVAL_WINDOW_S)
             # The grace lets handlers whose answers are ready send them before connections close.
             asyncio.run_coroutine_threadsafe(self._stop_grpc(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
