@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS_DIR, command_line  # noqa: E402
+from _common import RESULTS_DIR, command_line, frozen_host_zoo  # noqa: E402
 
 from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
 from policies.base import make_policy  # noqa: E402
@@ -167,14 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         mid = loads[len(loads) // 2]
         runs = [(t, x) for t in ("azure", "gamma:8") for x in loads] + [("gamma:2", mid), ("gamma:4", mid)]
     work = Path(tempfile.mkdtemp(prefix="e2e_tradeoff_"))
-    # Frozen for the run, and with the latencies the server uses on this host (its table re-profiled and cached
-    # when the shipped one does not fit here): the servers below run it with --reprofile never, the simulator too.
-    from superserve.server.app import Server, ServeConfig
-
-    zoo_path = work / "zoo.json"
-    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=DEFAULT_ZOO, checkpoint_path=DEFAULT_CHECKPOINT,
-                             quiet=True)).load_model()[1]
-    zoo.save(zoo_path)
+    zoo_path = work / "zoo.json"  # the servers below run it with --reprofile never, the simulator too
+    zoo = frozen_host_zoo(DEFAULT_ZOO, DEFAULT_CHECKPOINT, zoo_path)
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     policies = lineup(zoo)
     if args.policies:

@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import frozen_host_zoo  # noqa: E402
 from loadtest import traces  # noqa: E402
 from loadtest.replayer import ReplaySpec, replay_in_subprocess  # noqa: E402
 from policies.base import make_policy  # noqa: E402
@@ -74,15 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server_tradeoff.json")
     args = p.parse_args(argv)
-    # The zoo as the server will use it on this host (re-profiled and cached when its table does not fit here), so
-    # that the load is sized and the simulator predicts with the latencies the server schedules with.
-    # Resolved once, on a quiet host, and frozen: a server started beside the noisy neighbour of part 2 must not
-    # re-profile under it (the neighbour is the drift that online correction is there to absorb).
+    # Resolved once, before part 2's noisy neighbour (the drift online correction is there to absorb), so that the
+    # load is sized and the simulator predicts with the latencies the server schedules with.
     zoo_source = args.zoo
-    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
-                             quiet=True)).load_model()[1]
     args.zoo = Path(tempfile.mkdtemp(prefix="server_tradeoff_")) / "zoo.json"
-    zoo.save(args.zoo)
+    zoo = frozen_host_zoo(zoo_source, args.checkpoint, args.zoo)
     slo_auto, rate_auto = size_load(zoo)
     slo_ms, rate = args.slo_ms or slo_auto, args.rate_qps or rate_auto
     arrivals = traces.gamma(rate, args.cv2, args.duration_s, np.random.default_rng(args.seed))
