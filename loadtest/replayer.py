@@ -124,6 +124,7 @@ class ReplaySpec:
     channels: int = 1  # gRPC connections, round-robin
     max_lag_ms: float | None = None  # send-lag tolerance for the "client kept up" verdict; None = 10% of slo_ms
     connect_timeout_s: float = 5.0
+    ready_timeout_s: float = 60.0  # then wait this long for ServerReady (endpoints without it are taken as ready)
     seed: int = 0  # seeds the payloads (the trace has its own seed)
 
     def __post_init__(self) -> None:
@@ -428,7 +429,40 @@ async def _connect(spec: ReplaySpec) -> list[Any]:
         for c in channels:
             await c.close()
         raise _unreachable(spec, type(exc).__name__) from None
+    try:
+        await _await_ready(channels[0], spec)
+    except BaseException:
+        for c in channels:
+            await c.close()
+        raise
     return channels
+
+
+async def _await_ready(channel: Any, spec: ReplaySpec) -> None:
+    """Hold the schedule until the endpoint says it is ready, as a load balancer would: a server still warming up
+    (superserve imports its image decoder in the background for seconds) serves calls, but slowly, and a trace
+    started into that measures the start-up, not the serving. Endpoints that do not implement ServerReady (a bare
+    ModelInfer ingress) are taken as ready."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + spec.ready_timeout_s
+    while True:
+        try:
+            if (await stub.ServerReady(pb.ServerReadyRequest(), timeout=spec.connect_timeout_s)).ready:
+                return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return
+            if loop.time() > deadline:
+                raise ReplayError(f"{spec.url} did not answer ServerReady within {spec.ready_timeout_s:g} s: "
+                                  f"{exc.code().name} {exc.details()}") from None
+        if loop.time() > deadline:
+            raise ReplayError(f"{spec.url} is reachable but did not report ready within {spec.ready_timeout_s:g} s")
+        await asyncio.sleep(0.05)
 
 
 async def _saturate(spec: ReplaySpec, concurrency: int, duration_s: float,

@@ -60,4 +60,6 @@ def start_fixture_server(assets, **overrides):  # noqa: ANN001, ANN201 - (zoo, c
 
     zoo, ckpt = assets
     settings = dict(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never")
-    return Server(ServeConfig(**{**settings, **overrides})).start()
+    server = Server(ServeConfig(**{**settings, **overrides})).start()
+    server.wait_ready()  # the background warm-up (decoder import) done, as clients that honour readiness see it
+    return server

@@ -148,6 +148,7 @@ def cluster(serving_assets):
     config = ServeConfig(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True,
                          reprofile="never", engine=EngineConfig(default_slo_ms=SLO_MS))
     server = ClusterServer(config, rs.url).start()
+    server.wait_ready()
     r = rs.client()
     wait_for(lambda: r.scard("superserve:workers") == 2, 90, "two workers to register")
     client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")

@@ -300,3 +300,45 @@ def test_replay_in_a_subprocess_with_real_inputs_records_every_request_once():
     assert sorted(server.servicer.payloads[:n]) == sorted(inputs[k % 3].tobytes() for k in range(n))
     assert server.servicer.payloads[n:] == [inputs[0].tobytes()] * 2
     assert 0 <= report.send_lag_ms(100) < 100
+
+
+class WarmingFake(FakeOip):
+    """Reports not ready until `ready_at` (monotonic), like superserve while its decoder import runs."""
+
+    def __init__(self, ready_after_s: float) -> None:
+        super().__init__(0.0)
+        self.ready_at = time.monotonic() + ready_after_s
+        self.first_call_at: float | None = None
+        self.ready_probes = 0
+
+    async def ServerReady(self, request, context):
+        self.ready_probes += 1
+        return pb.ServerReadyResponse(ready=time.monotonic() >= self.ready_at)
+
+    async def ModelInfer(self, request, context):
+        if self.first_call_at is None:
+            self.first_call_at = time.monotonic()
+        return await super().ModelInfer(request, context)
+
+
+def test_replay_holds_the_schedule_until_the_endpoint_is_ready():
+    server = FakeServer(WarmingFake(0.5))
+    try:
+        arrivals = make_trace("poisson", 50, 0.5, seed=2)
+        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000))
+    finally:
+        server.stop()
+    fake_ = server.servicer
+    assert fake_.ready_probes > 1 and fake_.first_call_at >= fake_.ready_at
+    assert_one_record_each(report, len(arrivals))
+    assert {r.status for r in report.records} == {OK}
+
+
+def test_replay_against_an_endpoint_that_never_gets_ready_says_so():
+    server = FakeServer(WarmingFake(3600.0))
+    try:
+        with pytest.raises(ReplayError, match="did not report ready within 0.3 s"):
+            replay(np.array([0.0]), ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", ready_timeout_s=0.3))
+    finally:
+        server.stop()
+    assert server.servicer.received == 0

@@ -104,7 +104,9 @@ def _start(assets, **overrides):
     zoo, ckpt = assets
     settings = dict(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never",
                     engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
-    return Server(ServeConfig(**{**settings, **overrides})).start()
+    server = Server(ServeConfig(**{**settings, **overrides})).start()
+    server.wait_ready()
+    return server
 
 
 def _image(seed: int = 0, n: int = 1):

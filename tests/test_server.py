@@ -23,11 +23,14 @@ RELAXED_SLO_MS = 5000.0  # this shared 2-core machine stalls for tens of ms: fun
 MODEL = "superserve"
 
 
-def _start(assets: tuple[Path, Path], **overrides) -> Server:
+def _start(assets: tuple[Path, Path], wait_ready: bool = True, **overrides) -> Server:
     zoo, ckpt = assets
     settings = dict(port=0, metrics_port=0, zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never")
     config = ServeConfig(**{**settings, **overrides})
-    return Server(config).start()
+    server = Server(config).start()
+    if wait_ready:
+        server.wait_ready()
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,33 @@ def test_liveness_readiness_and_metadata(client):
 
 
 # --- inference ----------------------------------------------------------------------------------------------------
+def test_not_ready_until_the_background_warm_up_is_done_but_serving(serving_assets, monkeypatch):
+    import time
+
+    import superserve.server.service as service
+
+    release = threading.Event()
+    monkeypatch.setattr(service, "load_decoder", lambda: release.wait(30))  # a decoder import that takes a while
+    srv = _start(serving_assets, wait_ready=False, metrics_port=None,
+                 engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
+    c = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    try:
+        assert c.is_server_live() and not c.is_server_ready() and not c.is_model_ready(MODEL)
+        assert c.get_model_repository_index(as_json=True)["models"][0]["state"] == "UNAVAILABLE"
+        result = c.infer(MODEL, [fp32_input(images(1, seed=3))])  # calls are served meanwhile
+        assert result.as_numpy("PROBABILITIES").shape == (1, 10)
+        assert not srv.wait_ready(timeout_s=0.2)
+        release.set()
+        t = time.monotonic()
+        assert srv.wait_ready(timeout_s=10) and time.monotonic() - t < 5
+        assert c.is_server_ready() and c.is_model_ready(MODEL)
+        assert c.get_model_repository_index(as_json=True)["models"][0]["state"] == "READY"
+    finally:
+        release.set()
+        c.close()
+        srv.stop()
+
+
 def test_infer_without_hints_returns_probabilities_class_and_params(client, server, model):
     x = images(3, 0)
     result = client.infer(MODEL, [fp32_input(x)])

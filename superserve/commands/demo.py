@@ -40,19 +40,12 @@ def size_load(zoo, max_rate_qps: float = 120.0) -> tuple[float, float]:  # noqa:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
     import sys
+    import tempfile
     import time
 
-    import numpy as np
-
-    from loadtest import traces
-    from loadtest.replayer import ReplaySpec, replay_in_subprocess
-    from policies.base import make_policy
-    from superserve.metrics import summarize, time_series
-    from superserve.records import RecordTable
     from superserve.server.app import Server, ServeConfig
-    from superserve.server.engine import EngineConfig
-    from superserve.sim import SimConfig, simulate
 
     for path, what in ((args.zoo, "zoo"), (args.checkpoint, "checkpoint")):
         if not Path(path).is_file():
@@ -61,11 +54,33 @@ def run(args: argparse.Namespace) -> int:
             return 2
     started = time.perf_counter()
     print("superserve demo: one supernet, many subnets; SlackFit picks the subnet per batch to ride out bursts.\n")
-    probe = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
-                               quiet=False))
-    from supernet.checkpoint import load_checkpoint
+    # The zoo as the server resolves it on this host (re-profiled once and cached when the file's table does not fit
+    # here), frozen for both runs: the servers and the simulator then use the same table, and the second server does
+    # not spot-check the speed again.
+    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
+                             quiet=False)).load_model()[1]
+    frozen = Path(tempfile.mkdtemp(prefix="superserve-demo-")) / "zoo.json"
+    zoo.save(frozen)
+    try:
+        return _compare(args, zoo, frozen, started)
+    finally:
+        shutil.rmtree(frozen.parent, ignore_errors=True)
 
-    zoo = probe.load_zoo(load_checkpoint(args.checkpoint)[0])
+
+def _compare(args: argparse.Namespace, zoo, frozen: Path, started: float) -> int:  # noqa: ANN001 - a Zoo
+    """Both runs (SlackFit, then the fixed subnet) on the real server, the simulator's prediction, the PNG."""
+    import time
+
+    import numpy as np
+
+    from loadtest import traces
+    from loadtest.replayer import ReplaySpec, replay_in_subprocess
+    from policies.base import make_policy
+    from superserve.metrics import summarize
+    from superserve.server.app import Server, ServeConfig
+    from superserve.server.engine import EngineConfig
+    from superserve.sim import SimConfig, simulate
+
     slo_auto, rate_auto = size_load(zoo)
     slo_ms = args.slo_ms or slo_auto
     rate = args.rate_qps or rate_auto
@@ -83,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for label, policy, params in runs:
         print(f"  replaying through the gRPC server with {label} ...", end="", flush=True)
-        srv = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
-                                 policy=policy, policy_params=params, quiet=True,
+        srv = Server(ServeConfig(port=0, metrics_port=None, zoo_path=frozen, checkpoint_path=args.checkpoint,
+                                 reprofile="never", policy=policy, policy_params=params, quiet=True,
                                  engine=EngineConfig(default_slo_ms=slo_ms)))
         srv.start()
         try:

@@ -205,6 +205,16 @@ class Server:
         self.startup_s = time.perf_counter() - t_start
         return self
 
+    def wait_ready(self, timeout_s: float = 60.0) -> bool:
+        """Block until the server reports ready (its background start-up work is done); True if it did in time.
+        Calls are served before that; readiness says the start-up stalls are over."""
+        deadline = time.monotonic() + timeout_s
+        while not self.service.warm:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     async def _start_grpc(self) -> int:
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                    ("grpc.max_send_message_length", self.config.max_message_bytes),

@@ -184,15 +184,19 @@ def run(args: argparse.Namespace) -> int:
     metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     print(f"superserve: serving model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy "
           f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
-          f"(gRPC, Open Inference Protocol){metrics}; ready {_since_process_start_s():.1f} s after start "
+          f"(gRPC, Open Inference Protocol){metrics}; answering {_since_process_start_s():.1f} s after start "
           f"(loading took {server.startup_s:.1f} s)", flush=True)
     cfg_sec = server.config.security
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (cfg_sec.tls and cfg_sec.api_keys):
         print(f"superserve: WARNING: listening on {args.host} without "
               f"{' and '.join(x for x, on in (('TLS', cfg_sec.tls), ('API keys', cfg_sec.api_keys)) if not on)}: "
               f"anyone who can reach the port can query (and fingerprint) the zoo", file=sys.stderr, flush=True)
-    while not stop.wait(0.5):
-        pass
+    warm = False
+    while not stop.wait(0.1 if not warm else 0.5):
+        if not warm and server.service.warm:  # ServerReady says ready from here on
+            warm = True
+            print(f"superserve: ready {_since_process_start_s():.1f} s after start (background warm-up done)",
+                  flush=True)
     print("superserve: draining (no new requests; answering the admitted ones)...", file=sys.stderr, flush=True)
     drained = server.stop(args.drain_timeout_s)
     print("superserve: stopped" + ("" if drained else " (drain timed out; the rest were answered with an error)"),

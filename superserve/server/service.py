@@ -40,19 +40,28 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.response_params = response_params
         self.hint_hook = hint_hook  # security: a HintDefenseHook transforming each image's hints (None = off)
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="superserve-decode")
-        if preload_decoder:  # in the background: the first PNG/JPEG request then rarely waits for the import
-            self._decoder.submit(load_decoder)
+        # In the background: the first PNG/JPEG request then rarely waits for the import.
+        self._warming = self._decoder.submit(load_decoder) if preload_decoder else None
+
+    @property
+    def warm(self) -> bool:
+        """Start-up work still running in the background is done: the image decoder's import (2.6 s on a slow
+        vCPU, holding the GIL in long stretches, which delayed every call in those seconds: the demo's first burst
+        missed its SLO on both policies). Until then ServerReady and ModelReady answer not ready, like Triton before
+        its models are loaded, so that load balancers and load generators that honour readiness hold their traffic;
+        calls sent anyway are served."""
+        return self._warming is None or self._warming.done()
 
     # --- health and metadata --------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.engine.accepting)
+        return pb.ServerReadyResponse(ready=self.engine.accepting and self.warm)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         known = request.name == self.spec.name and request.version in ("", self.spec.version)
-        return pb.ModelReadyResponse(ready=known and self.engine.accepting)
+        return pb.ModelReadyResponse(ready=known and self.engine.accepting and self.warm)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
@@ -76,7 +85,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        state = "READY" if self.engine.accepting else "UNAVAILABLE"
+        state = "READY" if self.engine.accepting and self.warm else "UNAVAILABLE"
         model = pb.RepositoryIndexResponse.ModelIndex(name=self.spec.name, version=self.spec.version, state=state)
         return pb.RepositoryIndexResponse(models=[model])
 
