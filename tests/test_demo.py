@@ -30,3 +30,28 @@ def test_demo_without_assets_says_what_is_missing(tmp_path: Path, capsys):
     rc = cli_main(["demo", "--zoo", str(tmp_path / "none.json")])
     assert rc == 2
     assert "no zoo at" in capsys.readouterr().err
+
+
+def test_info_shows_this_hosts_re_profile_next_to_the_files_table(serving_assets, tmp_path: Path, capsys,
+                                                                 monkeypatch):
+    from superserve.server.profiling import cache_path
+    from superserve.zoo import HostFingerprint, LatencyStats, Zoo
+
+    monkeypatch.setenv("SUPERSERVE_CACHE", str(tmp_path / "cache"))
+    zoo_path = serving_assets[0]
+    zoo = Zoo.load(zoo_path)
+    assert cli_main(["info", "--zoo", str(zoo_path)]) == 0
+    text = capsys.readouterr().out
+    assert "this host:" not in text and ("spot-checks the speed" in text or "re-profiles it at start" in text)
+    # A re-profile cached for this host (as the server writes it): 3x slower everywhere.
+    here = HostFingerprint.current(threads=zoo.host.threads)
+    slow = zoo.with_latencies({e.subnet_id: {b: LatencyStats(3 * s.median_ms, 3 * s.p99_ms)
+                                             for b, s in e.latency_ms.items()} for e in zoo.entries}, here)
+    cached = cache_path(zoo_path, here)
+    cached.parent.mkdir(parents=True)
+    slow.save(cached)
+    assert cli_main(["info", "--zoo", str(zoo_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"which the server uses: {cached}" in text and "this host:" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith(zoo.entries[0].subnet_id))
+    assert float(row.split()[-2]) == round(3 * zoo.latency_ms(zoo.entries[0].subnet_id, 1), 2)

@@ -28,10 +28,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"zoo {args.zoo}: {len(zoo.entries)} Pareto subnets on {zoo.dataset}, profiled on {zoo.host.processor} "
           f"({zoo.host.threads} thread(s), torch {zoo.host.torch_version})")
     current = HostFingerprint.current(threads=zoo.host.threads)
-    if not zoo.host_matches(current):
-        print("  WARNING: the latency table comes from other hardware; run `superserve zoo reprofile` here")
-    print(f"  {'subnet':16} {'val acc':>8} {'MMACs':>8} {'b1 p99 ms':>10} {'b64 p99 ms':>11}")
+    from superserve.server.profiling import cache_path
+
+    cached = cache_path(Path(args.zoo), current)
+    here = Zoo.load(cached) if cached.is_file() else None
+    if here is not None:
+        print(f"  this host has its own re-profile of it, which the server uses: {cached}")
+    elif not zoo.host_matches(current):
+        print("  WARNING: the latency table comes from other hardware; `superserve serve` re-profiles it at start "
+              "(or run `superserve zoo reprofile` here)")
+    else:
+        print("  the fingerprint matches this host; `superserve serve` spot-checks the speed at start and re-profiles "
+              "if it is off by more than 1.5x")
+    last = zoo.batch_sizes[-1]
+    head = f"  {'subnet':16} {'val acc':>8} {'MMACs':>8} {'b1 p99 ms':>10} {f'b{last} p99 ms':>11}"
+    print(head + (f" {'this host:':>11} {'b1':>7} {f'b{last}':>9}" if here is not None else ""))
     for e in zoo.entries:
-        print(f"  {e.subnet_id:16} {e.accuracy * 100:7.2f}% {e.flops / 1e6:8.1f} "
-              f"{zoo.latency_ms(e.subnet_id, 1):10.2f} {zoo.latency_ms(e.subnet_id, zoo.batch_sizes[-1]):11.2f}")
+        row = (f"  {e.subnet_id:16} {e.accuracy * 100:7.2f}% {e.flops / 1e6:8.1f} "
+               f"{zoo.latency_ms(e.subnet_id, 1):10.2f} {zoo.latency_ms(e.subnet_id, last):11.2f}")
+        if here is not None and e.subnet_id in here.subnet_ids:
+            row += f" {'':11} {here.latency_ms(e.subnet_id, 1):7.2f} {here.latency_ms(e.subnet_id, last):9.2f}"
+        print(row)
     return 0
