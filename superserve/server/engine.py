@@ -194,7 +194,8 @@ class Engine:
                 on_time = now <= req.deadline_s
                 status = ERROR if error is not None else (OK if on_time else LATE)
                 met += status == OK
-                records.append(self._record(req, status, dispatch_s, now, subnet_id, worker_id))
+                if self.records is not None:
+                    records.append(self._record(req, status, dispatch_s, now, subnet_id, worker_id))
                 if call.done:
                     continue
                 if error is not None:
@@ -206,7 +207,8 @@ class Engine:
                 call.pending -= 1
                 if call.pending == 0:
                     answers.append(self._finish_call_locked(call, LATE if call.late else OK, "", now))
-            self._workers[worker_id] = replace(self._workers[worker_id], loaded_subnet_id=subnet_id)
+            if self._workers[worker_id].loaded_subnet_id != subnet_id:  # replace() costs tens of us: only on a switch
+                self._workers[worker_id] = replace(self._workers[worker_id], loaded_subnet_id=subnet_id)
             self._idle.append(worker_id)
             outcome = BatchOutcome(worker_id, subnet_id, len(rids), dispatch_s, now, min_slo_s * 1e3,
                                    len(rids) - met)
@@ -270,18 +272,17 @@ class Engine:
         return dispatches, answers
 
     def _dispatch_locked(self, worker_id: int, subnet_id: str, rids: tuple[int, ...], now: float) -> Batch:
-        rows = []
-        for rid in rids:
-            item = self._items[rid]
+        items = [self._items[rid] for rid in rids]
+        for item in items:
             item.dispatch_s, item.worker_id = now, worker_id
-            rows.append(item.call.inputs[item.index])
         batch_id = self._next_batch
         self._next_batch += 1
         self._inflight[batch_id] = (worker_id, subnet_id, rids, now)
-        if len(rids) == 1:  # the common light-load case: a view, no copy
-            item = self._items[rids[0]]
-            return Batch(batch_id, subnet_id, rids, item.call.inputs[item.index:item.index + 1])
-        return Batch(batch_id, subnet_id, rids, torch.stack(rows))  # (B, C, S, S)
+        if len(items) == 1:  # the common light-load case: the call's own tensor (or a view of its row), no copy
+            call, index = items[0].call, items[0].index
+            inputs = call.inputs if call.inputs.shape[0] == 1 else call.inputs[index:index + 1]
+            return Batch(batch_id, subnet_id, rids, inputs)
+        return Batch(batch_id, subnet_id, rids, torch.stack([item.call.inputs[item.index] for item in items]))
 
     def _finish_call_locked(self, call: _Call, outcome: str, message: str, now: float) -> tuple[_Call, CallResult]:
         call.done = True
