@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=10.0,
                         help="seconds to wait for answers after the last send (default: %(default)s)")
+    parser.add_argument("--ready-timeout", type=float, default=60.0,
+                        help="seconds to wait for the endpoint's ServerReady before the schedule starts (endpoints "
+                             "without ServerReady count as ready) (default: %(default)s)")
     parser.add_argument("--max-lag-ms", type=float, default=None,
                         help="send-lag p99 above which the client counts as the bottleneck (default: 10%% of SLO)")
     parser.add_argument("--accuracy", type=float, default=None,
@@ -169,8 +172,9 @@ def run(args: argparse.Namespace) -> int:
         arrivals = make_trace(args.trace, rate, args.duration, args.seed)
         spec = ReplaySpec(url=args.url, model=args.model, slo_ms=args.slo_ms, min_accuracy=args.min_accuracy,
                           send_hints=not args.no_hints, max_in_flight=args.max_in_flight,
-                          drain_timeout_s=args.drain_timeout, accuracy=args.accuracy, subnet_label=args.subnet_label,
-                          input_name=args.input_name, input_datatype=args.input_datatype,
+                          drain_timeout_s=args.drain_timeout, ready_timeout_s=args.ready_timeout,
+                          accuracy=args.accuracy, subnet_label=args.subnet_label, input_name=args.input_name,
+                          input_datatype=args.input_datatype,
                           input_shape=_shape(args.input_shape), channels=args.channels, max_lag_ms=args.max_lag_ms,
                           seed=args.seed)
         print(f"loadgen: {len(arrivals)} requests, trace {args.trace}, over {arrivals[-1] if len(arrivals) else 0:.1f}"

@@ -134,6 +134,8 @@ class ReplaySpec:
             raise ReplayError("max_in_flight, channels and payloads must be >= 1")
         if self.drain_timeout_s < 0:
             raise ReplayError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.ready_timeout_s < 0:
+            raise ReplayError(f"ready_timeout_s must be >= 0, got {self.ready_timeout_s}")
         if self.url.startswith(("http://", "https://", "grpc://")):
             raise ReplayError(f"url is host:port (gRPC, no scheme), got {self.url!r}")
 

@@ -334,11 +334,16 @@ def test_replay_holds_the_schedule_until_the_endpoint_is_ready():
     assert {r.status for r in report.records} == {OK}
 
 
-def test_replay_against_an_endpoint_that_never_gets_ready_says_so():
+def test_replay_against_an_endpoint_that_never_gets_ready_says_so(capsys):
     server = FakeServer(WarmingFake(3600.0))
     try:
         with pytest.raises(ReplayError, match="did not report ready within 0.3 s"):
             replay(np.array([0.0]), ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", ready_timeout_s=0.3))
+        rc = cli_main(["loadgen", "--trace", "poisson", "--rate", "5", "--duration", "1", "--url",
+                       f"127.0.0.1:{server.port}", "--model", "m", "--ready-timeout", "0.2"])
     finally:
         server.stop()
+    assert rc == 2 and "did not report ready within 0.2 s" in capsys.readouterr().err
     assert server.servicer.received == 0
+    with pytest.raises(ReplayError, match="ready_timeout_s must be >= 0"):
+        ReplaySpec(url="127.0.0.1:1", ready_timeout_s=-1)
