@@ -61,14 +61,3 @@ def load_supernet():
         return net, str(DEFAULT_CHECKPOINT)
     return SuperNet().eval(), "untrained default supernet (no shipped checkpoint yet)"
 
-
-def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path):  # noqa: ANN201 - superserve.zoo.Zoo
-    """The zoo as the server resolves it on this host (its table re-profiled and cached when the file's does not fit
-    here), saved to `out` so that servers started with --reprofile never and the simulator all use the same table
-    for the whole run (a server started later beside a noisy neighbour must not re-profile under it)."""
-    from superserve.server.app import Server, ServeConfig
-
-    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo_path, checkpoint_path=checkpoint,
-                             quiet=True)).load_model()[1]
-    zoo.save(out)
-    return zoo

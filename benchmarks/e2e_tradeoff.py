@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS_DIR, command_line, frozen_host_zoo  # noqa: E402
+from _common import RESULTS_DIR, command_line  # noqa: E402
+from superserve.server.app import frozen_host_zoo  # noqa: E402
 
 from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
 from policies.base import make_policy  # noqa: E402

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import frozen_host_zoo  # noqa: E402
+from superserve.server.app import frozen_host_zoo  # noqa: E402
 from loadtest import traces  # noqa: E402
 from loadtest.replayer import ReplaySpec, replay_in_subprocess  # noqa: E402
 from policies.base import make_policy  # noqa: E402

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from superserve.server.app import Server, ServeConfig
+    from superserve.server.app import frozen_host_zoo
 
     for path, what in ((args.zoo, "zoo"), (args.checkpoint, "checkpoint")):
         if not Path(path).is_file():
@@ -57,10 +57,8 @@ def run(args: argparse.Namespace) -> int:
     # The zoo as the server resolves it on this host (re-profiled once and cached when the file's table does not fit
     # here), frozen for both runs: the servers and the simulator then use the same table, and the second server does
     # not spot-check the speed again.
-    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
-                             quiet=False)).load_model()[1]
     frozen = Path(tempfile.mkdtemp(prefix="superserve-demo-")) / "zoo.json"
-    zoo.save(frozen)
+    zoo = frozen_host_zoo(args.zoo, args.checkpoint, frozen, quiet=False)
     try:
         return _compare(args, zoo, frozen, started)
     finally:

@@ -85,6 +85,17 @@ def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> Mo
                      float(raw_max), max_images)
 
 
+def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = True) -> Zoo:
+    """The zoo as the server resolves it on this host (its table re-profiled and cached when the file's does not fit
+    here), saved to `out` so that servers started with reprofile="never" and the simulator all use the same table
+    for a whole run (a server started later, beside a noisy neighbour, must not re-profile under it). For the demo and
+    the benchmarks."""
+    zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo_path, checkpoint_path=checkpoint,
+                             quiet=quiet)).load_model()[1]
+    zoo.save(out)
+    return zoo
+
+
 class Server:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -208,12 +219,7 @@ class Server:
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Block until the server reports ready (its background start-up work is done); True if it did in time.
         Calls are served before that; readiness says the start-up stalls are over."""
-        deadline = time.monotonic() + timeout_s
-        while not self.service.warm:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        return self.service.wait_warm(timeout_s)
 
     async def _start_grpc(self) -> int:
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes),

@@ -9,7 +9,7 @@ queue full -> RESOURCE_EXHAUSTED; shed because no subnet can meet the deadline -
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import grpc
@@ -52,16 +52,24 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         calls sent anyway are served."""
         return self._warming is None or self._warming.done()
 
+    def wait_warm(self, timeout_s: float) -> bool:
+        """Block until `warm` (True) or `timeout_s` passes (False)."""
+        return self._warming is None or not wait([self._warming], timeout=timeout_s).not_done
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.accepting and self.warm
+
     # --- health and metadata --------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.engine.accepting and self.warm)
+        return pb.ServerReadyResponse(ready=self.ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         known = request.name == self.spec.name and request.version in ("", self.spec.version)
-        return pb.ModelReadyResponse(ready=known and self.engine.accepting and self.warm)
+        return pb.ModelReadyResponse(ready=known and self.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
@@ -85,7 +93,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        state = "READY" if self.engine.accepting and self.warm else "UNAVAILABLE"
+        state = "READY" if self.ready else "UNAVAILABLE"
         model = pb.RepositoryIndexResponse.ModelIndex(name=self.spec.name, version=self.spec.version, state=state)
         return pb.RepositoryIndexResponse(models=[model])
 
