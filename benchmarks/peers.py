@@ -4,6 +4,10 @@ and traces, each peer serving exported fixed subnets of the same supernet.
 Configurations (the subnets are read from the zoo, never hard-coded):
 - `superserve[slackfit]`: `superserve serve` on the shipped checkpoint and a frozen copy of the zoo (1 embedded worker,
   1 torch thread, the zoo's latency table re-profiled for this host once and cached, as the server does itself);
+- `superserve[slackfit,acc>=A%]` (unless `--no-floors`): the same server, every request carrying a peer subnet's
+  accuracy A as its `min_accuracy` hint, once per peer subnet: superserve measured *at* that peer's accuracy (its mean
+  accuracy is then >= A by construction), which is what "at equal mean accuracy" asks for against a peer that is
+  more accurate than plain SlackFit's mix;
 - `triton[SUBNET,bB]` and `triton[SUBNET,bB,timeout]`: PyTriton's bundled Triton server, a Python model running
   `supernet.export.export(net, subnet)` behind Triton's dynamic batcher (max batch B, queue delay --batch-wait-ms);
   the `timeout` variant adds Triton's queue policy rejecting requests queued longer than the SLO (Triton's own way
@@ -56,7 +60,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import RESULTS_DIR, command_line  # noqa: E402
 
-from superserve.experiments import Point, capacity_qps, compare, spread_indices  # noqa: E402
+from superserve.experiments import ACCURACY_TOL, Point, capacity_qps, compare, spread_indices  # noqa: E402
 from superserve.zoo import Zoo, ZooEntry  # noqa: E402
 
 SYSTEMS = ("superserve", "triton", "ray")
@@ -76,8 +80,9 @@ class Config:
     system: str  # superserve | triton | ray
     subnet_id: str | None = None  # the fixed subnet a peer serves (None: superserve chooses per batch)
     accuracy: float | None = None  # its zoo (validation) accuracy: what the replayer records for a peer's answers
-    role: str = ""  # "most accurate" / "mid" for a peer, "slackfit" for superserve
+    role: str = ""  # "most accurate" / "mid" for a peer, "slackfit" for superserve, "slackfit@mid" for a floor
     max_batch: int | None = None
+    min_accuracy: float = 0.0  # superserve: the `min_accuracy` hint every request carries (0 = none)
     queue_timeout_ms: float = 0.0  # triton: reject requests queued longer than this (0 = never)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -116,14 +121,26 @@ def peer_batches(entry: ZooEntry, slo_ms: float, batches: Sequence[int | str] = 
     return out
 
 
+FLOOR_PREFIX = "slackfit@"  # role of a superserve run whose requests carry a peer subnet's accuracy as their hint
+
+
 def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, batches: Sequence[int | str] = ("auto",),
-           triton_timeout: bool = True, extra: Sequence[str] = ()) -> list[Config]:
-    """superserve, then per peer subnet and max batch size: Triton (plain, and with the SLO as queue timeout) and
-    Ray Serve."""
+           triton_timeout: bool = True, extra: Sequence[str] = (), floors: bool = True) -> list[Config]:
+    """superserve, then (with `floors`) superserve once per peer subnet with that subnet's accuracy as every request's
+    `min_accuracy` hint (superserve *at* the peer's accuracy: what the issue's "at equal mean accuracy" asks for,
+    measured rather than read off a line), then per peer subnet and max batch size: Triton (plain, and with the SLO
+    as queue timeout) and Ray Serve."""
     out: list[Config] = []
+    picks = pick_subnets(zoo, extra)
     if "superserve" in systems:
         out.append(Config("superserve[slackfit]", "superserve", role="slackfit"))
-    for role, e in pick_subnets(zoo, extra):
+        if floors:
+            for role, e in picks:
+                if any(c.min_accuracy == e.accuracy for c in out):
+                    continue  # one superserve run per accuracy level
+                out.append(Config(f"superserve[slackfit,acc>={100 * e.accuracy:.1f}%]", "superserve",
+                                  role=FLOOR_PREFIX + role, min_accuracy=e.accuracy))
+    for role, e in picks:
         for b in peer_batches(e, slo_ms, batches):
             if "triton" in systems:
                 out.append(Config(f"triton[{e.subnet_id},b{b}]", "triton", e.subnet_id, e.accuracy, role, b))
@@ -170,11 +187,32 @@ def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]
     """superserve vs the peers' frontier on one run (superserve.experiments.compare: 'at equal' accuracy or
     attainment, linear between two peer configurations); None without a superserve row or peer rows."""
     group = [r for r in rows if _run(r) == run]
-    ours = next((r for r in group if r["system"] == "superserve"), None)
+    ours = next((r for r in group if r["system"] == "superserve" and not _is_floor(r)), None)
     peers = [r for r in group if r["system"] != "superserve"]
     if ours is None or not peers:
         return None
     cmp = compare(as_point(ours), [as_point(r) for r in peers])
+    # At each peer subnet's own accuracy: superserve's best attainment at mean accuracy >= that subnet's (its runs
+    # with that accuracy as the requests' hint, or plain SlackFit when that is as accurate) against the best
+    # configuration of any peer serving that subnet. Nothing interpolated: both sides are measured runs.
+    at_peer: dict[str, dict[str, Any]] = {}
+    ss_rows = [r for r in group if r["system"] == "superserve"]
+    for role in dict.fromkeys(r.get("role", "") for r in peers):
+        best_peer = max((r for r in peers if r.get("role", "") == role), key=lambda r: r["slo_attainment"])
+        acc = as_point(best_peer).mean_accuracy
+        able = [r for r in ss_rows if as_point(r).mean_accuracy >= acc - ACCURACY_TOL]
+        mine = max(able, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy)) if able else None
+        gain = None
+        if mine is not None and best_peer["slo_attainment"] > 0:
+            gain = mine["slo_attainment"] / best_peer["slo_attainment"]
+        elif mine is not None and mine["slo_attainment"] > 0:
+            gain = math.inf  # the peer attains nothing at all
+        at_peer[role] = {"accuracy": acc, "peer_config": best_peer["config"],
+                         "peer_slo_attainment": best_peer["slo_attainment"],
+                         "superserve_config": None if mine is None else mine["config"],
+                         "superserve_slo_attainment": None if mine is None else mine["slo_attainment"],
+                         "superserve_mean_accuracy": None if mine is None else mine["mean_accuracy"],
+                         "attainment_gain_x": gain}
     best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
     by_role = {}
     for role in dict.fromkeys(r.get("role", "") for r in peers):
@@ -189,11 +227,20 @@ def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]
             "peer_accuracy_at_equal_attainment": cmp["baseline_accuracy_at_equal_attainment"],
             "attainment_gain_x_at_equal_accuracy": cmp["attainment_gain_x"],
             "accuracy_gain_points_at_equal_attainment": cmp["accuracy_gain_points"],
-            "best_peer_by_subnet": by_role, "peer_frontier": cmp["frontier"]}
+            "best_peer_by_subnet": by_role, "peer_frontier": cmp["frontier"], "at_peer_accuracy": at_peer}
+
+
+def _is_floor(row: dict[str, Any]) -> bool:
+    return str(row.get("role", "")).startswith(FLOOR_PREFIX)
 
 
 def _r(x: Any, nd: int) -> Any:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
+
+
+def _gain(x: float | None) -> float | str | None:
+    """A ratio for the flat headline: "inf" when the peer attained nothing (JSON has no infinity)."""
+    return "inf" if x is not None and math.isinf(x) else _r(x, 3)
 
 
 def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str, float],
@@ -216,6 +263,21 @@ def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict
         for role, b in c["best_peer_by_subnet"].items():
             if role:
                 h[f"best_peer_{role.replace(' ', '_')}_subnet_slo_attainment_frac_{k}"] = _r(b["slo_attainment"], 4)
+        gains: list[float | None] = []
+        for role, a in c["at_peer_accuracy"].items():
+            if not role:
+                continue
+            if a["superserve_config"] is None:  # no superserve run as accurate: no verdict at every peer's accuracy
+                gains.append(None)
+                continue
+            name = role.replace(" ", "_")
+            h[f"superserve_slo_attainment_frac_at_{name}_subnet_accuracy_{k}"] = _r(a["superserve_slo_attainment"], 4)
+            h[f"superserve_mean_accuracy_pct_at_{name}_subnet_accuracy_{k}"] = \
+                _r(100 * a["superserve_mean_accuracy"], 2)
+            h[f"attainment_gain_x_at_{name}_subnet_accuracy_{k}"] = _gain(a["attainment_gain_x"])
+            gains.append(a["attainment_gain_x"])
+        if gains and all(g is not None for g in gains):
+            h[f"attainment_gain_x_at_each_peer_subnet_accuracy_min_{k}"] = _gain(min(gains))
     if burstiest is not None:
         h["burstiest_trace"] = burstiest
     for run in runs:
@@ -227,6 +289,10 @@ def headline(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict
         # None = no peer configuration is as accurate (resp. attains as much): superserve wins that side outright.
         h[f"target_attainment_2x_at_equal_accuracy_met_{k}"] = "yes" if g is None or g >= 2 else "no"
         h[f"target_higher_accuracy_at_equal_attainment_met_{k}"] = "yes" if a is None or a > 0 else "no"
+        g_min = h.get(f"attainment_gain_x_at_each_peer_subnet_accuracy_min_{k}")
+        if g_min is not None:  # superserve run at every peer subnet's accuracy: 2x the best peer on each
+            h[f"target_attainment_2x_at_each_peer_subnet_accuracy_met_{k}"] = \
+                "yes" if g_min == "inf" or g_min >= 2 else "no"
     for system in SYSTEMS:
         vals = sorted(v for lbl, v in startups.items() if lbl.startswith(system + "["))
         if vals:
@@ -271,11 +337,12 @@ def plot(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str
         for r in (r for r in rows if _run(r) == t):
             p = as_point(r)
             marker = "*" if r["system"] == "superserve" else ("s" if "timeout" in r["config"] else "o")
-            face = colors[r["system"]] if r.get("role") != "mid" else "white"
+            face = colors[r["system"]] if r.get("role") != "mid" and not _is_floor(r) else "white"
             ax.scatter(100 * p.mean_accuracy, p.slo_attainment, marker=marker, s=140 if marker == "*" else 50,
                        facecolors=face, edgecolors=colors[r["system"]], linewidths=1.5, zorder=3)
             role = {"most accurate": "top", "mid": "mid", "extra": "extra"}.get(r.get("role", ""), "")
-            ax.annotate(r["config"].split("[")[0] + ("" if r["system"] == "superserve" else
+            floor = f" acc>={100 * r['min_accuracy']:.1f}" if _is_floor(r) and r.get("min_accuracy") else ""
+            ax.annotate(r["config"].split("[")[0] + (floor if r["system"] == "superserve" else
                                                      f" {role} b{r.get('max_batch')}" +
                                                      (" +timeout" if "timeout" in r["config"] else "")),
                         (100 * p.mean_accuracy, p.slo_attainment), fontsize=6, xytext=(4, 3),
@@ -540,6 +607,7 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
             print(f"  {cfg.label}: first answer {startups[-1]:.1f} s after start", flush=True)
             spec = ReplaySpec(url=srv.url, model=srv.model, slo_ms=args.slo_ms, max_in_flight=2000,
                               drain_timeout_s=args.drain_s, accuracy=cfg.accuracy, subnet_label=cfg.subnet_id,
+                              min_accuracy=cfg.min_accuracy,
                               input_name="INPUT", input_datatype="FP32", input_shape=INPUT_SHAPE, seed=args.seed)
             # The same short warm-up for everyone (first batches of each size allocate; superserve corrects its
             # latency table online).
@@ -568,6 +636,7 @@ def run_config(cfg: Config, args: argparse.Namespace, zoo_path: Path, work: Path
             s = summarize(report.records)
             c = report.client_summary()
             rows.append({"config": cfg.label, "system": cfg.system, "role": cfg.role, "subnet_id": cfg.subnet_id,
+                         "min_accuracy": cfg.min_accuracy,
                          "max_batch": cfg.max_batch, "queue_timeout_ms": cfg.queue_timeout_ms, "run": run,
                          "trace": trace, "load": load, "rate_qps": rate, **s.as_dict(),
                          "subnets_served": _subnet_shares(report.records),
@@ -610,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="peers' max batch sizes, comma-separated; auto = per subnet, the largest whose p99 "
                              "latency here is <= SLO/2 (default auto,16)")
     parser.add_argument("--no-triton-timeout", action="store_true", help="skip the Triton queue-timeout variant")
+    parser.add_argument("--no-floors", action="store_true",
+                        help="skip the superserve runs at each peer subnet's accuracy (every request carrying that "
+                             "accuracy as its min_accuracy hint)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0,
                         help="Triton max_queue_delay / Ray batch_wait_timeout (default 2 ms)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model process, for every system")
@@ -687,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     batches = [b if b == "auto" else int(b) for b in args.max_batch.split(",") if b]
     extra = [x for x in args.extra_subnets.split(",") if x]
-    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout, extra)
+    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout, extra, not args.no_floors)
     trace_specs = [t for t in args.traces.split(",") if t]
     if args.rates:
         levels = [(float(x) / capacity, float(x)) for x in args.rates.split(",") if x]
@@ -749,10 +821,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * c['best_peer_slo_attainment']:.1f}%; at equal accuracy "
                   f"{'no peer is as accurate' if g is None else f'{g:.2f}x'}; at equal attainment "
                   f"{'no peer attains as much' if a is None else f'{a:+.2f} points'}")
+            for role, ap in c["at_peer_accuracy"].items():
+                if ap["superserve_config"] is None:
+                    continue
+                gx = ap["attainment_gain_x"]
+                print(f"  at the {role or 'peer'} subnet's accuracy ({100 * ap['accuracy']:.2f}%): "
+                      f"{ap['superserve_config']} {100 * ap['superserve_slo_attainment']:.1f}% at "
+                      f"{100 * ap['superserve_mean_accuracy']:.2f}% vs {ap['peer_config']} "
+                      f"{100 * ap['peer_slo_attainment']:.1f}%: {'-' if gx is None else f'{gx:.2f}x'}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     png = RESULTS_DIR / f"{args.out}.png"
     plot(rows, order, startups, png,
-         f"superserve (star) vs Triton and Ray Serve serving fixed subnets (filled: most accurate, hollow: mid; "
+         f"superserve (star; hollow: every request hinted with a peer subnet's accuracy) vs Triton and Ray Serve "
+         f"serving fixed subnets (filled: most accurate, hollow: mid; "
          f"square: Triton with queue timeout): SLO {args.slo_ms:g} ms, {args.duration:g} s per run, "
          f"servers on CPUs {sorted(args.server_cpu_set) or 'any'}, {args.threads} thread(s), seed {args.seed}")
     out = {"command": command_line(), "headline": head,

@@ -31,7 +31,13 @@ def test_lineup_reads_the_subnets_from_the_zoo() -> None:
     assert picks["most accurate"].subnet_id == by_acc[-1].subnet_id
     assert picks["mid"].subnet_id == by_acc[2].subnet_id
     configs = peers.lineup(zoo, slo_ms=100)
-    assert [c.system for c in configs] == ["superserve"] + ["triton", "triton", "ray"] * 2
+    assert [c.system for c in configs] == ["superserve"] * 3 + ["triton", "triton", "ray"] * 2
+    # superserve plain, then at each peer subnet's accuracy (every request hinted with it)
+    assert [(c.role, c.min_accuracy) for c in configs[:3]] == [("slackfit", 0.0), ("slackfit@most accurate", 0.99),
+                                                               ("slackfit@mid", 0.90)]
+    assert configs[1].label == "superserve[slackfit,acc>=99.0%]"
+    assert [c.system for c in peers.lineup(zoo, slo_ms=100, floors=False)][:2] == ["superserve", "triton"]
+    configs = [c for c in configs if c.min_accuracy == 0]
     top = [c for c in configs if c.subnet_id == by_acc[-1].subnet_id]
     assert {c.accuracy for c in top} == {0.99} and all(c.role == "most accurate" for c in top)
     assert [c.queue_timeout_ms for c in configs if c.system == "triton"] == [0.0, 100.0, 0.0, 100.0]
@@ -98,6 +104,47 @@ def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
     assert h["startup_s_triton_median"] == 5.0 and h["startup_s_ray_median"] == 11.0
     assert all(isinstance(v, (int, float, str)) or v is None for v in h.values())  # flat
     assert peers.trace_comparison(rows, "poisson") is None
+
+
+def test_superserve_at_each_peer_subnet_accuracy() -> None:
+    """The floor runs (requests hinted with a peer subnet's accuracy) set superserve's attainment at that accuracy;
+    plain SlackFit counts too when it is as accurate; the plain-SlackFit comparison ignores the floor runs."""
+    rows = [row("superserve[slackfit]", "superserve", 0.95, 0.90, role="slackfit"),
+            row("superserve[slackfit,acc>=97.6%]", "superserve", 0.50, 0.976, role="slackfit@most accurate"),
+            row("superserve[slackfit,acc>=92.6%]", "superserve", 0.70, 0.93, role="slackfit@mid"),
+            row("triton[top,b4]", "triton", 0.10, 0.976, role="most accurate"),
+            row("triton[mid,b8]", "triton", 0.40, 0.926, role="mid"),
+            row("ray[mid,b8]", "ray", 0.20, 0.926, role="mid"),
+            row("triton[low,b8]", "triton", 0.98, 0.85, role="extra")]
+    c = peers.trace_comparison(rows, "gamma:8")
+    assert c["superserve_slo_attainment"] == 0.95  # plain SlackFit, not a floor run
+    ap = c["at_peer_accuracy"]
+    assert ap["most accurate"]["superserve_config"] == "superserve[slackfit,acc>=97.6%]"
+    assert ap["most accurate"]["attainment_gain_x"] == pytest.approx(5.0)
+    assert ap["mid"]["peer_config"] == "triton[mid,b8]" and ap["mid"]["attainment_gain_x"] == pytest.approx(1.75)
+    # the extra peer (85%) is less accurate than every superserve run: the best of them, plain SlackFit, counts
+    assert ap["extra"]["superserve_config"] == "superserve[slackfit]"
+    assert ap["extra"]["attainment_gain_x"] == pytest.approx(0.95 / 0.98)
+    h = peers.headline(rows, ["gamma:8"], {}, "gamma:8")
+    assert h["attainment_gain_x_at_most_accurate_subnet_accuracy_gamma_cv2_8"] == 5.0
+    assert h["superserve_slo_attainment_frac_at_mid_subnet_accuracy_gamma_cv2_8"] == 0.7
+    assert h["superserve_mean_accuracy_pct_at_mid_subnet_accuracy_gamma_cv2_8"] == 93.0
+    assert h["attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8"] == round(0.95 / 0.98, 3)
+    assert h["target_attainment_2x_at_each_peer_subnet_accuracy_met_gamma_cv2_8"] == "no"
+    # without the extra peer the least gain is the mid subnet's 1.75x: still short of 2x
+    h2 = peers.headline(rows[:-1], ["gamma:8"], {}, "gamma:8")
+    assert h2["attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8"] == 1.75
+    # a peer that attains nothing: an infinite gain, written "inf" in the flat headline
+    zero = [r if r["config"] != "triton[mid,b8]" else {**r, "slo_attainment": 0.0} for r in rows[:-2]]
+    h3 = peers.headline(zero, ["gamma:8"], {}, "gamma:8")
+    assert h3["attainment_gain_x_at_mid_subnet_accuracy_gamma_cv2_8"] == "inf"
+    assert h3["target_attainment_2x_at_each_peer_subnet_accuracy_met_gamma_cv2_8"] == "yes"  # 5x and inf
+    # no superserve run as accurate as the peer: no gain at that accuracy, and no verdict on it
+    h4 = peers.headline([r for r in rows if r["config"] != "superserve[slackfit,acc>=97.6%]"], ["gamma:8"], {},
+                        "gamma:8")
+    assert "attainment_gain_x_at_most_accurate_subnet_accuracy_gamma_cv2_8" not in h4
+    assert "attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8" not in h4
+    assert "target_attainment_2x_at_each_peer_subnet_accuracy_met_gamma_cv2_8" not in h4
 
 
 def test_runs_are_trace_at_load() -> None:
