@@ -448,9 +448,13 @@ def server_command(cfg: Config, args: argparse.Namespace, zoo_path: Path, ports:
     """(argv, protocol model name) for one configuration."""
     ckpt = str(args.checkpoint)
     if cfg.system == "superserve":
+        # The table was settled once before the timed runs (prepare_superserve_zoo); "never" makes every run use that
+        # cached table: on a host whose speed drifts, a spot check failing in one run's start-up would otherwise
+        # re-profile there (minutes, charged to its start-up) and hand the later runs a different table.
+        reprofile = "auto" if cfg.role == "reprofile" else "never"
         return ([str(Path(sys.executable).with_name("superserve")), "serve", "--port", str(ports[0]),
                  "--metrics-port", "-1", "--zoo", str(zoo_path), "--checkpoint", ckpt, "--policy", "slackfit",
-                 "--reprofile", "auto", "--workers", "0", "--embedded-workers", "1",
+                 "--reprofile", reprofile, "--workers", "0", "--embedded-workers", "1",
                  "--threads-per-worker", str(args.threads), "--default-slo-ms", str(args.slo_ms),
                  "--drain-timeout-s", "5"], "superserve")
     python = str(venv_python(args.venv_dir, cfg.system))
@@ -573,7 +577,7 @@ def prepare_superserve_zoo(args: argparse.Namespace, zoo_path: Path, work: Path)
     cached = profiling.cache_path(zoo_path, HostFingerprint.current(threads=args.threads))
     before = cached.stat().st_mtime if cached.is_file() else None
     t0 = time.perf_counter()
-    server = start(Config("superserve[reprofile]", "superserve"), args, zoo_path, work)
+    server = start(Config("superserve[reprofile]", "superserve", role="reprofile"), args, zoo_path, work)
     try:
         wait_first_answer(server, timeout_s=1800)
     finally:

@@ -210,3 +210,22 @@ def test_ray_app_builds_when_ray_is_installed() -> None:
     args = argparse.Namespace(zoo="z", checkpoint="c", subnet_id="s", threads=1, model_name="subnet", max_batch=4,
                               batch_wait_ms=2.0, max_ongoing=64)
     assert peers_ray.build_app(args) is not None
+
+
+def test_timed_superserve_runs_use_the_table_settled_before_them() -> None:
+    """Only the untimed preparation start may re-profile; a timed run re-profiling would be charged to its start-up
+    and would hand later runs another table."""
+    import argparse
+
+    args = argparse.Namespace(checkpoint=Path("ckpt.pt"), threads=1, slo_ms=100.0, venv_dir=Path("/tmp/none"),
+                              batch_wait_ms=2.0)
+
+    def reprofile_flag(cfg: "peers.Config") -> str:
+        argv, model = peers.server_command(cfg, args, Path("zoo.json"), [1, 2, 3])
+        assert model == "superserve"
+        return argv[argv.index("--reprofile") + 1]
+
+    assert reprofile_flag(peers.Config("superserve[reprofile]", "superserve", role="reprofile")) == "auto"
+    assert reprofile_flag(peers.Config("superserve[slackfit]", "superserve", role="slackfit")) == "never"
+    assert reprofile_flag(peers.Config("superserve[slackfit,acc>=92.6%]", "superserve", role="slackfit@mid",
+                                       min_accuracy=0.926)) == "never"
