@@ -39,6 +39,17 @@ def build_app(args: argparse.Namespace):
             self.model = FixedSubnet(zoo, checkpoint, subnet_id, threads)
             self.model_name = model_name
 
+        # Readiness, as Triton and superserve answer it (the replayer waits for ServerReady before its schedule).
+        # Without these, Ray's proxy forwards the call to a method the replica lacks and answers INTERNAL.
+        def ServerReady(self, request):  # noqa: N802 - the gRPC method's name
+            return self.pb.ServerReadyResponse(ready=True)  # this replica exists, so its model is loaded
+
+        def ServerLive(self, request):  # noqa: N802
+            return self.pb.ServerLiveResponse(live=True)
+
+        def ModelReady(self, request):  # noqa: N802
+            return self.pb.ModelReadyResponse(ready=request.name in ("", self.model_name))
+
         def _image(self, request):
             if not request.raw_input_contents or request.inputs[0].name != self.input_name:
                 raise ValueError(f"expected one raw FP32 input named {self.input_name}")
