@@ -4,10 +4,12 @@ and traces, each peer serving exported fixed subnets of the same supernet.
 Configurations (the subnets are read from the zoo, never hard-coded):
 - `superserve[slackfit]`: `superserve serve` on the shipped checkpoint and a frozen copy of the zoo (1 embedded worker,
   1 torch thread, the zoo's latency table re-profiled for this host once and cached, as the server does itself);
-- `superserve[slackfit,acc>=A%]` (unless `--no-floors`): the same server, every request carrying a peer subnet's
-  accuracy A as its `min_accuracy` hint, once per peer subnet: superserve measured *at* that peer's accuracy (its mean
-  accuracy is then >= A by construction), which is what "at equal mean accuracy" asks for against a peer that is
-  more accurate than plain SlackFit's mix;
+- `superserve[slackfit,acc>=A%]` (`--floors`, default "peers"): the same server, every request carrying a peer
+  subnet's accuracy A as its `min_accuracy` hint, once per peer subnet: superserve measured *at* that peer's accuracy
+  (its mean accuracy is then >= A by construction), which is what "at equal mean accuracy" asks for against a peer
+  that is more accurate than plain SlackFit's mix; explicit levels (`--floors peers,0.918`) add runs whose hint is
+  below a peer's accuracy, where SlackFit mixes subnets to a mean that may still reach it. At each peer subnet's
+  accuracy, superserve's figure is its best run whose *mean* accuracy is at least that subnet's;
 - `triton[SUBNET,bB]` and `triton[SUBNET,bB,timeout]`: PyTriton's bundled Triton server, a Python model running
   `supernet.export.export(net, subnet)` behind Triton's dynamic batcher (max batch B, queue delay --batch-wait-ms);
   the `timeout` variant adds Triton's queue policy rejecting requests queued longer than the SLO (Triton's own way
@@ -124,22 +126,45 @@ def peer_batches(entry: ZooEntry, slo_ms: float, batches: Sequence[int | str] = 
 FLOOR_PREFIX = "slackfit@"  # role of a superserve run whose requests carry a peer subnet's accuracy as their hint
 
 
+def parse_floors(spec: str) -> list[float | str]:
+    """`--floors`: comma-separated "peers" (each peer subnet's accuracy) and/or accuracy hints in (0, 1]."""
+    out: list[float | str] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        if item == "peers":
+            out.append(item)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise SystemExit(f"--floors: {item!r} is neither 'peers' nor an accuracy in (0, 1]") from None
+        if not 0 < value <= 1:
+            raise SystemExit(f"--floors: {item!r} is not an accuracy in (0, 1] (a fraction: 0.918, not 91.8)")
+        out.append(value)
+    return out
+
+
 def lineup(zoo: Zoo, slo_ms: float, systems: Sequence[str] = SYSTEMS, batches: Sequence[int | str] = ("auto",),
-           triton_timeout: bool = True, extra: Sequence[str] = (), floors: bool = True) -> list[Config]:
-    """superserve, then (with `floors`) superserve once per peer subnet with that subnet's accuracy as every request's
-    `min_accuracy` hint (superserve *at* the peer's accuracy: what the issue's "at equal mean accuracy" asks for,
-    measured rather than read off a line), then per peer subnet and max batch size: Triton (plain, and with the SLO
-    as queue timeout) and Ray Serve."""
+           triton_timeout: bool = True, extra: Sequence[str] = (),
+           floors: Sequence[float | str] = ("peers",)) -> list[Config]:
+    """superserve, then superserve once per `floors` level with it as every request's `min_accuracy` hint ("peers" =
+    each peer subnet's accuracy: superserve *at* that peer's accuracy, what the issue's "at equal mean accuracy" asks
+    for, measured rather than read off a line; a lower level lets SlackFit mix subnets to a mean at or above the
+    peer's), then per peer subnet and max batch size: Triton (plain, and with the SLO as queue timeout) and Ray
+    Serve."""
     out: list[Config] = []
     picks = pick_subnets(zoo, extra)
     if "superserve" in systems:
         out.append(Config("superserve[slackfit]", "superserve", role="slackfit"))
-        if floors:
-            for role, e in picks:
-                if any(c.min_accuracy == e.accuracy for c in out):
-                    continue  # one superserve run per accuracy level
-                out.append(Config(f"superserve[slackfit,acc>={100 * e.accuracy:.1f}%]", "superserve",
-                                  role=FLOOR_PREFIX + role, min_accuracy=e.accuracy))
+        levels: list[tuple[str, float]] = []
+        for f in floors:
+            levels += [(role, e.accuracy) for role, e in picks] if f == "peers" else [("hint", float(f))]
+        for role, acc in levels:
+            if any(abs(c.min_accuracy - acc) < 1e-9 for c in out):
+                continue  # one superserve run per accuracy level
+            out.append(Config(f"superserve[slackfit,acc>={100 * acc:.1f}%]", "superserve",
+                              role=FLOOR_PREFIX + role, min_accuracy=acc))
     for role, e in picks:
         for b in peer_batches(e, slo_ms, batches):
             if "triton" in systems:
@@ -683,9 +708,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="peers' max batch sizes, comma-separated; auto = per subnet, the largest whose p99 "
                              "latency here is <= SLO/2 (default auto,16)")
     parser.add_argument("--no-triton-timeout", action="store_true", help="skip the Triton queue-timeout variant")
-    parser.add_argument("--no-floors", action="store_true",
-                        help="skip the superserve runs at each peer subnet's accuracy (every request carrying that "
-                             "accuracy as its min_accuracy hint)")
+    parser.add_argument("--floors", default="peers",
+                        help="superserve runs with every request carrying a min_accuracy hint, one per level: "
+                             "comma-separated 'peers' (each peer subnet's accuracy) and/or fractions such as 0.918; "
+                             "'' = none (default: peers)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0,
                         help="Triton max_queue_delay / Ray batch_wait_timeout (default 2 ms)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model process, for every system")
@@ -763,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     batches = [b if b == "auto" else int(b) for b in args.max_batch.split(",") if b]
     extra = [x for x in args.extra_subnets.split(",") if x]
-    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout, extra, not args.no_floors)
+    configs = lineup(zoo, args.slo_ms, systems, batches, not args.no_triton_timeout, extra, parse_floors(args.floors))
     trace_specs = [t for t in args.traces.split(",") if t]
     if args.rates:
         levels = [(float(x) / capacity, float(x)) for x in args.rates.split(",") if x]

@@ -36,7 +36,13 @@ def test_lineup_reads_the_subnets_from_the_zoo() -> None:
     assert [(c.role, c.min_accuracy) for c in configs[:3]] == [("slackfit", 0.0), ("slackfit@most accurate", 0.99),
                                                                ("slackfit@mid", 0.90)]
     assert configs[1].label == "superserve[slackfit,acc>=99.0%]"
-    assert [c.system for c in peers.lineup(zoo, slo_ms=100, floors=False)][:2] == ["superserve", "triton"]
+    assert [c.system for c in peers.lineup(zoo, slo_ms=100, floors=())][:2] == ["superserve", "triton"]
+    levels = peers.lineup(zoo, slo_ms=100, systems=("superserve",), floors=peers.parse_floors("peers,0.85,0.9"))
+    assert [(c.role, c.min_accuracy) for c in levels] == [("slackfit", 0.0), ("slackfit@most accurate", 0.99),
+                                                          ("slackfit@mid", 0.90), ("slackfit@hint", 0.85)]
+    for bad in ("91.8", "0", "mid"):
+        with pytest.raises(SystemExit, match="--floors"):
+            peers.parse_floors(bad)
     configs = [c for c in configs if c.min_accuracy == 0]
     top = [c for c in configs if c.subnet_id == by_acc[-1].subnet_id]
     assert {c.accuracy for c in top} == {0.99} and all(c.role == "most accurate" for c in top)
