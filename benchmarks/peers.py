@@ -50,6 +50,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -387,7 +388,7 @@ def plot(rows: Sequence[dict[str, Any]], runs: Sequence[str], startups: dict[str
     ax.set_yticklabels(labels, fontsize=6)
     ax.set_xlabel("start-up: process start to first answer (s)", fontsize=8)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 60 * cols), fontsize=9)  # one line of it ran off the figure
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
