@@ -218,33 +218,30 @@ def trace_comparison(rows: Sequence[dict[str, Any]], run: str) -> dict[str, Any]
     if ours is None or not peers:
         return None
     cmp = compare(as_point(ours), [as_point(r) for r in peers])
-    # At each peer subnet's own accuracy: superserve's best attainment at mean accuracy >= that subnet's (its runs
-    # with that accuracy as the requests' hint, or plain SlackFit when that is as accurate) against the best
-    # configuration of any peer serving that subnet. Nothing interpolated: both sides are measured runs.
+    best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
+    # Per peer subnet (role): its best configuration, and superserve at that subnet's own accuracy: superserve's best
+    # attainment at mean accuracy >= the subnet's (its runs with that accuracy as the requests' hint, or plain
+    # SlackFit when that is as accurate). Nothing interpolated: both sides are measured runs.
+    by_role: dict[str, dict[str, Any]] = {}
     at_peer: dict[str, dict[str, Any]] = {}
     ss_rows = [r for r in group if r["system"] == "superserve"]
-    for role in dict.fromkeys(r.get("role", "") for r in peers):
-        best_peer = max((r for r in peers if r.get("role", "") == role), key=lambda r: r["slo_attainment"])
-        acc = as_point(best_peer).mean_accuracy
-        able = [r for r in ss_rows if as_point(r).mean_accuracy >= acc - ACCURACY_TOL]
-        mine = max(able, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy)) if able else None
-        gain = None
-        if mine is not None and best_peer["slo_attainment"] > 0:
-            gain = mine["slo_attainment"] / best_peer["slo_attainment"]
-        elif mine is not None and mine["slo_attainment"] > 0:
-            gain = math.inf  # the peer attains nothing at all
-        at_peer[role] = {"accuracy": acc, "peer_config": best_peer["config"],
-                         "peer_slo_attainment": best_peer["slo_attainment"],
-                         "superserve_config": None if mine is None else mine["config"],
-                         "superserve_slo_attainment": None if mine is None else mine["slo_attainment"],
-                         "superserve_mean_accuracy": None if mine is None else mine["mean_accuracy"],
-                         "attainment_gain_x": gain}
-    best = max(peers, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy))
-    by_role = {}
     for role in dict.fromkeys(r.get("role", "") for r in peers):
         top = max((r for r in peers if r.get("role", "") == role), key=lambda r: r["slo_attainment"])
         by_role[role] = {"config": top["config"], "slo_attainment": top["slo_attainment"],
                          "mean_accuracy": top["mean_accuracy"]}
+        acc = as_point(top).mean_accuracy
+        able = [r for r in ss_rows if as_point(r).mean_accuracy >= acc - ACCURACY_TOL]
+        mine = max(able, key=lambda r: (r["slo_attainment"], as_point(r).mean_accuracy)) if able else None
+        gain = None
+        if mine is not None and top["slo_attainment"] > 0:
+            gain = mine["slo_attainment"] / top["slo_attainment"]
+        elif mine is not None and mine["slo_attainment"] > 0:
+            gain = math.inf  # the peer attains nothing at all
+        at_peer[role] = {"accuracy": acc, "peer_config": top["config"], "peer_slo_attainment": top["slo_attainment"],
+                         "superserve_config": None if mine is None else mine["config"],
+                         "superserve_slo_attainment": None if mine is None else mine["slo_attainment"],
+                         "superserve_mean_accuracy": None if mine is None else mine["mean_accuracy"],
+                         "attainment_gain_x": gain}
     return {"run": run, "trace": group[0]["trace"], "superserve_slo_attainment": ours["slo_attainment"],
             "superserve_mean_accuracy": ours["mean_accuracy"],
             "best_peer_config": best["config"], "best_peer_slo_attainment": best["slo_attainment"],
