@@ -22,7 +22,9 @@ LATE = "late"  # served, finished after its deadline
 SHED = "shed"  # accepted, then dropped because no choice could meet its deadline
 REJECTED = "rejected"  # never queued (queue full, invalid input, accuracy hint no subnet meets)
 ERROR = "error"  # dispatched, but the worker failed it
-STATUSES = (OK, LATE, SHED, REJECTED, ERROR)
+CANCELLED = "cancelled"  # withdrawn because the client cancelled the call or its gRPC deadline passed
+UNAVAILABLE = "unavailable"  # not served because capacity was lost (a dead worker, Redis gone); the client may retry
+STATUSES = (OK, LATE, SHED, REJECTED, ERROR, CANCELLED, UNAVAILABLE)
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 
 
