@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-grpc = pytest.importorskip("grpc")
-from tritonclient.grpc import service_pb2 as pb  # noqa: E402
-from tritonclient.grpc import service_pb2_grpc  # noqa: E402
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
-from helpers import start_fixture_server  # noqa: E402
-from loadtest.replayer import (ReplayError, ReplaySpec, events_path, in_subprocess, make_trace, replay,  # noqa: E402
+from helpers import start_fixture_server
+from loadtest.replayer import (ReplayError, ReplaySpec, events_path, in_subprocess, make_trace, replay,
                                replay_in_subprocess, saturate, sequential)
-from loadtest.traces import TraceError  # noqa: E402
-from superserve.cli import main as cli_main  # noqa: E402
-from superserve.metrics import summarize  # noqa: E402
-from superserve.records import ERROR, LATE, OK, REJECTED, SHED, read_jsonl  # noqa: E402
+from loadtest.traces import TraceError
+from superserve.cli import main as cli_main
+from superserve.metrics import summarize
+from superserve.records import ERROR, LATE, OK, REJECTED, SHED, read_jsonl
 
 
 class FakeOip(service_pb2_grpc.GRPCInferenceServiceServicer):

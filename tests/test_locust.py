@@ -29,8 +29,7 @@ def server(serving_assets, tmp_path):
 
 
 def run_locust(server, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
-    if not LOCUST.exists():
-        pytest.skip("locust is not installed next to this Python")
+    assert LOCUST.exists(), f"locust (a required dependency) is not installed next to this Python: {LOCUST}"
     prefix = tmp_path / "locust"
     cmd = [str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "--host", f"127.0.0.1:{server.port}", "--csv",
            str(prefix), "--only-summary", *args]

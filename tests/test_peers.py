@@ -185,7 +185,7 @@ def test_peer_venv_packages_come_from_the_peers_extra() -> None:
 
 
 def test_peer_model_is_the_exported_subnet(serving_assets) -> None:  # noqa: ANN001 - the conftest fixture
-    torch = pytest.importorskip("torch")
+    import torch
     import numpy as np
 
     from peers_model import FixedSubnet

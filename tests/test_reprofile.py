@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from superserve.server import profiling  # noqa: E402
-from superserve.server.app import Server, ServeConfig  # noqa: E402
-from superserve.zoo import Zoo  # noqa: E402
+from superserve.server import profiling
+from superserve.server.app import Server, ServeConfig
+from superserve.zoo import Zoo
 
 
 @pytest.fixture()

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-tc = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
-from supernet.checkpoint import load_checkpoint  # noqa: E402
-from superserve.server.app import Server, ServeConfig  # noqa: E402
-from superserve.server.codec import prepare_raw  # noqa: E402
-from superserve.server.engine import EngineConfig  # noqa: E402
+from supernet.checkpoint import load_checkpoint
+from superserve.server.app import Server, ServeConfig
+from superserve.server.codec import prepare_raw
+from superserve.server.engine import EngineConfig
 
 RELAXED_SLO_MS = 5000.0  # this shared 2-core machine stalls for tens of ms: functional tests must not be shed
 MODEL = "superserve"
