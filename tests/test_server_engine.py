@@ -118,15 +118,45 @@ def test_worker_errors_and_wrong_row_counts_fail_the_calls_once():
     assert "rows" in answers[0][1].message and "boom" in answers[1][1].message
 
 
-def test_drain_refuses_new_calls_after_answering_admitted_ones():
+def test_drain_answers_admitted_calls_and_refuses_new_ones():
+    """SIGTERM's drain on a non-empty engine: one call running, one queued behind it. While the drain waits, new
+    calls are refused; it returns only once both admitted calls are answered (served, not failed)."""
+    import threading
+
     engine, pool, clock = make_engine()
     answers = []
-    call(engine, answers, 1.0)
-    pool.finish()
-    assert engine.drain(timeout_s=1.0)
+    call(engine, answers, 1.0)  # dispatched to the only worker
+    call(engine, answers, 2.0, images=2)  # queued behind it
+    assert len(pool.batches) == 1 and not answers
+    drained = []
+    drainer = threading.Thread(target=lambda: drained.append(engine.drain(timeout_s=30.0)))
+    drainer.start()
+    while engine.accepting:  # the drain has begun (flips `accepting` first, under the engine's lock)
+        drainer.join(0.001)
     with pytest.raises(InvalidRequest) as err:
-        call(engine, answers, 2.0)
+        call(engine, answers, 3.0)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert drainer.is_alive() and not drained  # two admitted calls are still unanswered: the drain waits
+    while pool.batches or len(answers) < 2:
+        if pool.batches:
+            pool.finish()
+        drainer.join(0.001)
+    drainer.join(30)
+    assert drained == [True]
+    assert sorted((v, r.outcome) for v, r in answers) == [(1.0, "ok"), (2.0, "ok")]
+
+
+def test_drain_that_times_out_fails_the_queued_calls_once():
+    """A drain that runs out of time answers the calls still queued with an error; the running batch keeps its
+    answer for when its worker finishes (exactly one answer each)."""
+    engine, pool, clock = make_engine()
+    answers = []
+    call(engine, answers, 1.0)  # running; its worker does not finish before the drain gives up
+    call(engine, answers, 2.0)  # queued
+    assert not engine.drain(timeout_s=0.05)  # the timeout is the point here; nothing can finish meanwhile
+    assert [(v, r.outcome) for v, r in answers] == [(2.0, "error")] and "shut down" in answers[0][1].message
+    pool.finish()
+    assert [(v, r.outcome) for v, r in answers] == [(2.0, "error"), (1.0, "ok")]
 
 
 def test_profile_correction_learns_a_slowdown_and_scales_the_table():

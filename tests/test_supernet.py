@@ -152,4 +152,6 @@ def test_smallest_subnet_is_much_cheaper():
     net = SuperNet(SPACE)
     _, big = net.count_params_and_macs(SubnetConfig.max(SPACE))
     _, small = net.count_params_and_macs(SubnetConfig.min(SPACE))
-    assert big > 30 * small
+    # README: "from 8.6 to 633 MMACs" (a 73x span)
+    assert round(small / 1e6, 1) == 8.6 and round(big / 1e6) == 633
+    assert int(big / small) == 73
