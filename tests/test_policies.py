@@ -102,7 +102,8 @@ def test_min_accuracy_is_never_violated() -> None:
         assert acc(d.subnet_id) >= 0.95, name
         by_id = {r.request_id: r for r in reqs}
         assert all(by_id[i].min_accuracy <= acc(d.subnet_id) for i in d.request_ids), name
-    d = decide(SlackFit(ZOO), snap, now_s=0.019)
+    # One bucket (the largest batch that fits 17 ms: mid at 16) so that the head's subnet is below request 3's hint.
+    d = decide(SlackFit(ZOO, buckets=1), snap, now_s=0.019)
     assert d is not None and d.subnet_id == MID and 3 not in d.request_ids and len(d.request_ids) == 16
 
 
@@ -213,3 +214,51 @@ def test_slack_equal_to_the_fastest_latency_never_trips_on_rounding() -> None:
         for policy in policies:
             d = decide(policy, snap, now_s=arrival)
             assert d is not None and (d.request_ids == (0,) or d.infeasible_ids == (0,))
+
+
+def test_slackfit_bucket_rule_not_the_batch_rule_decides() -> None:
+    # 100 queued, head has 12 ms left. Buckets over [1, 36] ms (K=4, 8.75 ms wide): small at 32 (8.75 ms) and mid at
+    # 16 (9.5 ms) sit in bucket 0, big at 8 (11 ms) in bucket 1. The highest fitting bucket wins, so big at 8; the
+    # largest-batch rule (MaxBatch) would take small at 32, and so did SlackFit with buckets over the whole table
+    # (1-67 ms, every fitting choice in bucket 0): the collapse this test guards against.
+    snap = make_snapshot(100, limit=128)
+    slackfit = decide(SlackFit(ZOO), snap, now_s=0.024)
+    maxbatch = decide(make_policy("maxbatch", ZOO), snap, now_s=0.024)
+    whole_table = decide(SlackFit(ZOO, bucket_range="table"), snap, now_s=0.024)
+    assert slackfit is not None and maxbatch is not None and whole_table is not None
+    assert slackfit.subnet_id == BIG and len(slackfit.request_ids) == 8
+    assert maxbatch.subnet_id == SMALL and len(maxbatch.request_ids) == 32
+    assert (whole_table.subnet_id, len(whole_table.request_ids)) == (SMALL, 32)
+
+
+def test_slackfit_buckets_follow_each_requests_slo_class() -> None:
+    policy = SlackFit(ZOO)
+    assert policy.bucket_edges_ms(36.0) == (1.0, 36.0) and policy.bucket_edges_ms(100.0) == (1.0, 100.0)
+    assert policy.bucket_of(11.0, 36.0) == 1 and policy.bucket_of(11.0, 100.0) == 0
+    # A 100 ms class with 40 ms left: buckets 24.75 ms wide, big at 16 (19 ms) is in bucket 0 with small at 64
+    # (16.75 ms) and loses to it on batch size; mid at 64 (33.5 ms, bucket 1) is the highest fitting bucket's largest.
+    d = decide(policy, make_snapshot(100, limit=128, slo_ms=100.0), now_s=0.060)
+    assert d is not None and d.subnet_id == MID and len(d.request_ids) == 64
+    with pytest.raises(ValueError):
+        SlackFit(ZOO, bucket_range="everything")  # type: ignore[arg-type]
+
+
+def test_slackfit_on_the_shipped_zoo_uses_more_than_one_bucket() -> None:
+    # On the shipped zoo (CPU latencies 0.5-371 ms) light load and overload must choose from different buckets of the
+    # SLO's range; with buckets over the whole table every choice that meets a 36 ms SLO was in bucket 0.
+    from superserve.synthetic import DEFAULT_ZOO_PATH
+    from superserve.zoo import Zoo
+
+    zoo = Zoo.load(DEFAULT_ZOO_PATH)
+    policy = SlackFit(zoo)
+    light = decide(policy, make_snapshot(1), now_s=0.0)
+    overload = decide(policy, make_snapshot(300, limit=policy.snapshot_limit), now_s=0.028)  # 8 ms of slack left
+    assert light is not None and overload is not None
+    b_light = policy.bucket_of(light.expected_latency_ms, 36.0)
+    b_over = policy.bucket_of(overload.expected_latency_ms, 36.0)
+    assert b_light != b_over and len(overload.request_ids) > len(light.request_ids)
+    assert light.subnet_id == zoo.entries[-1].subnet_id  # the most accurate subnet at light load
+    fitting = [x for row in policy.profile.lat_ms for x in row if x <= 36.0]
+    assert len({policy.bucket_of(x, 36.0) for x in fitting}) == policy.buckets
+    table = SlackFit(zoo, bucket_range="table")
+    assert {table.bucket_of(x, 36.0) for x in fitting} == {0}  # the degenerate range, for the record
