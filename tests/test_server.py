@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -92,7 +93,6 @@ def test_liveness_readiness_and_metadata(client):
 
 # --- inference ----------------------------------------------------------------------------------------------------
 def test_not_ready_until_the_background_warm_up_is_done_but_serving(serving_assets, monkeypatch):
-    import time
 
     import superserve.server.service as service
 
@@ -193,37 +193,55 @@ def test_uint8_and_jpeg_inputs_match_the_fp32_path(client, server, model):
 
 
 def test_concurrent_clients_each_get_their_own_answer(server, model):
-    """8 clients x 30 calls at once: every call answered once, with the probabilities of its own input."""
+    """8 clients x 30 calls at once: every call answered once, with the probabilities of its own input. An exception
+    in a client thread is collected (pytest would only warn about it) and the answers are counted."""
+    clients, calls = 8, 30
     failures: list[str] = []
+    answered = [0] * clients
 
     def run_client(c: int) -> None:
-        cl = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
-        for k in range(30):
-            x = images(1 + (k % 3), 1000 * c + k)
-            r = cl.infer(MODEL, [fp32_input(x)], parameters={"slo_ms": RELAXED_SLO_MS})
-            subnets = r.get_response().parameters["subnet_id"].string_param.split(",")
-            subnets = subnets * len(x) if len(subnets) == 1 else subnets  # one per image when split
-            for i, subnet in enumerate(subnets):
-                if not np.allclose(r.as_numpy("PROBABILITIES")[i:i + 1],
-                                   expected_probs(model, server, x[i:i + 1], subnet), atol=1e-5):
-                    failures.append(f"client {c} call {k} image {i}: wrong probabilities")
-        cl.close()
+        try:
+            cl = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+            for k in range(calls):
+                x = images(1 + (k % 3), 1000 * c + k)
+                r = cl.infer(MODEL, [fp32_input(x)], parameters={"slo_ms": RELAXED_SLO_MS})
+                subnets = r.get_response().parameters["subnet_id"].string_param.split(",")
+                subnets = subnets * len(x) if len(subnets) == 1 else subnets  # one per image when split
+                assert len(subnets) == len(x), (len(subnets), len(x))
+                for i, subnet in enumerate(subnets):
+                    if not np.allclose(r.as_numpy("PROBABILITIES")[i:i + 1],
+                                       expected_probs(model, server, x[i:i + 1], subnet), atol=1e-5):
+                        failures.append(f"client {c} call {k} image {i}: wrong probabilities")
+                answered[c] += 1
+            cl.close()
+        except Exception as exc:  # noqa: BLE001 - reported by the test below, not lost in the thread
+            failures.append(f"client {c}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=run_client, args=(c,)) for c in range(8)]
+    threads = [threading.Thread(target=run_client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    assert not any(t.is_alive() for t in threads), "a client thread is still waiting for answers"
     assert not failures, failures[:5]
+    assert answered == [calls] * clients
 
 
 def test_shedding_under_overload_answers_every_call(serving_assets):
     """SLOs below what the burst allows: some calls are shed (DEADLINE_EXCEEDED) or refused by the full queue
-    (RESOURCE_EXHAUSTED); every call gets exactly one answer and nothing else goes wrong."""
+    (RESOURCE_EXHAUSTED), some are served; every call gets exactly one answer and nothing else goes wrong."""
     srv = _start(serving_assets, metrics_port=None, engine=EngineConfig(queue_capacity=64))
     try:
-        fastest_ms = min(srv.zoo.latency_ms(e.subnet_id, 1) for e in srv.zoo.entries)
         cl = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+        # The SLO is sized from this host's idle round trip, measured here (the fixture's subnets run in well under
+        # a millisecond, so the round trip is mostly gRPC): 20x lets a call that meets an idle worker be served
+        # even on a busy shared host, while 400 calls sent at once into a 64-image queue cannot all be.
+        round_trips_ms = []
+        for k in range(5):
+            t0 = time.perf_counter()
+            cl.infer(MODEL, [fp32_input(images(1, k))], parameters={"slo_ms": RELAXED_SLO_MS})
+            round_trips_ms.append((time.perf_counter() - t0) * 1e3)
+        slo_ms = 20 * float(np.median(round_trips_ms))
         n, answers, lock, done = 400, [], threading.Lock(), threading.Event()
 
         def callback(result, error):
@@ -233,11 +251,13 @@ def test_shedding_under_overload_answers_every_call(serving_assets):
                     done.set()
 
         for k in range(n):
-            cl.async_infer(MODEL, [fp32_input(images(1, k))], callback, parameters={"slo_ms": 3 * fastest_ms})
+            cl.async_infer(MODEL, [fp32_input(images(1, k))], callback, parameters={"slo_ms": slo_ms})
         assert done.wait(120), f"only {len(answers)} of {n} answered"
+        assert len(answers) == n
         statuses = set(answers)
         assert statuses <= {"OK", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}, statuses
-        assert "StatusCode.DEADLINE_EXCEEDED" in statuses or "StatusCode.RESOURCE_EXHAUSTED" in statuses
+        assert answers.count("OK") >= 1, f"nothing was served (SLO {slo_ms:.1f} ms)"
+        assert answers.count("OK") < n, f"nothing was shed or refused (SLO {slo_ms:.1f} ms)"
         cl.close()
     finally:
         srv.stop()
@@ -254,17 +274,50 @@ def test_response_parameters_can_be_turned_off(serving_assets):
         srv.stop()
 
 
-def test_metrics_endpoint(client, server):
-    client.infer(MODEL, [fp32_input(images(2, 7))])
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    for name in ("nv_inference_request_success_total", "nv_inference_count_total", "nv_inference_exec_count_total",
-                 "nv_inference_queue_duration_us_total", "nv_inference_compute_infer_duration_us_total",
-                 "superserve_requests_total", "superserve_slo_total", "superserve_request_latency_seconds_bucket",
-                 "superserve_batch_size_bucket", "superserve_subnet_images_total", "superserve_queue_depth",
-                 "superserve_profile_correction_factor"):
-        assert name in text, name
-    success = [line for line in text.splitlines() if line.startswith("nv_inference_request_success_total")]
-    assert float(success[0].rsplit(" ", 1)[1]) >= 1
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} from the /metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_endpoint_counts_what_was_served(serving_assets):
+    """A fresh server, 3 calls of 2 images pinned to the most accurate subnet and one invalid call: the counters say
+    exactly that (calls, images, outcomes, the subnet, SLO results, histogram counts)."""
+    srv = _start(serving_assets, engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
+    try:
+        top = max(srv.zoo.entries, key=lambda e: e.accuracy)
+        cl = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+        for k in range(3):
+            cl.infer(MODEL, [fp32_input(images(2, 70 + k))], parameters={"min_accuracy": top.accuracy})
+        bad = tc.InferInput("INPUT", [1, 1, 28, 28], "FP32")
+        bad.set_data_from_numpy(np.full((1, 1, 28, 28), np.nan, dtype=np.float32))
+        with pytest.raises(InferenceServerException):
+            cl.infer(MODEL, [bad])
+        cl.close()
+        mv = (("model", MODEL), ("version", "1"))
+        m = _scrape(srv.metrics_port)
+        if m.get(("nv_inference_request_success_total", mv)) is None:  # the version label as the server names it
+            mv = next(k[1] for k in m if k[0] == "nv_inference_request_success_total")
+        assert m[("nv_inference_request_success_total", mv)] == 3
+        assert m[("nv_inference_count_total", mv)] == 6
+        assert m[("superserve_requests_total", (("outcome", "ok"),))] == 3
+        assert m[("superserve_requests_total", (("outcome", "invalid"),))] == 1
+        assert m[("superserve_subnet_images_total", (("accuracy", f"{top.accuracy:.4f}"),
+                                                      ("subnet", top.subnet_id)))] == 6
+        assert sum(v for (name, _), v in m.items() if name == "superserve_subnet_images_total") == 6
+        assert m[("superserve_slo_total", (("result", "met"),))] == 6  # a 5 s SLO on an idle server
+        batches = m[("nv_inference_exec_count_total", mv)]
+        assert 3 <= batches <= 6 and m[("superserve_batch_size_count", ())] == batches
+        assert m[("superserve_batch_size_sum", ())] == 6
+        assert m[("superserve_request_latency_seconds_count", ())] == 3
+        compute_us, request_us = (m[(f"nv_inference_{k}_duration_us_total", mv)] for k in ("compute_infer", "request"))
+        assert 0 < compute_us <= request_us  # the forward passes are part of the calls' end-to-end time
+        assert m[("superserve_queue_depth", ())] == 0
+    finally:
+        srv.stop()
 
 
 def test_process_workers_serve_correctly(serving_assets, model):
@@ -288,7 +341,6 @@ def test_sigterm_drains_and_exits_zero(serving_assets, tmp_path):
     import socket
     import subprocess
     import sys
-    import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -312,17 +364,18 @@ def test_sigterm_drains_and_exits_zero(serving_assets, tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
-        n, answers, lock, done = 40, [], threading.Lock(), threading.Event()
+        n, answers, lock, done, first = 40, [], threading.Lock(), threading.Event(), threading.Event()
 
         def callback(result, error):
             with lock:
                 answers.append(error.status() if error else "OK")
+                first.set()
                 if len(answers) == n:
                     done.set()
 
         for k in range(n):
             cl.async_infer(MODEL, [fp32_input(images(2, k))], callback)
-        time.sleep(0.05)  # let the calls reach the server, then stop it while they are queued or running
+        assert first.wait(60)  # the calls reach the server (an event, not a sleep); stop it while the rest run
         proc.send_signal(signal.SIGTERM)
         assert done.wait(60), f"only {len(answers)} of {n} answered"
         assert proc.wait(60) == 0, proc.communicate()
