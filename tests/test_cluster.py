@@ -151,6 +151,7 @@ def cluster(serving_assets):
     server.wait_ready()
     r = rs.client()
     wait_for(lambda: r.scard("superserve:workers") == 2, 90, "two workers to register")
+    wait_for(lambda: server.engine.accepting, 10, "the front end to see them (its heartbeat)")
     client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
     yield {"redis": rs, "server": server, "client": client, "workers": workers, "ckpt": ckpt}
     client.close()
@@ -272,6 +273,7 @@ _DYING_FRONTEND = textwrap.dedent("""
                                                                             grace_s=0.5)).start()
     for _ in range(5):
         engine.submit(torch.zeros(2, 1, 28, 28), None, 0.0, lambda result: None)
+    assert engine.wait_sent(30)  # submit returns before the sender thread has written the calls to Redis
     print("queued", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)

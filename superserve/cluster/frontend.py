@@ -1,18 +1,34 @@
 """A front end of the Redis cluster: the same gRPC servicer and codec as the embedded server, with `RedisEngine` in
 place of the in-process engine.
 
-`RedisEngine` keeps the engine's contract (`submit(inputs, slo_ms, min_accuracy, on_done, arrival_s)` raising
-InvalidRequest when refused, `on_done` run exactly once per admitted call, `drain`, `accepting`, `clock`), but the
-queue is Redis's: each image becomes one request in the global EDF zset, workers anywhere decide and compute, and the
-answers come back on this front end's reply list, read by one thread that completes the calls.
+`RedisEngine` keeps the engine's contract: `submit(inputs, slo_ms, min_accuracy, on_done, arrival_s) -> cancel`,
+raising InvalidRequest only for refusals that need no I/O (an accuracy hint above the best subnet, shutting down,
+Redis known to be unreachable, the front end's own send backlog full); `on_done` runs exactly once per admitted call;
+`cancel()` withdraws a call; `drain`, `accepting`, `clock`. The queue is Redis's: each image becomes one request in
+the global EDF zset, workers anywhere decide and compute, and the answers come back on this front end's reply list,
+read by one thread that completes the calls.
+
+No Redis I/O ever runs on the caller's thread (the servicer's asyncio event loop): `submit` only checks, books the
+call and appends it to a bounded backlog; one sender thread writes the backlog to Redis (ENQUEUE scripts, pipelined)
+and the withdrawals of cancelled or failed calls. Outcomes found out there (queue full, no worker registered, Redis
+lost) reach the caller through `on_done`: REJECTED (the servicer answers RESOURCE_EXHAUSTED) or UNAVAILABLE.
+
+Every Redis command of a front end waits at most `FrontendConfig.redis_timeout_s` (1 s) for its reply (socket and
+connect timeout) and is tried twice (one retry), so it fails within 2 x 1 s. A stalled Redis (SIGSTOP, a network
+partition) is noticed by whichever thread waits on it first; the heartbeat asks every `heartbeat_s` (0.5 s), so every
+pending call is answered UNAVAILABLE within `FrontendConfig.unavailable_within_s` = heartbeat_s + 2 x redis_timeout_s
++ 0.1 s = 2.6 s of the stall starting (or of the call's arrival, if later), and new calls are refused UNAVAILABLE at
+once until the heartbeat reaches Redis again. Health checks never wait on Redis: ServerLive is answered throughout,
+and ServerReady says not ready while Redis is unreachable or no worker is registered (a call sent then would fail).
 
 Every admitted call is answered exactly once, whatever fails:
 - an image's reply is applied only while the image is still pending here (a late duplicate is counted, not applied);
-- Redis unreachable -> every pending call is answered UNAVAILABLE at once and new calls are refused UNAVAILABLE until
-  it is back (the heartbeat reconnects with backoff); Redis restarted (our liveness key vanished) -> the same, then
-  this front end re-registers and re-publishes the zoo;
-- nothing answered `grace_s` after a deadline (no worker is looking at the queue) -> UNAVAILABLE, and the images are
-  taken out of the queue.
+- Redis unreachable -> every pending call is answered UNAVAILABLE (above) and new calls are refused until it is back;
+  Redis restarted (our liveness key vanished) -> the same, then this front end re-registers and re-publishes the zoo;
+- nothing answered `grace_s` after a deadline (no worker is looking at the queue) -> UNAVAILABLE;
+- cancelled -> CANCELLED.
+The images of calls answered here without a reply (cancelled, failed, expired) are taken out of the Redis queue in the
+background once Redis answers again, so no worker computes them for nobody.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import math
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,14 +49,17 @@ import torch
 
 from superserve.cluster.redis_queue import (DEFAULT_NAMESPACE, ID_BLOCK, ClusterConfig, Keys, RedisURL, Reply,
                                             Scripts, connect, decode_reply, member)
-from superserve.records import ERROR, LATE, OK, REJECTED, SHED, RequestRecord
+from superserve.records import CANCELLED, ERROR, LATE, OK, REJECTED, SHED, UNAVAILABLE, RequestRecord
 from superserve.server.codec import InvalidRequest
 from superserve.server.engine import CallResult, EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.zoo import Zoo
 
 log = logging.getLogger("superserve.cluster.frontend")
-UNAVAILABLE = "unavailable"  # CallResult.outcome of calls lost with Redis or never picked up by a worker
+__all__ = ["FrontendConfig", "RedisEngine", "UNAVAILABLE"]  # UNAVAILABLE: superserve.records', re-exported
+_BLMPOP_S = 1  # the reply reader's blocking wait per BLMPOP
+_SEND_CALLS = 64  # calls written to Redis per pipeline round trip at most
+_WITHDRAW_MAX = 1 << 17  # withdrawals kept while Redis is away (older ones are left to the requests' TTLs)
 
 
 @dataclass(frozen=True)
@@ -51,14 +71,29 @@ class FrontendConfig:
     reply_ttl_s: int = 30  # TTL of the reply list (refreshed on each push)
     max_attempts: int = 3  # worker deaths a request survives before it is failed instead of re-queued
     reap_interval_s: float = 1.0
+    # Socket and connect timeout of every Redis command (one retry): a stalled Redis fails a command within 2 x this.
+    # Well above Redis's own latency (~0.1 ms; tens of ms on a busy host), well below a client's patience.
+    redis_timeout_s: float = 1.0
+    max_backlog_images: int = 4096  # images accepted but not yet written to Redis; beyond it RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        if not self.redis_timeout_s > 0 or not self.heartbeat_s > 0 or self.max_backlog_images < 1:
+            raise ValueError("redis_timeout_s and heartbeat_s must be > 0, max_backlog_images >= 1")
+
+    @property
+    def unavailable_within_s(self) -> float:
+        """The documented bound: a call pending when Redis stalls is answered UNAVAILABLE within this many seconds of
+        the stall starting (the heartbeat's next command, failing after its two tries, plus scheduling slack)."""
+        return self.heartbeat_s + 2 * self.redis_timeout_s + 0.1
 
 
 class _Call:
     __slots__ = ("rows", "subnets", "pending", "done", "on_done", "arrival_s", "deadline_s", "late", "rids",
-                 "min_accuracy")
+                 "min_accuracy", "payload", "n", "queued")
 
     def __init__(self, n: int, on_done: Callable[[CallResult], None], arrival_s: float, deadline_s: float,
-                 min_accuracy: float) -> None:
+                 min_accuracy: float, payload: np.ndarray) -> None:
+        self.n = n
         self.rows: list[np.ndarray | None] = [None] * n
         self.subnets = [""] * n
         self.pending = n
@@ -66,8 +101,10 @@ class _Call:
         self.on_done = on_done
         self.arrival_s, self.deadline_s = arrival_s, deadline_s  # front-end clock, seconds
         self.late = False
-        self.rids: tuple[int, ...] = ()
+        self.rids: tuple[int, ...] = ()  # allocated by the sender thread
         self.min_accuracy = min_accuracy
+        self.payload: np.ndarray | None = payload  # (B, C, S, S) float32 until written to Redis
+        self.queued = False  # ENQUEUE may have put its images in Redis (so a failure must withdraw them)
 
 
 class _RecentIds:
@@ -99,30 +136,43 @@ class RedisEngine:
         self._accuracy = {e.subnet_id: e.accuracy for e in zoo.entries}
         self._max_accuracy = max(self._accuracy.values())
         self.keys = Keys(cluster.namespace)
-        self.client = connect(url)  # BackendError with a clear message when Redis is not there
-        # The reply reader blocks for up to 1 s per BLMPOP: its own connection, with a longer socket timeout.
-        self._reader_client = connect(url, socket_timeout_s=10.0, check=False)
+        # BackendError with a clear message when Redis is not there.
+        self.client = connect(url, socket_timeout_s=cluster.redis_timeout_s,
+                              connect_timeout_s=min(1.0, cluster.redis_timeout_s))
+        # The reply reader blocks up to _BLMPOP_S per BLMPOP: its own connection, timeout on top of that.
+        self._reader_client = connect(url, socket_timeout_s=_BLMPOP_S + cluster.redis_timeout_s, check=False,
+                                      connect_timeout_s=min(1.0, cluster.redis_timeout_s))
         self.scripts = Scripts(self.client, self.keys)
         self.frontend_id = uuid.uuid4().hex[:12]
         self._alive_key, self._reply_key = self.keys.frontend(self.frontend_id), self.keys.replies(self.frontend_id)
         self.t0 = clock()
         self._wall_offset_s = time.time() - clock()  # Redis holds wall-clock times; this front end's clock + offset
         self._lock = threading.Lock()
-        self._idle_cv = threading.Condition(self._lock)
+        self._idle_cv = threading.Condition(self._lock)  # notified when calls finish or the backlog empties
+        self._work_cv = threading.Condition(self._lock)  # wakes the sender
+        self._calls: dict[int, _Call] = {}  # id(call) -> every admitted call not answered yet
         self._items: dict[int, tuple[_Call, int, str]] = {}  # rid -> (call, index in call, queue member)
-        self._next_id, self._id_end = 0, 0
+        self._backlog: deque[_Call] = deque()  # admitted, not yet written to Redis
+        self._backlog_images = 0
+        self._sending = False
+        self._withdraw: deque[tuple[int, str]] = deque(maxlen=_WITHDRAW_MAX)  # (rid, member) to take out of Redis
+        self._next_id, self._id_end = 0, 0  # the sender thread's alone
         self._accepting, self._connected = True, True
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.duplicates = 0  # replies for images already answered (a re-dispatched request answered twice: a bug)
-        self.late_replies = 0  # replies for calls already failed here (Redis outage, watchdog): expected, ignored
+        self.late_replies = 0  # replies for calls already answered here (Redis outage, watchdog, cancel): ignored
+        self.withdrawn = 0  # queued images taken out of Redis after their call was answered here
+        self.state_losses = 0  # times Redis lost this front end's state (restart) and it re-registered
         self.workers_seen = 0
         self._answered = _RecentIds()
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "RedisEngine":
         self._register()
-        for target, name in ((self._read_loop, "superserve-replies"), (self._heartbeat_loop, "superserve-heartbeat")):
+        self.workers_seen = int(self.client.scard(self.keys.workers))
+        for target, name in ((self._read_loop, "superserve-replies"), (self._heartbeat_loop, "superserve-heartbeat"),
+                             (self._send_loop, "superserve-sender")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -139,20 +189,33 @@ class RedisEngine:
 
     @property
     def accepting(self) -> bool:
-        return self._accepting
+        """Ready to serve: not draining, Redis reachable and at least one worker registered (as last seen by the
+        heartbeat). The servicer's ServerReady answers this; it never waits on Redis."""
+        return self._accepting and self._connected and self.workers_seen > 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Stop admitting calls and wait until every admitted one is answered. True if all were."""
         with self._lock:
             self._accepting = False
-            ok = self._idle_cv.wait_for(lambda: not self._items, timeout=timeout_s)
+            ok = self._idle_cv.wait_for(lambda: not self._calls, timeout=timeout_s)
             answers = [] if ok else self._fail_all_locked(UNAVAILABLE, "server shut down before an answer came")
         self._fire(answers)
         return ok
 
+    def wait_sent(self, timeout_s: float = 10.0) -> bool:
+        """Block until every call submitted so far was written to Redis (or failed). True if so in time."""
+        with self._lock:
+            return self._idle_cv.wait_for(lambda: not self._backlog and not self._sending, timeout=timeout_s)
+
     def close(self) -> None:
         """Stop the threads and remove this front end's keys (its queued images were answered or failed)."""
         self._stop.set()
+        with self._lock:
+            self._work_cv.notify_all()
         for t in self._threads:
             t.join(timeout=5)
         try:
@@ -164,10 +227,10 @@ class RedisEngine:
 
     # --- the engine contract --------------------------------------------------------------------------------------
     def submit(self, inputs: torch.Tensor, slo_ms: float | None, min_accuracy: float,
-               on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> None:
-        """Queue one call of B images in Redis. Raises InvalidRequest when refused (nothing queued, on_done not run)."""
-        import redis
-
+               on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> Callable[[], bool]:
+        """Admit one call of B images: no Redis I/O here (the sender thread writes it). Returns `cancel`. Raises
+        InvalidRequest when refused at once (nothing queued, on_done not run); outcomes found out later (queue full:
+        REJECTED, no worker or Redis lost: UNAVAILABLE) come through `on_done`."""
         n = inputs.shape[0]
         if min_accuracy > self._max_accuracy + 1e-12:
             raise InvalidRequest(grpc.StatusCode.INVALID_ARGUMENT,
@@ -178,65 +241,158 @@ class RedisEngine:
             raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if not self._connected:
             raise InvalidRequest(grpc.StatusCode.UNAVAILABLE,
-                                 f"lost the connection to Redis at {self.url.display}; reconnecting")
+                                 f"Redis at {self.url.display} is unreachable (no answer within "
+                                 f"{2 * self.cluster.redis_timeout_s:g} s); reconnecting, retry later")
         now = self.clock()
         arrival = now if arrival_s is None else min(arrival_s, now)
-        call = _Call(n, on_done, arrival, arrival + slo_s, min_accuracy)
         x = np.ascontiguousarray(inputs.numpy(), dtype=np.float32)  # (B, C, S, S)
-        ttl = int(math.ceil(max(call.deadline_s - now, 0.0) + 2 * self.cluster.grace_s + 1))
-        deadline_wall = repr(call.deadline_s + self._wall_offset_s)
-        arrival_wall = arrival + self._wall_offset_s
-        k = self.keys
-        try:
+        call = _Call(n, on_done, arrival, arrival + slo_s, min_accuracy, x)
+        with self._lock:
+            if self._backlog_images + n > self.cluster.max_backlog_images:
+                backlog = self._backlog_images
+                full = True
+            else:
+                full = False
+                self._calls[id(call)] = call
+                self._backlog.append(call)
+                self._backlog_images += n
+                self._work_cv.notify()
+        if full:
+            self._reject_record(now, slo_s, min_accuracy, n)
+            raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"this front end has {backlog} images not yet written to Redis (its limit is "
+                                 f"{self.cluster.max_backlog_images}): Redis is slow; retry later")
+        return lambda: self._cancel(call)
+
+    def _cancel(self, call: _Call) -> bool:
+        """Withdraw a call: its queued images leave Redis (in the background), on_done gets CANCELLED once. True if
+        the call was still pending."""
+        with self._lock:
+            if call.done:
+                return False
+            answer = self._finish_locked(call, CANCELLED, "cancelled by the client", self.clock())
+            self._work_cv.notify()  # the sender withdraws its images
+        self._fire([answer])
+        return True
+
+    # --- the sender thread: every write of calls to Redis ---------------------------------------------------------
+    def _send_loop(self) -> None:
+        import redis
+
+        while True:
             with self._lock:
-                rids = self._take_ids_locked(n)
+                self._work_cv.wait_for(lambda: self._stop.is_set() or self._backlog
+                                       or (self._withdraw and self._connected), timeout=self.cluster.heartbeat_s)
+                if self._stop.is_set():
+                    return
+                calls: list[_Call] = []
+                images = 0
+                while self._backlog and len(calls) < _SEND_CALLS:
+                    call = self._backlog.popleft()
+                    self._backlog_images -= call.n
+                    if not call.done:  # cancelled or failed while waiting: nothing to send
+                        calls.append(call)
+                        images += call.n
+                withdraw = list(self._withdraw) if self._connected else []
+                self._withdraw.clear() if withdraw else None
+                self._sending = bool(calls or withdraw)
+                if not self._backlog and not self._sending:
+                    self._idle_cv.notify_all()
+            try:
+                if calls:
+                    self._send(calls, images)
+                if withdraw:
+                    self._send_withdrawals(withdraw)
+            except redis.RedisError as exc:
+                with self._lock:
+                    self._withdraw.extend(withdraw)  # again once Redis is back
+                self._connection_lost(exc)  # fails `calls` too (still pending)
+            except Exception:  # noqa: BLE001 - a bug must not strand calls: fail them loudly
+                log.exception("sending calls to Redis failed")
+                self._fail_calls(calls, ERROR, "internal error while queueing the request")
+            finally:
+                with self._lock:
+                    self._sending = False
+                    if not self._backlog:
+                        self._idle_cv.notify_all()
+
+    def _send(self, calls: list[_Call], images: int) -> None:
+        k = self.keys
+        self._reserve_ids(images)  # Redis I/O, outside the lock: ids are the sender's alone
+        sent: list[tuple[_Call, list[str], np.ndarray]] = []
+        with self._lock:  # a call cancelled from here on is withdrawn after this round trip (same thread, in order)
+            for call in calls:
+                if call.done or call.payload is None:
+                    continue
+                rids = tuple(range(self._next_id, self._next_id + call.n))
+                self._next_id += call.n
                 call.rids = rids
-                members = [member(rid, arrival_wall, min_accuracy) for rid in rids]
+                arrival_wall = call.arrival_s + self._wall_offset_s
+                members = [member(rid, arrival_wall, call.min_accuracy) for rid in rids]
                 for j, rid in enumerate(rids):
                     self._items[rid] = (call, j, members[j])
-            args: list[Any] = [k.prefix, self.config.queue_capacity, self.frontend_id, n]
-            for j, rid in enumerate(rids):
-                args += [rid, deadline_wall, members[j], x[j].tobytes(), ttl]
-            result = int(self.scripts.enqueue(keys=[k.queue, k.wake, k.workers, self._alive_key], args=args))
-        except redis.RedisError as exc:
-            self._forget(call)
-            self._connection_lost(exc)
-            raise InvalidRequest(grpc.StatusCode.UNAVAILABLE,
-                                 f"Redis at {self.url.display} is unavailable: {exc}") from None
-        if result == 1:
+                call.queued = True
+                sent.append((call, members, call.payload))
+                call.payload = None
+        if not sent:
             return
-        self._forget(call)
-        if result == -1:
-            raise InvalidRequest(grpc.StatusCode.UNAVAILABLE,
-                                 f"no superserve worker is registered at {self.url.display} (start one with "
-                                 f"`superserve worker --backend {self.url.display}`)")
-        if result == -2:  # our liveness key is gone: Redis restarted, or this process stalled for alive_ttl_s
-            self._state_lost()
-            raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "Redis lost this front end's state (restarted?); retry")
-        queued = -result - 3
-        self._reject_record(now, slo_s, min_accuracy, n)
-        raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"queue full ({queued} of {self.config.queue_capacity} images queued in the cluster)")
-
-    def _take_ids_locked(self, n: int) -> tuple[int, ...]:
-        if self._next_id + n > self._id_end:
-            block = max(ID_BLOCK, n)
-            pipe = self.client.pipeline(transaction=False)
-            # Seeded from the wall clock (microseconds) so that ids stay unique across a Redis restart.
-            pipe.set(self.keys.ids, int(time.time() * 1e6), nx=True)
-            pipe.incrby(self.keys.ids, block)
-            end = int(pipe.execute()[1])
-            self._next_id, self._id_end = end - block, end
-        rids = tuple(range(self._next_id, self._next_id + n))
-        self._next_id += n
-        return rids
-
-    def _forget(self, call: _Call) -> None:
+        now = self.clock()
+        pipe = self.client.pipeline(transaction=False)
+        for call, members, x in sent:
+            ttl = int(math.ceil(max(call.deadline_s - now, 0.0) + 2 * self.cluster.grace_s + 1))
+            deadline_wall = repr(call.deadline_s + self._wall_offset_s)
+            args: list[Any] = [k.prefix, self.config.queue_capacity, self.frontend_id, call.n]
+            for j, rid in enumerate(call.rids):
+                args += [rid, deadline_wall, members[j], x[j].tobytes(), ttl]
+            self.scripts.enqueue(keys=[k.queue, k.wake, k.workers, self._alive_key], args=args, client=pipe)
+        results = [int(r) for r in pipe.execute()]
+        lost = False
+        failed: list[tuple[_Call, str, str]] = []
+        for (call, _, _), result in zip(sent, results):
+            if result == 1:
+                continue
+            call.queued = False  # nothing of it was queued
+            if result == -1:
+                failed.append((call, UNAVAILABLE, f"no superserve worker is registered at {self.url.display} (start "
+                                                  f"one with `superserve worker --backend {self.url.display}`)"))
+            elif result == -2:  # our liveness key is gone: Redis restarted, or this process stalled for alive_ttl_s
+                lost = True
+                failed.append((call, UNAVAILABLE, "Redis lost this front end's state (restarted?); retry"))
+            else:
+                self._reject_record(now, call.deadline_s - call.arrival_s, call.min_accuracy, call.n)
+                failed.append((call, REJECTED, f"queue full ({-result - 3} of {self.config.queue_capacity} images "
+                                               "queued in the cluster)"))
+        answers = []
         with self._lock:
-            for rid in call.rids:
-                self._items.pop(rid, None)
-            if not self._items:
-                self._idle_cv.notify_all()
+            for call, outcome, message in failed:
+                if not call.done:
+                    answers.append(self._finish_locked(call, outcome, message, self.clock(),
+                                                       record=outcome != REJECTED))
+        self._fire(answers)
+        if lost:
+            self._state_lost()
+
+    def _reserve_ids(self, n: int) -> None:
+        if self._next_id + n <= self._id_end:
+            return
+        block = max(ID_BLOCK, n)
+        pipe = self.client.pipeline(transaction=False)
+        # Seeded from the wall clock (microseconds) so that ids stay unique across a Redis restart.
+        pipe.set(self.keys.ids, int(time.time() * 1e6), nx=True)
+        pipe.incrby(self.keys.ids, block)
+        end = int(pipe.execute()[1])
+        self._next_id, self._id_end = end - block, end
+
+    def _send_withdrawals(self, withdraw: list[tuple[int, str]]) -> None:
+        """Take answered calls' images out of the queue and delete their payloads: a worker never computes them (one
+        that claimed them already answers into the void; that reply is counted as late and ignored)."""
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(withdraw), 512):
+            part = withdraw[start:start + 512]
+            pipe.zrem(self.keys.queue, *[m for _, m in part])
+            pipe.delete(*[self.keys.req(rid) for rid, _ in part])
+        removed = pipe.execute()[::2]
+        self.withdrawn += sum(int(r) for r in removed)
 
     # --- replies --------------------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -245,7 +401,7 @@ class RedisEngine:
         backoff = 0.05
         while not self._stop.is_set():
             try:
-                got = self._reader_client.blmpop(1, 1, self._reply_key, direction="LEFT", count=512)
+                got = self._reader_client.blmpop(_BLMPOP_S, 1, self._reply_key, direction="LEFT", count=512)
             except redis.RedisError as exc:
                 self._connection_lost(exc)
                 self._stop.wait(backoff)
@@ -288,48 +444,63 @@ class RedisEngine:
                     answers.append(self._finish_locked(call, UNAVAILABLE, rep.message, now))
                 else:
                     answers.append(self._finish_locked(call, ERROR, f"inference failed: {rep.message}", now))
-            if not self._items:
-                self._idle_cv.notify_all()
         if records and self.records is not None:
             self.records.write(records)
         self._fire(answers)
 
-    def _finish_locked(self, call: _Call, outcome: str, message: str, now: float) -> tuple[_Call, CallResult]:
+    def _finish_locked(self, call: _Call, outcome: str, message: str, now: float,
+                       record: bool = True) -> tuple[_Call, CallResult]:
+        """Mark the call answered (under the lock; `_fire` hands the answer out after releasing it). A failed call's
+        images still pending here are recorded with the call's outcome and, if queued, withdrawn from Redis."""
         call.done = True
+        self._calls.pop(id(call), None)
+        if not self._calls:
+            self._idle_cv.notify_all()
         if outcome in (OK, LATE):
             accuracy = min(self._accuracy.get(s, math.nan) for s in call.subnets)
-            result = CallResult(outcome, np.stack(call.rows), tuple(call.subnets), accuracy, "",  # type: ignore
-                                now - call.arrival_s)
-        else:
-            # Its other images are dropped here: their replies, if any come, are ignored (they stay in Redis only
-            # until a worker drops them or their TTL ends).
-            for rid in call.rids:
-                self._items.pop(rid, None)
-            result = CallResult(outcome, None, (), math.nan, message, now - call.arrival_s)
-        return call, result
+            return call, CallResult(outcome, np.stack(call.rows), tuple(call.subnets), accuracy, "",  # type: ignore
+                                    now - call.arrival_s)
+        unanswered: list[int] = []
+        for rid in call.rids:
+            entry = self._items.pop(rid, None)
+            if entry is not None:
+                unanswered.append(rid)
+                if call.queued:
+                    self._withdraw.append((rid, entry[2]))
+        if not call.rids:  # never written to Redis
+            unanswered = [-1] * call.n
+        call.payload = None
+        if record and self.records is not None and unanswered:
+            status = outcome if outcome in (SHED, ERROR, CANCELLED, UNAVAILABLE, REJECTED) else ERROR
+            self.records.write([RequestRecord(rid, call.arrival_s - self.t0, call.deadline_s - self.t0, status,
+                                              min_accuracy=call.min_accuracy) for rid in unanswered])
+        return call, CallResult(outcome, None, (), math.nan, message, now - call.arrival_s)
 
     def _fail_all_locked(self, outcome: str, message: str) -> list[tuple[_Call, CallResult]]:
         now = self.clock()
-        answers = []
-        for call, _, _ in list(self._items.values()):
-            if not call.done:
-                answers.append(self._finish_locked(call, outcome, message, now))
-        self._items.clear()
-        self._idle_cv.notify_all()
-        return answers
+        return [self._finish_locked(call, outcome, message, now) for call in list(self._calls.values())]
+
+    def _fail_calls(self, calls: list[_Call], outcome: str, message: str) -> None:
+        with self._lock:
+            now = self.clock()
+            answers = [self._finish_locked(c, outcome, message, now) for c in calls if not c.done]
+        self._fire(answers)
 
     def _fire(self, answers: list[tuple[_Call, CallResult]]) -> None:
         for call, result in answers:
             if self.metrics is not None:
                 self.metrics.call_done(result.outcome, result.latency_s)
-            call.on_done(result)
+            try:
+                call.on_done(result)
+            except Exception:  # noqa: BLE001 - one caller's callback must not cost the others their answers
+                log.exception("on_done raised")
 
     # --- faults ---------------------------------------------------------------------------------------------------
     def _connection_lost(self, exc: Exception) -> None:
         with self._lock:
             if self._connected:
-                log.warning("lost the connection to Redis at %s: %s; failing %d pending images, reconnecting",
-                            self.url.display, exc, len(self._items))
+                log.warning("lost the connection to Redis at %s: %s; failing %d pending calls, reconnecting",
+                            self.url.display, exc, len(self._calls))
             self._connected = False
             answers = self._fail_all_locked(UNAVAILABLE, f"lost the connection to Redis at {self.url.display}: "
                                                          f"{exc}")
@@ -337,9 +508,11 @@ class RedisEngine:
 
     def _state_lost(self) -> None:
         with self._lock:
-            log.warning("Redis lost this front end's state (restarted?); failing %d pending images", len(self._items))
+            log.warning("Redis lost this front end's state (restarted?); failing %d pending calls", len(self._calls))
+            self.state_losses += 1
             answers = self._fail_all_locked(UNAVAILABLE, "Redis restarted (or this front end was cut off from it); "
                                                          "the request was lost")
+            self._withdraw.clear()  # nothing of ours is left there
         self._fire(answers)
         self._register()
 
@@ -359,7 +532,9 @@ class RedisEngine:
                     self._state_lost()
                 if not self._connected:
                     log.warning("reconnected to Redis at %s", self.url.display)
-                    self._connected = True
+                    with self._lock:
+                        self._connected = True
+                        self._work_cv.notify()  # withdrawals held back while Redis was away
                 self.workers_seen = int(workers)
                 if self.metrics is not None:
                     self.metrics.set_queue_depth(int(depth))
@@ -370,32 +545,27 @@ class RedisEngine:
                 self._watchdog()
             except redis.RedisError as exc:
                 self._connection_lost(exc)
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive a bug
+                log.exception("heartbeat failed")
 
     def _watchdog(self) -> None:
-        """Answer calls still unanswered `grace_s` after their deadline, and take their images out of the queue."""
+        """Answer calls still unanswered `grace_s` after their deadline (their images are withdrawn from Redis)."""
         now = self.clock()
         limit = now - self.cluster.grace_s
         with self._lock:
-            expired = {id(c): c for c, _, _ in self._items.values() if c.deadline_s < limit and not c.done}
+            expired = [c for c in self._calls.values() if c.deadline_s < limit]
             if not expired:
                 return
-            members = [m for c, _, m in self._items.values() if id(c) in expired]
-            rids = [rid for c in expired.values() for rid in c.rids]
             msg = (f"no answer from the cluster {self.cluster.grace_s:g} s after the deadline "
                    f"({self.workers_seen} worker(s) registered)")
-            answers = [self._finish_locked(c, UNAVAILABLE, msg, now) for c in expired.values()]
-            if not self._items:
-                self._idle_cv.notify_all()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(self.keys.queue, *members)
-        pipe.delete(*[self.keys.req(r) for r in rids])
-        pipe.execute()
+            answers = [self._finish_locked(c, UNAVAILABLE, msg, now) for c in expired]
+            self._work_cv.notify()
         self._fire(answers)
 
     # --- records --------------------------------------------------------------------------------------------------
     def _record(self, call: _Call, rep: Reply) -> RequestRecord:
         t0, off = self.t0, self._wall_offset_s
-        status = rep.status if rep.status in (OK, LATE, SHED) else ERROR
+        status = rep.status if rep.status in (OK, LATE, SHED, UNAVAILABLE) else ERROR
         served = rep.status in (OK, LATE)
         return RequestRecord(rep.rid, call.arrival_s - t0, call.deadline_s - t0, status,
                              None if rep.dispatch_s is None else rep.dispatch_s - off - t0,

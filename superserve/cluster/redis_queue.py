@@ -75,8 +75,12 @@ def parse_backend(url: str) -> RedisURL:
     return RedisURL(parsed.hostname, port, int(path or 0), parsed.password)
 
 
-def connect(url: RedisURL, socket_timeout_s: float | None = 5.0, check: bool = True) -> Any:
-    """A redis-py client (bytes replies). With `check`, PINGs once and raises BackendError when it cannot."""
+def connect(url: RedisURL, socket_timeout_s: float | None = 5.0, check: bool = True,
+            connect_timeout_s: float = 1.0) -> Any:
+    """A redis-py client (bytes replies). With `check`, PINGs once and raises BackendError when it cannot.
+
+    A command waits at most `socket_timeout_s` for its reply and is tried twice, so against a stalled Redis (one
+    that accepts connections but does not answer: SIGSTOP, a partition) it fails within 2 x socket_timeout_s."""
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
@@ -84,7 +88,8 @@ def connect(url: RedisURL, socket_timeout_s: float | None = 5.0, check: bool = T
     # One quick retry (a pooled connection that went stale reconnects transparently); longer outages surface as
     # errors at once, and the callers' own loops back off. redis-py's default would block a call for seconds.
     client = redis.Redis(host=url.host, port=url.port, db=url.db, password=url.password,
-                         socket_timeout=socket_timeout_s, socket_connect_timeout=1.0, health_check_interval=0,
+                         socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
+                         health_check_interval=0,
                          retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     if check:
         try:

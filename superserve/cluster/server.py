@@ -1,8 +1,14 @@
 """`superserve serve --backend redis://...`: the embedded server's wiring (checkpoint and zoo checks, codec, servicer,
-metrics, gRPC, drain on stop) with `RedisEngine` in place of the in-process engine and worker pool."""
+security, metrics, gRPC, drain on stop) with `RedisEngine` in place of the in-process engine and worker pool.
+
+Every serving option either applies here as it does in the embedded server (API keys, rate limits, in-flight caps,
+TLS, message and image limits, the hint defense, records, response parameters) or is refused at start with the reason:
+the worker-side options (`--workers`, `--embedded-workers`, `--threads-per-worker`, `--no-correction`) belong to
+`superserve worker`, which runs the batches, and `--late serve` is embedded-only."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -11,7 +17,28 @@ from superserve.cluster.frontend import FrontendConfig, RedisEngine
 from superserve.cluster.redis_queue import ClusterConfig, parse_backend
 from superserve.server.app import Server, ServeConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
+from superserve.server.security import HintDefenseHook
 from superserve.server.service import InferenceService
+
+_DEFAULTS = ServeConfig()
+
+
+def refused_options(cfg: ServeConfig) -> list[str]:
+    """The serving options a front end cannot apply, each with where it belongs (empty: all apply)."""
+    why = []
+    if cfg.workers != _DEFAULTS.workers or cfg.embedded_workers != _DEFAULTS.embedded_workers:
+        why.append("--workers/--embedded-workers: the batches run in `superserve worker --backend ...` processes; "
+                   "start as many of those as you want")
+    if cfg.threads_per_worker != _DEFAULTS.threads_per_worker:
+        why.append("--threads-per-worker: pass --threads to `superserve worker`")
+    if cfg.engine.correction_interval_s is None:
+        why.append("--no-correction: each worker corrects its own latency table; pass --no-correction to "
+                   "`superserve worker`")
+    if cfg.engine.late != "shed":
+        why.append("--late serve is not supported with --backend redis (requests that cannot meet their deadline "
+                   "are shed)")
+    return why
+
 
 class ClusterServer(Server):
     """A stateless front end: `start()` returns once it answers requests; `stop()` drains like the embedded server."""
@@ -25,9 +52,11 @@ class ClusterServer(Server):
         cfg = self.config
         t_start = time.perf_counter()
         self.backend = parse_backend(self.backend_url)  # BackendError (a ValueError) for a malformed URL
-        if cfg.engine.late != "shed":
-            raise ValueError("--late serve is not supported with --backend redis (requests that cannot meet their "
-                             "deadline are shed)")
+        refused = refused_options(cfg)
+        if refused:
+            raise ValueError("with --backend redis these options do not apply on the front end: " + "; ".join(refused))
+        if cfg.gil_switch_interval_s is not None:
+            sys.setswitchinterval(cfg.gil_switch_interval_s)
         _, zoo, spec = self.load_model()  # the workers hold the weights; the front end only checks them
         params = {"overhead_ms": cfg.rpc_overhead_ms, **cfg.policy_params}
         make_policy(cfg.policy, zoo, **params)  # bad policy parameters fail here, not in every worker
@@ -35,7 +64,19 @@ class ClusterServer(Server):
         self.metrics = ServerMetrics(spec.name, spec.version)
         self.records = RecordWriter(cfg.records_path) if cfg.records_path else None
         self.engine: Any = RedisEngine(zoo, self.backend, published, cfg.engine, self.cluster, self.metrics,
-                                   self.records).start()
+                                       self.records).start()
         self.pool = self.engine  # Server.stop() closes the "pool": the engine's threads and keys
-        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params)
+        hook = None
+        if cfg.security.hint_defense is not None:  # security (issue 7), as the embedded server applies it
+            transform = cfg.security.hint_defense
+            if isinstance(transform, str):
+                from security.defense import parse_defense
+
+                transform = parse_defense(transform, zoo, cfg.rpc_overhead_ms)
+            # The published zoo: each worker corrects its own latency table, which the front end does not see, so a
+            # zoo-reading transform (pareto) works from the profiled latencies (the embedded server follows its
+            # engine's corrected zoo).
+            hook = HintDefenseHook(transform, cfg.engine.default_slo_ms, max(e.accuracy for e in zoo.entries),
+                                   cfg.security.defense_seed, self.metrics.registry, lambda: zoo, cfg.rpc_overhead_ms)
+        self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params, hint_hook=hook)
         return self._start_transport(t_start)  # type: ignore[return-value]
