@@ -12,6 +12,11 @@ that the mean rate is the target, and spread each minute's arrivals uniformly at
 a derived copy (`loadtest/data/azure2019_1000fn_sum.csv`: the per-minute sum of the 1000 functions of the shared
 sample, one row in the same format; `azure2019_top20.csv`: its 20 busiest functions). Source: Azure Public Dataset,
 AzureFunctionsDataset2019 (Shahrad et al., ATC'20), CC-BY 4.0.
+
+Azure Functions 2021 invocations (`AzureFunctionsInvocationTraceForTwoWeeksJan2021`, one row per invocation with the
+columns app, func, end_timestamp, duration in seconds): `read_azure` recognises the header and bins each invocation's
+arrival (end_timestamp - duration) into per-minute counts per (app, func), so the same rescaling applies. The binning
+drops the sub-minute timing inside each minute, which the rescaled replay redraws uniformly as for the 2019 format.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_AZURE_PATH = DATA_DIR / "azure2019_1000fn_sum.csv"
 _HASH_COLUMNS = ("HashOwner", "HashApp", "HashFunction")
+_AZURE2021_COLUMNS = ("app", "func", "end_timestamp", "duration")
 
 
 class TraceError(ValueError):
@@ -118,10 +124,13 @@ def read_azure(path: str | os.PathLike[str] = DEFAULT_AZURE_PATH) -> AzureTrace:
             header = next(reader)
         except StopIteration:
             raise TraceError(f"{path}:1: empty file, expected a header") from None
+        if all(c in [h.strip() for h in header] for c in _AZURE2021_COLUMNS):
+            return _read_azure_2021(path, [h.strip() for h in header], reader)
         missing = [c for c in _HASH_COLUMNS if c not in header]
         if missing:
             raise TraceError(f"{path}:1: header lacks {', '.join(missing)} (an Azure Functions 2019 "
-                             f"invocations file has HashOwner,HashApp,HashFunction[,Trigger],1..1440)")
+                             f"invocations file has HashOwner,HashApp,HashFunction[,Trigger],1..1440; a 2021 "
+                             f"invocation file has app,func,end_timestamp,duration)")
         id_cols = [k for k, name in enumerate(header) if name in _HASH_COLUMNS or name == "Trigger"]
         minute_cols = [k for k in range(len(header)) if k not in id_cols]
         for m, k in enumerate(minute_cols, 1):
@@ -149,6 +158,37 @@ def read_azure(path: str | os.PathLike[str] = DEFAULT_AZURE_PATH) -> AzureTrace:
     if not rows:
         raise TraceError(f"{path}: no function rows")
     return AzureTrace(tuple(ids), np.array(rows, dtype=np.int64))
+
+
+def _read_azure_2021(path: Path, header: list[str], reader: Any) -> AzureTrace:
+    """Per-minute counts per (app, func) from 2021 per-invocation rows; arrival = end_timestamp - duration."""
+    k_app, k_func, k_end, k_dur = (header.index(c) for c in _AZURE2021_COLUMNS)
+    fn_index: dict[str, int] = {}
+    fn_of: list[int] = []
+    arrivals: list[float] = []
+    for lineno, row in enumerate(reader, 2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise TraceError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
+        try:
+            end, dur = float(row[k_end]), float(row[k_dur])
+        except ValueError:
+            raise TraceError(f"{path}:{lineno}: end_timestamp {row[k_end]!r} or duration {row[k_dur]!r} is not "
+                             f"a number of seconds") from None
+        if not (math.isfinite(end) and math.isfinite(dur)) or dur < 0:
+            raise TraceError(f"{path}:{lineno}: end_timestamp and duration must be finite, duration >= 0")
+        fn = f"{row[k_app]}/{row[k_func]}"
+        fn_of.append(fn_index.setdefault(fn, len(fn_index)))
+        arrivals.append(end - dur)
+    if not arrivals:
+        raise TraceError(f"{path}: no invocation rows")
+    t = np.array(arrivals)
+    minute = np.floor(t / 60.0).astype(np.int64)
+    minute -= minute.min()
+    counts = np.zeros((len(fn_index), int(minute.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (np.array(fn_of), minute), 1)
+    return AzureTrace(tuple(fn_index), counts)
 
 
 def azure_minute_counts(trace: AzureTrace, functions: int | Sequence[str] | None = None) -> np.ndarray:
@@ -194,6 +234,9 @@ def azure(trace: AzureTrace, rate_qps: float, rng: np.random.Generator, function
 
 
 AZURE_BURST_WINDOW = (1080, 40)  # minutes [1080, 1120) of the shared sample: holds the day's largest spike
+# Minutes [1102, 1112): ten minutes around that spike (9.4k, 8.8k, 17k, 9.8k, 24k, 35k, 46k, 31k, 11k, 8.2k
+# invocations per minute), replayed at real time by `azure-paced`.
+AZURE_PACED_WINDOW = (1102, 10)
 
 
 def named(spec: str, rate_qps: float, duration_s: float, rng: np.random.Generator,
@@ -204,6 +247,8 @@ def named(spec: str, rate_qps: float, duration_s: float, rng: np.random.Generato
     - `azure`: the bursty window AZURE_BURST_WINDOW of the Azure file (all functions summed), its 40 minutes
       compressed into `duration_s`, rescaled to mean `rate_qps`; `azure:START:MINUTES` picks another window and
       `azure-day` the whole day;
+    - `azure-paced`: AZURE_PACED_WINDOW at real minute pacing (each trace minute lasts 60 s; `duration_s` is
+      ignored), rescaled to mean `rate_qps`; `azure-paced:START:MINUTES` picks another window;
     - `file:PATH`: a saved trace, replayed as is (rate and duration ignored).
     """
     kind, _, arg = spec.partition(":")
@@ -215,8 +260,17 @@ def named(spec: str, rate_qps: float, duration_s: float, rng: np.random.Generato
         except ValueError:
             raise TraceError(f"trace {spec!r}: write gamma:CV2, e.g. gamma:4") from None
         return gamma(rate_qps, cv2, duration_s, rng)
-    if kind in ("azure", "azure-day"):
+    if kind in ("azure", "azure-day", "azure-paced"):
         trace = read_azure(azure_path)
+        if kind == "azure-paced":
+            start, minutes = AZURE_PACED_WINDOW
+            if arg:
+                try:
+                    start, minutes = (int(x) for x in arg.split(":"))
+                except ValueError:
+                    raise TraceError(f"trace {spec!r}: write azure-paced:START:MINUTES, e.g. azure-paced:1102:10") \
+                        from None
+            return azure(trace, rate_qps, rng, start_minute=start, minutes=minutes, minute_s=60.0)
         if kind == "azure-day" and not arg:
             start, minutes = 0, trace.minutes
         elif not arg:
@@ -229,8 +283,8 @@ def named(spec: str, rate_qps: float, duration_s: float, rng: np.random.Generato
         return azure(trace, rate_qps, rng, start_minute=start, minutes=minutes, minute_s=duration_s / minutes)
     if kind == "file" and arg:
         return load(arg)
-    raise TraceError(f"unknown trace {spec!r}: use poisson, gamma:CV2, azure[:START:MINUTES], azure-day or "
-                     f"file:PATH")
+    raise TraceError(f"unknown trace {spec!r}: use poisson, gamma:CV2, azure[:START:MINUTES], "
+                     f"azure-paced[:START:MINUTES], azure-day or file:PATH")
 
 
 # --- statistics and files -----------------------------------------------------------------------------------------

@@ -130,3 +130,49 @@ def test_load_rejects_malformed_trace_files(tmp_path: Path) -> None:
         traces.load(tmp_path / "missing.npy")
     with pytest.raises(TraceError, match=".npy or .csv"):
         traces.save(tmp_path / "t.txt", np.array([0.0]))
+
+
+def _write_2021(path: Path) -> None:
+    # end_timestamp - duration: f1 arrives at 10 s, 20 s (minute 0) and 70 s (minute 1); g at 130 s (minute 2).
+    path.write_text("app,func,end_timestamp,duration\n"
+                    "a1,f1,10.5,0.5\n"
+                    "a1,f1,21.0,1.0\n"
+                    "a1,f1,70.25,0.25\n"
+                    "a2,g,131.0,1.0\n")
+
+
+def test_azure_2021_per_invocation_format_bins_arrivals_per_minute(tmp_path: Path) -> None:
+    f = tmp_path / "inv2021.csv"
+    _write_2021(f)
+    t = traces.read_azure(f)
+    assert t.function_ids == ("a1/f1", "a2/g")
+    assert t.counts.tolist() == [[2, 1, 0], [0, 0, 1]]
+    a = traces.azure(t, 2.0, rng(0), minute_s=60.0)
+    assert a.min() >= 0 and a.max() < 180.0 and np.all(np.diff(a) >= 0)
+    bad = tmp_path / "bad2021.csv"
+    bad.write_text("app,func,end_timestamp,duration\na,f,soon,1\n")
+    with pytest.raises(TraceError, match=":2: end_timestamp"):
+        traces.read_azure(bad)
+
+
+def test_trace_cli_reads_the_2021_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from loadtest import trace_cli
+
+    f = tmp_path / "inv2021.csv"
+    _write_2021(f)
+    parser = argparse.ArgumentParser()
+    trace_cli.add_arguments(parser)
+    assert trace_cli.run(parser.parse_args(["azure", "--file", str(f), "--rate", "5"])) == 0
+    assert '"requests"' in capsys.readouterr().out
+
+
+def test_azure_paced_replays_minutes_at_real_time() -> None:
+    a = traces.named("azure-paced", 50.0, 1.0, rng(2))  # duration is ignored: ten trace minutes last 600 s
+    assert a[-1] > 590.0 and a[-1] < 600.0
+    per_minute = np.bincount((a // 60).astype(int), minlength=10)
+    # The window's spike (minute 6 of 10, 46k invocations against a ~20k mean) stays a spike at real pacing.
+    assert int(np.argmax(per_minute)) == 6 and per_minute[6] > 2 * per_minute.mean()
+    with pytest.raises(TraceError):
+        traces.named("azure-paced:x", 50.0, 1.0, rng(2))
