@@ -25,7 +25,7 @@ from superserve.server.codec import ModelSpec
 from superserve.server.engine import Engine, EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.security import HintDefenseHook, SecurityConfig, SecurityInterceptor, server_credentials
-from superserve.server.service import InferenceService
+from superserve.server.service import ArrivalInterceptor, InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
 
@@ -182,7 +182,9 @@ class Server:
         sample_shape = (1, spec.in_channels, spec.image_size, spec.image_size)
         if cfg.workers > 0:
             self.pool: Any = ProcessWorkerPool(Path(cfg.checkpoint_path), configs, cfg.workers,
-                                               cfg.threads_per_worker, self.engine.on_result, sample_shape)
+                                               cfg.threads_per_worker, self.engine.on_result, sample_shape,
+                                               on_worker_down=self.engine.worker_down,
+                                               on_worker_up=self.engine.worker_up)
         else:
             self.pool = ThreadWorkerPool(net, configs, cfg.embedded_workers, cfg.threads_per_worker,
                                          self.engine.on_result)
@@ -226,7 +228,9 @@ class Server:
                    ("grpc.max_send_message_length", self.config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         sec = self.config.security
-        interceptors = [SecurityInterceptor(sec, self.metrics.registry)] if sec.needs_interceptor else []
+        interceptors: list[Any] = [ArrivalInterceptor(self.engine.clock)]  # first: the SLO clock starts here
+        if sec.needs_interceptor:
+            interceptors.append(SecurityInterceptor(sec, self.metrics.registry))
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self._grpc)
         address = f"{self.config.host}:{self.config.port}"

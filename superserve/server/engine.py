@@ -10,6 +10,11 @@ finished batch is fed back to `policy.observe` and to the online profile correct
 Threads: protocol handlers call `submit`, pool threads call `on_result`; both take one lock, do the bookkeeping and
 scheduling (microseconds), and hand batches to workers and answers to callers after releasing it. A call's
 `on_done` runs exactly once: the `_Call.done` flag is set under the lock before any answer is handed out.
+
+`submit` returns the call's `cancel`: its queued images leave the queue uncomputed, and `on_done` gets CANCELLED once
+no image of the call is left in a worker. The pool reports a worker it lost (`worker_down`: its batch is answered
+UNAVAILABLE, nothing is dispatched to it) and the replacement (`worker_up`); with no worker up, calls are refused
+UNAVAILABLE and `serving` is False (readiness says so).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 
 from policies.base import Policy, late_subnet
 from superserve.queue import EdfQueue
-from superserve.records import ERROR, LATE, OK, REJECTED, SHED, RequestRecord
+from superserve.records import CANCELLED, ERROR, LATE, OK, REJECTED, SHED, UNAVAILABLE, RequestRecord
 from superserve.server.codec import InvalidRequest
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.profile_correction import ProfileCorrector
@@ -65,7 +70,7 @@ class CallResult:
 
 
 class _Call:
-    __slots__ = ("inputs", "rows", "subnets", "pending", "done", "on_done", "arrival_s", "late", "rids")
+    __slots__ = ("inputs", "rows", "subnets", "pending", "done", "on_done", "arrival_s", "late", "rids", "cancelled")
 
     def __init__(self, inputs: torch.Tensor, on_done: Callable[[CallResult], None], arrival_s: float) -> None:
         self.inputs = inputs  # (B, C, S, S)
@@ -77,6 +82,7 @@ class _Call:
         self.arrival_s = arrival_s
         self.late = False
         self.rids: tuple[int, ...] = ()
+        self.cancelled = False
 
 
 class _Item:
@@ -114,6 +120,7 @@ class Engine:
         self._pool: Any = None
         self._workers: list[WorkerState] = []
         self._idle: list[int] = []
+        self._down: set[int] = set()  # workers the pool lost and is replacing
         self.corrector = ProfileCorrector(zoo) if config.correction_interval_s else None
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -123,6 +130,8 @@ class Engine:
         """Attach a worker pool whose results arrive at `on_result`, and start the correction refresher."""
         self._pool = pool
         self._workers = [WorkerState(w) for w in range(pool.size)]
+        if self.metrics is not None:
+            self.metrics.set_workers_up(pool.size)
         self._idle = list(range(pool.size - 1, -1, -1))  # a stack: worker 0 first, like the simulator
         if self.corrector is not None:
             self._refresher = threading.Thread(target=self._refresh_loop, name="superserve-correction", daemon=True)
@@ -142,10 +151,51 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def serving(self) -> bool:
+        """At least one worker is up (False while the pool replaces every worker it lost)."""
+        return not self._workers or len(self._down) < len(self._workers)
+
+    @property
+    def workers_up(self) -> int:
+        return len(self._workers) - len(self._down)
+
+    # --- worker supervision (called by the pool) ------------------------------------------------------------------
+    def worker_down(self, worker_id: int) -> None:
+        """The pool lost `worker_id` (its process died) and is replacing it; its in-flight batch is reported
+        through `on_result` with `lost=True`. When no worker is left, queued calls are answered UNAVAILABLE."""
+        with self._lock:
+            self._down.add(worker_id)
+            if worker_id in self._idle:
+                self._idle.remove(worker_id)
+            answers = [] if self.serving else self._fail_queued_locked(
+                UNAVAILABLE, "no worker is available (every worker process died; replacements are starting)")
+        log.error("worker %d lost; %d of %d workers up", worker_id, self.workers_up, len(self._workers))
+        if self.metrics is not None:
+            self.metrics.set_workers_up(self.workers_up)
+        self._fire(answers, [])
+
+    def worker_up(self, worker_id: int) -> None:
+        """The replacement of `worker_id` is ready: dispatch to it again."""
+        with self._lock:
+            if worker_id not in self._down:
+                return
+            self._down.discard(worker_id)
+            busy = any(w == worker_id for w, *_ in self._inflight.values())
+            if not busy and worker_id not in self._idle:
+                self._idle.append(worker_id)
+            dispatches, answers = self._schedule_locked(self.clock())
+        log.warning("worker %d is back; %d of %d workers up", worker_id, self.workers_up, len(self._workers))
+        if self.metrics is not None:
+            self.metrics.set_workers_up(self.workers_up)
+            self.metrics.worker_restarted()
+        self._fire(answers, dispatches)
+
     # --- the two entry points -------------------------------------------------------------------------------------
     def submit(self, inputs: torch.Tensor, slo_ms: float | None, min_accuracy: float,
-               on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> None:
+               on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> Callable[[], bool]:
         """Queue one call of B images. Raises InvalidRequest when it is refused (nothing queued, on_done not run).
+        Returns the call's `cancel()` (True if the call was still unanswered).
 
         `arrival_s` (engine clock) is when the call reached the server, before decoding; the deadline counts from it.
         """
@@ -159,6 +209,9 @@ class Engine:
             now = self.clock()
             if not self._accepting:
                 raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            if not self.serving:
+                raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "no worker is available (every worker process died; "
+                                     "replacements are starting); retry")
             if len(self._queue) + batch > self.config.queue_capacity:
                 self._reject_record(now, slo_s, min_accuracy, batch)
                 raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -174,6 +227,37 @@ class Engine:
                 self._items[rid] = _Item(call, k, req)
             dispatches, answers = self._schedule_locked(now)
         self._fire(answers, dispatches)
+        return lambda: self._cancel(call)
+
+    def _cancel(self, call: _Call) -> bool:
+        """Withdraw `call`: its queued or back-logged images are dropped uncomputed; it is answered CANCELLED at once
+        if none of its images is in a worker, else when the last of them comes back."""
+        with self._lock:
+            if call.done or call.cancelled:
+                return False
+            call.cancelled = True
+            now = self.clock()
+            queued = [rid for rid in call.rids if rid in self._queue]
+            records = []
+            for req in self._queue.pop_ids(queued):
+                self._items.pop(req.request_id)
+                records.append(self._record(req, CANCELLED))
+            for rid in call.rids:  # the back-log (late="serve"): not in the queue, not dispatched
+                item = self._items.get(rid)
+                if item is not None and item.dispatch_s is None:
+                    del self._items[rid]
+                    records.append(self._record(item.request, CANCELLED))
+            answers = []
+            if not any(rid in self._items for rid in call.rids):
+                answers.append(self._finish_call_locked(call, CANCELLED, "cancelled by the client", now))
+            if self.metrics is not None:
+                self.metrics.set_queue_depth(len(self._queue))
+            if not self._items:
+                self._idle_cv.notify_all()
+        if records and self.records is not None:
+            self.records.write(records)
+        self._fire(answers, [])
+        return True
 
     def on_result(self, result: BatchResult) -> None:
         """A worker finished a batch (called from a pool thread)."""
@@ -192,11 +276,18 @@ class Engine:
                 queued_s += dispatch_s - req.arrival_s
                 min_slo_s = min(min_slo_s, req.deadline_s - req.arrival_s)
                 on_time = now <= req.deadline_s
-                status = ERROR if error is not None else (OK if on_time else LATE)
+                status = (UNAVAILABLE if result.lost else ERROR) if error is not None else (OK if on_time else LATE)
                 met += status == OK
                 if self.records is not None:
                     records.append(self._record(req, status, dispatch_s, now, subnet_id, worker_id))
                 if call.done:
+                    continue
+                if call.cancelled:  # computed before the cancel could withdraw it: answered once all are back
+                    if not any(r in self._items for r in call.rids):
+                        answers.append(self._finish_call_locked(call, CANCELLED, "cancelled by the client", now))
+                    continue
+                if error is not None and result.lost:
+                    answers.append(self._finish_call_locked(call, UNAVAILABLE, f"{error}; retry", now))
                     continue
                 if error is not None:
                     answers.append(self._finish_call_locked(call, ERROR, f"inference failed: {error}", now))
@@ -209,7 +300,8 @@ class Engine:
                     answers.append(self._finish_call_locked(call, LATE if call.late else OK, "", now))
             if self._workers[worker_id].loaded_subnet_id != subnet_id:  # replace() costs tens of us: only on a switch
                 self._workers[worker_id] = replace(self._workers[worker_id], loaded_subnet_id=subnet_id)
-            self._idle.append(worker_id)
+            if worker_id not in self._down:
+                self._idle.append(worker_id)
             outcome = BatchOutcome(worker_id, subnet_id, len(rids), dispatch_s, now, min_slo_s * 1e3,
                                    len(rids) - met)
             self._state = self.policy.observe(outcome, self._state)
@@ -298,6 +390,18 @@ class Engine:
                 self._items.pop(rid.request_id)
             result = CallResult(outcome, None, (), math.nan, message, now - call.arrival_s)
         return call, result
+
+    def _fail_queued_locked(self, outcome: str, message: str) -> list[tuple[_Call, CallResult]]:
+        """Answer every call that has an image waiting (queued or back-logged) with `outcome`."""
+        now = self.clock()
+        answers = []
+        for item in list(self._items.values()):
+            if not item.call.done and item.dispatch_s is None:
+                answers.append(self._finish_call_locked(item.call, outcome, message, now))
+        for rid in [rid for rid, item in self._items.items() if item.dispatch_s is None]:
+            del self._items[rid]
+        self._late = []
+        return answers
 
     def _fail_all_locked(self, message: str) -> list[tuple[_Call, CallResult]]:
         now = self.clock()

@@ -97,6 +97,10 @@ class ServerMetrics:
         self.subnet = Counter("superserve_subnet_images", "Images served per subnet", ("subnet", "accuracy"),
                               registry=r)
         self.queue_depth = Gauge("superserve_queue_depth", "Images in the EDF queue", registry=r)
+        self.workers_up = Gauge("superserve_workers_up", "Workers able to take a batch (a dead worker process is "
+                                "down until its replacement is ready)", registry=r)
+        self.worker_restarts = Counter("superserve_worker_restarts", "Worker processes replaced after dying",
+                                       registry=r)
         self.correction = Gauge("superserve_profile_correction_factor",
                                 "Observed / profiled latency per subnet (online correction)", ("subnet",), registry=r)
         # Label lookups cost microseconds each; the per-call and per-batch paths use pre-bound children.
@@ -120,6 +124,12 @@ class ServerMetrics:
 
     def set_queue_depth(self, images: int) -> None:
         self._depth = images
+
+    def set_workers_up(self, count: int) -> None:
+        self.workers_up.set(count)  # rare (a worker died or came back): applied at once
+
+    def worker_restarted(self) -> None:
+        self.worker_restarts.inc()
 
     # --- the housekeeping thread, or a reader of the registry -----------------------------------------------------
     def flush(self) -> None:

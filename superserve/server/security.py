@@ -211,16 +211,11 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                                                    response_serializer=handler.response_serializer)
 
     def admit(self, who: str, cost: int) -> None:
-        """Take `cost` images from `who`'s rate budget and one in-flight slot, or raise LimitExceeded (nothing
-        taken). Pair every admitted call with `release(who)`."""
+        """Take one in-flight slot and `cost` images from `who`'s rate budget, or raise LimitExceeded (nothing
+        taken: a call the cap refuses spends no rate tokens). Pair every admitted call with `release(who)`. A slot is
+        held until the handler returns, which is only once the engine holds none of the call's images (a cancelled
+        call's queued images are withdrawn first), so the cap counts queued work, not just open calls."""
         cfg = self.config
-        if self.bucket is not None:
-            wait_s = self.bucket.take(who, cost)
-            if wait_s > 0:
-                self._deny("rate", who)
-                more = "exceeds the burst size" if math.isinf(wait_s) else f"retry in {wait_s * 1e3:.0f} ms"
-                raise LimitExceeded(f"rate limit of {cfg.rate_limit_images_per_s:g} images/s for tenant {who!r}: "
-                                    f"this call of {cost} image(s) {more}")
         cap = cfg.max_inflight_per_tenant
         if cap is not None:
             with self._lock:
@@ -231,11 +226,23 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
             if not admitted:
                 self._deny("inflight", who)
                 raise LimitExceeded(f"tenant {who!r} already has {cap} call(s) in flight (the cap)")
+        if self.bucket is not None:
+            wait_s = self.bucket.take(who, cost)
+            if wait_s > 0:
+                self.release(who)
+                self._deny("rate", who)
+                more = "exceeds the burst size" if math.isinf(wait_s) else f"retry in {wait_s * 1e3:.0f} ms"
+                raise LimitExceeded(f"rate limit of {cfg.rate_limit_images_per_s:g} images/s for tenant {who!r}: "
+                                    f"this call of {cost} image(s) {more}")
 
     def release(self, who: str) -> None:
         if self.config.max_inflight_per_tenant is not None:
             with self._lock:
-                self._inflight[who] -= 1
+                left = self._inflight[who] - 1
+                if left:
+                    self._inflight[who] = left
+                else:
+                    del self._inflight[who]  # a tenant per peer address: do not keep one entry per address seen
 
     def _limited(self, inner: Any, tenant: str | None, is_infer: bool) -> Any:
         async def call(request: Any, context: Any) -> Any:
@@ -377,10 +384,10 @@ class HintDefenseHook:
 
 
 def submit_per_image(engine: Any, images: Any, slo_ms: np.ndarray, min_accuracy: np.ndarray,
-                     on_done: Callable[[Any], None], arrival_s: float) -> None:
+                     on_done: Callable[[Any], None], arrival_s: float) -> Callable[[], bool]:
     """Submit a call's B images as B single-image calls with their own hints; `on_done` gets one combined
-    CallResult (in image order) once all B are answered. Raises InvalidRequest like `Engine.submit` (images
-    submitted before the refusal still run; their answers are discarded)."""
+    CallResult (in image order) once all B are answered. Returns a `cancel()` that cancels every part. Raises
+    InvalidRequest like `Engine.submit`: the parts submitted before the refusal are cancelled."""
     from superserve.records import LATE, OK
     from superserve.server.engine import CallResult
 
@@ -404,6 +411,16 @@ def submit_per_image(engine: Any, images: Any, slo_ms: np.ndarray, min_accuracy:
                            tuple(s for r in parts for s in r.subnet_ids), min(r.accuracy for r in parts), "",
                            max(r.latency_s for r in parts)))
 
-    for k in range(count):
-        engine.submit(images[k:k + 1], float(slo_ms[k]), float(min_accuracy[k]),
-                      lambda result, k=k: part_done(k, result), arrival_s)
+    cancels: list[Callable[[], bool]] = []
+
+    def cancel() -> bool:
+        return any([c() for c in cancels])  # a list, not a generator: every part is cancelled
+
+    try:
+        for k in range(count):
+            cancels.append(engine.submit(images[k:k + 1], float(slo_ms[k]), float(min_accuracy[k]),
+                                         lambda result, k=k: part_done(k, result), arrival_s))
+    except Exception:
+        cancel()  # the parts already queued run for nobody otherwise
+        raise
+    return cancel

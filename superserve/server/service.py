@@ -2,46 +2,72 @@
 
 Translates between protocol messages and engine calls; no scheduling or model logic here. Status codes:
 unknown model or version -> NOT_FOUND; malformed tensor or parameter -> INVALID_ARGUMENT (the message says what);
-queue full -> RESOURCE_EXHAUSTED; shed because no subnet can meet the deadline -> DEADLINE_EXCEEDED; shutting down
--> UNAVAILABLE; a worker failure -> INTERNAL. gRPC itself answers RESOURCE_EXHAUSTED for messages over the size limit.
+queue full, or too many large inputs being decoded -> RESOURCE_EXHAUSTED; shed because no subnet can meet the
+deadline -> DEADLINE_EXCEEDED; shutting down, or the capacity that held the call lost (a worker process died, Redis
+gone) -> UNAVAILABLE; a worker failure -> INTERNAL. gRPC itself answers RESOURCE_EXHAUSTED for messages over the size
+limit.
+
+A call's SLO counts from its arrival: the moment `ArrivalInterceptor` sees it, before its message is received and
+parsed (a 30 MB message takes a third of a second to receive on a slow host; under overload the handler starts late).
+A call its client cancels (or whose gRPC deadline passes) is withdrawn from the engine: its queued images are not
+computed, and the handler returns only once the engine holds none of its images, so per-tenant in-flight caps count
+queued work, not just open calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
+import contextvars
+import time
+from concurrent.futures import wait
+from typing import Any, Callable
 
 import grpc
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from superserve.records import LATE, OK, SHED
-from superserve.server.codec import (InvalidRequest, ModelSpec, decode_images, decode_request, decoder_ready,
-                                     encode_outputs, load_decoder)
+from superserve.records import CANCELLED, LATE, OK, REJECTED, SHED, UNAVAILABLE
+from superserve.server.codec import InvalidRequest, ModelSpec, encode_outputs, load_decoder, parse_request, show
 from superserve.server.engine import CallResult, Engine
 from superserve.server.metrics import ServerMetrics
+from superserve.server.offload import InputOffload, OffloadConfig
 from superserve.server.security import submit_per_image, unwrap_stream_request
 
 SERVER_NAME = "superserve"
 SERVER_VERSION = "0.1.0"
-# Failed outcomes -> status; anything else is INTERNAL. "unavailable": calls the Redis front end lost with Redis or
-# that no worker picked up (superserve.cluster.frontend.UNAVAILABLE).
-_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED, "unavailable": grpc.StatusCode.UNAVAILABLE}
+# Failed outcomes -> status; anything else is INTERNAL. UNAVAILABLE: the capacity that held the call was lost (a
+# worker process died, Redis is gone or stalled); REJECTED: refused after submission (a Redis queue found full).
+_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+           REJECTED: grpc.StatusCode.RESOURCE_EXHAUSTED, CANCELLED: grpc.StatusCode.CANCELLED}
+# When the call reached the server (time.monotonic, the engines' clock), set by ArrivalInterceptor.
+ARRIVAL_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("superserve_arrival_s", default=None)
+
+
+class ArrivalInterceptor(grpc.aio.ServerInterceptor):
+    """Stamps each call's arrival before its message is received: the earliest moment the server's Python code sees
+    it. The handler runs in the same context, so it reads the stamp from ARRIVAL_S."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        ARRIVAL_S.set(self.clock())
+        return await continuation(details)
+
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_STRING, "INT64": mc.TYPE_INT64}
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
                  response_params: bool = True, preload_decoder: bool = True, *,
-                 hint_hook: Any = None) -> None:
+                 hint_hook: Any = None, offload: OffloadConfig = OffloadConfig()) -> None:
         self.spec, self.engine, self.metrics = spec, engine, metrics
         self.response_params = response_params
         self.hint_hook = hint_hook  # security: a HintDefenseHook transforming each image's hints (None = off)
-        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="superserve-decode")
+        self.offload = InputOffload(offload)
         # In the background: the first PNG/JPEG request then rarely waits for the import.
-        self._warming = self._decoder.submit(load_decoder) if preload_decoder else None
+        self._warming = self.offload.submit_light(load_decoder) if preload_decoder else None
 
     @property
     def warm(self) -> bool:
@@ -58,7 +84,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @property
     def ready(self) -> bool:
-        return self.engine.accepting and self.warm
+        """Accepting calls, start-up done, and able to serve: no worker alive (all being replaced) is not ready."""
+        return self.engine.accepting and self.warm and getattr(self.engine, "serving", True)
 
     # --- health and metadata --------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -105,10 +132,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _require_model(self, name: str, version: str) -> None:
         if name != self.spec.name:
-            raise _CallFailed(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server serves {self.spec.name!r}")
+            raise _CallFailed(grpc.StatusCode.NOT_FOUND,
+                              f"unknown model {show(name)}; this server serves {self.spec.name!r}")
         if version not in ("", self.spec.version):
             raise _CallFailed(grpc.StatusCode.NOT_FOUND,
-                              f"model {name!r} has no version {version!r}; available: {self.spec.version}")
+                              f"model {show(name)} has no version {show(version)}; available: {self.spec.version}")
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -129,12 +157,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         answers: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
-        async def one(item: Any) -> None:
+        async def one(item: Any, arrival_s: float) -> None:
             request, refused, release = unwrap_stream_request(item)  # per-request limits (security.py)
             try:
                 if refused is not None:
                     raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, arrival_s)))
             except _CallFailed as exc:
                 answers.put_nowait(_stream_error(request, exc.code, exc.message))
             except Exception as exc:  # noqa: BLE001 - every request of the stream gets its one answer
@@ -145,7 +173,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             async for item in request_iterator:
-                task = asyncio.create_task(one(item))
+                task = asyncio.create_task(one(item, self.engine.clock()))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             while pending:  # the client half-closed: finish what it sent
@@ -159,42 +187,51 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             await reader  # re-raises a broken stream
         finally:
             reader.cancel()
+            for task in list(pending):  # the stream ended early (cancelled): withdraw what it still has queued
+                task.cancel()
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, arrival_s: float | None = None) -> Any:
         """One inference call start to end; raises _CallFailed with the status and message to answer."""
-        arrival_s = self.engine.clock()  # the SLO counts from here: decoding is part of the request's latency
+        if arrival_s is None:  # the SLO counts from arrival: receiving and decoding are part of the latency
+            arrival_s = ARRIVAL_S.get()
+            if arrival_s is None:  # served without ArrivalInterceptor (an embedding that built its own gRPC server)
+                arrival_s = self.engine.clock()
         self._require_model(request.model_name, request.model_version)
         loop = asyncio.get_running_loop()
         try:
-            decoded = decode_request(request, self.spec)
-            images = decoded.images
-            if images is None:  # encoded PNG/JPEG: decode off the event loop
-                if not decoder_ready():  # a one-time import, not this request's latency: the SLO starts after it
-                    await loop.run_in_executor(self._decoder, load_decoder)
-                    arrival_s = self.engine.clock()
-                images = await loop.run_in_executor(self._decoder, decode_images, decoded.encoded, self.spec)
+            decoded = parse_request(request, self.spec)
+            images = await self.offload.run(decoded.pending)
             answer: asyncio.Future[CallResult] = loop.create_future()
 
             def on_done(result: CallResult) -> None:  # runs on an engine/worker thread, exactly once
                 loop.call_soon_threadsafe(_resolve, answer, result)
 
             if self.hint_hook is None:
-                self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done, arrival_s)
+                cancel = self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done,
+                                            arrival_s)
             else:  # security (issue 7): per-image transformed hints; see superserve/server/security.py
                 slo, acc = self.hint_hook(images.shape[0], decoded.hints.slo_ms, decoded.hints.min_accuracy)
-                submit_per_image(self.engine, images, slo, acc, on_done, arrival_s)
+                cancel = submit_per_image(self.engine, images, slo, acc, on_done, arrival_s)
         except InvalidRequest as exc:
             if self.metrics is not None:
                 outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
                 self.metrics.call_done(outcome, 0.0)
             raise _CallFailed(exc.code, exc.message) from None
-        result = await answer
+        try:
+            result = await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # The client cancelled, or its deadline passed: withdraw the call's queued images, and return only once
+            # the engine holds none of them (its answer, CANCELLED or a result computed meanwhile, is then dropped).
+            if cancel is not None:
+                cancel()
+                await asyncio.shield(answer)
+            raise
         if result.outcome not in (OK, LATE):
             raise _CallFailed(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
         return build_response(self.spec, request.id, decoded.outputs, result, self.response_params)
 
     def close(self) -> None:
-        self._decoder.shutdown(wait=False)
+        self.offload.close()
 
 
 def build_response(spec: ModelSpec, request_id: str, outputs: tuple[str, ...], result: CallResult,
