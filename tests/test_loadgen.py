@@ -95,7 +95,8 @@ def assert_one_record_each(report, n: int) -> None:
 
 def test_sends_follow_the_schedule_not_the_answers():
     """Answers take 150 ms, requests are due every ~10 ms: an open-loop client keeps sending on time (a closed-loop
-    one would have one call outstanding and send ~7/s)."""
+    one would have one call outstanding and send ~7/s, so its k-th send would lag k x 150 ms). The lag bounds are
+    one answer time: far above what an open-loop client lags on a busy host, far below a closed loop's seconds."""
     server = fake(0.15)
     try:
         arrivals = make_trace("poisson", 100, 1.5, seed=1)
@@ -109,8 +110,8 @@ def test_sends_follow_the_schedule_not_the_answers():
     sent = np.array([e.sent_s for e in report.events])
     lag_ms = (sent - arrivals) * 1e3
     assert lag_ms.min() >= 0
-    assert np.median(lag_ms) < 15 and report.send_lag_ms(50) == pytest.approx(np.median(lag_ms))
-    assert sent[-1] - sent[0] == pytest.approx(arrivals[-1] - arrivals[0], abs=0.15)
+    assert np.median(lag_ms) < 150 and report.send_lag_ms(50) == pytest.approx(np.median(lag_ms))
+    assert sent[-1] - sent[0] == pytest.approx(arrivals[-1] - arrivals[0], abs=0.15)  # vs ~20 s closed-loop
     assert {r.status for r in report.records} == {LATE}  # 150 ms > 100 ms SLO, all served
     assert all(r.finish_s - r.arrival_s >= 0.15 for r in report.records)
     assert {r.accuracy for r in report.records} == {0.8}  # no params in the answers: the caller's accuracy
@@ -118,10 +119,13 @@ def test_sends_follow_the_schedule_not_the_answers():
 
 
 def test_in_flight_bound_gives_explicit_client_overloaded_records():
-    server = fake(0.4, params=True)
+    """40 requests due within 0.2 s, 5 in flight at most, answers after 2 s: the first 5 are sent and the other 35
+    are recorded client_overloaded, as long as the client does not stall for 1.8 s mid-schedule (answers 10x the
+    schedule's length, so a busy host does not free a slot before the last request is due)."""
+    server = fake(2.0, params=True)
     try:
         arrivals = np.linspace(0.0, 0.2, 40)
-        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000,
+        report = replay(arrivals, ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=5000,
                                              max_in_flight=5))
     finally:
         server.stop()
@@ -157,7 +161,7 @@ def test_error_codes_map_to_statuses_and_drain_timeout_records_unanswered():
                                                       drain_timeout_s=0.3))
     finally:
         slow.stop()
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < 15  # it gave up after the drain timeout, not the 30 s answers (half: generous)
     assert [e.outcome for e in report.events] == ["unanswered"] * 3
     assert [r.status for r in report.records] == [ERROR] * 3
     assert all(r.dispatch_s is not None and r.finish_s is None for r in report.records)
@@ -255,8 +259,9 @@ def test_saturate_keeps_exactly_concurrency_calls_outstanding():
         server.stop()
     assert server.servicer.max_concurrent == 4  # closed loop: never more, a new call as soon as one returns
     assert out["calls"] == out["ok"] == server.servicer.received and out["errors"] == 0
-    assert 0.6 <= out["duration_s"] < 1.5
-    assert 25 <= out["throughput_qps"] <= 80  # 4 in flight / 50 ms = 80/s at most
+    assert out["duration_s"] >= 0.6  # it ran the whole window (and then stopped: the test returned)
+    assert out["calls"] > 4  # closed loop: new calls once the first four returned
+    assert out["throughput_qps"] <= 80  # 4 in flight / 50 ms = 80/s at most, whatever the host's speed
     assert out["throughput_qps"] == pytest.approx(out["ok"] / out["duration_s"])
 
 
@@ -299,7 +304,7 @@ def test_replay_in_a_subprocess_with_real_inputs_records_every_request_once():
     assert {r.status for r in report.records} == {OK} and report.error_counts() == {}
     assert sorted(server.servicer.payloads[:n]) == sorted(inputs[k % 3].tobytes() for k in range(n))
     assert server.servicer.payloads[n:] == [inputs[0].tobytes()] * 2
-    assert 0 <= report.send_lag_ms(100) < 100
+    assert report.send_lag_ms(100) >= 0  # sends never early (how late is the other tests' subject)
 
 
 class WarmingFake(FakeOip):
