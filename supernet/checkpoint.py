@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from supernet.config import SubnetConfig, SupernetSpace
-from supernet.network import SuperNet
+from supernet.contract import ServableSupernet
+from supernet.families import build_supernet
 from supernet.norm import NormTable
 
 CHECKPOINT_FORMAT = "superserve-supernet"
@@ -40,7 +41,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def save_checkpoint(net: SuperNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None,
+def save_checkpoint(net: ServableSupernet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None, half_weights: bool = False) -> None:
     """Save weights, space, SubnetNorm statistics and calibrated configs. `extra` holds training state
     (optimizer, step, RNG) for `--resume`; `meta` is free-form JSON-able information.
@@ -63,7 +64,7 @@ def save_checkpoint(net: SuperNet, path: str | os.PathLike[str], meta: dict[str,
     }, path)
 
 
-def round_trip_half(net: SuperNet) -> None:
+def round_trip_half(net: ServableSupernet) -> None:
     """Round every floating-point weight through float16 in place (what a `half_weights` checkpoint will hold)."""
     with torch.no_grad():
         for tensor in net.state_dict().values():
@@ -89,8 +90,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike[str], space: SupernetSpace | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[SuperNet, dict[str, Any]]:
-    """Rebuild the supernet from a checkpoint. If `space` is given it must match the checkpoint's.
+                    map_location: str | torch.device = "cpu") -> tuple[ServableSupernet, dict[str, Any]]:
+    """Rebuild the supernet from a checkpoint (the class its space's family names: the native `SuperNet` or
+    `OFASupernet`). If `space` is given it must match the checkpoint's.
 
     Returns (net in eval mode, the checkpoint dict for its meta/extra fields)."""
     data = read_checkpoint(path)
@@ -101,7 +103,10 @@ def load_checkpoint(path: str | os.PathLike[str], space: SupernetSpace | None = 
     if space is not None and space != ckpt_space:
         raise CheckpointError(f"{path} was trained for a different space:\n  checkpoint: {ckpt_space}\n"
                               f"  expected:   {space}")
-    net = SuperNet(ckpt_space)
+    try:
+        net = build_supernet(ckpt_space)
+    except ValueError as exc:  # an unknown family
+        raise CheckpointError(f"{path}: {exc}") from exc
     try:
         net.load_state_dict(data["state_dict"])
     except RuntimeError as exc:

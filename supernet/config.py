@@ -41,6 +41,12 @@ class SupernetSpace:
     kernel_choices: tuple[int, ...] = (3, 5)  # kernel of each block's spatial conv (WeightSlice, centre crop)
     head_width: int = 256  # channels of the final 1x1 "feature mix" conv before pooling
     dropout: float = 0.1  # classifier dropout, applied to the max net while training only
+    # Which implementation runs this space (`supernet.families`): "superserve" is `supernet.network.SuperNet`;
+    # "ofa_mbv3" / "ofa_resnet" are once-for-all's networks (`supernet.ofa_net`). The three fields below are
+    # written to JSON only when they differ from their defaults, so files of the native space are unchanged.
+    family: str = "superserve"
+    width_choices: tuple[float, ...] = ()  # OFA width multipliers (OFA-ResNet: elastic per unit; OFA-MBv3: one)
+    base_depths: tuple[int, ...] = ()  # OFA-ResNet: blocks per stage at depth choice 0 (depth = base + choice)
 
     def __post_init__(self) -> None:
         if len(self.stage_widths) != len(self.stage_strides) or not self.stage_widths:
@@ -51,7 +57,9 @@ class SupernetSpace:
                 raise ValueError(f"{name} must be a non-empty strictly increasing tuple, got {values}")
         if any(k % 2 == 0 for k in self.kernel_choices):
             raise ValueError(f"kernel sizes must be odd (centre crop), got {self.kernel_choices}")
-        if min(self.depth_choices) < 1:
+        if self.base_depths and len(self.base_depths) != len(self.stage_widths):
+            raise ValueError("base_depths must have one entry per stage")
+        if min(self.depth_choices) + min(self.base_depths, default=0) < 1:
             raise ValueError("every stage runs at least one block")
 
     @property
@@ -77,7 +85,9 @@ class SupernetSpace:
         return per_stage**self.num_stages
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        defaults = {"family": "superserve", "width_choices": (), "base_depths": ()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()
+                if not (k in defaults and v == defaults[k])}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SupernetSpace":
@@ -105,12 +115,19 @@ class SubnetConfig:
 
     expand_ratios: tuple[tuple[float, ...], ...]
     kernel_sizes: tuple[tuple[int, ...], ...]
+    # OFA-ResNet only (empty / False elsewhere, and then left out of the JSON and the id): the width-multiplier index
+    # of each width-elastic unit (OFA's `w`: stem conv 1, stem conv 3, the four stages) and whether the input stem
+    # skips its middle conv (OFA's `d[0] != max(depth_list)`).
+    widths: tuple[int, ...] = ()
+    skip_stem: bool = False
     subnet_id: str = field(init=False, compare=False, repr=False)  # stable, derived from the canonical JSON
 
     def __post_init__(self) -> None:
         # Normalise lists (e.g. from JSON) to tuples so the config stays hashable.
         object.__setattr__(self, "expand_ratios", tuple(tuple(float(e) for e in s) for s in self.expand_ratios))
         object.__setattr__(self, "kernel_sizes", tuple(tuple(int(k) for k in s) for s in self.kernel_sizes))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "skip_stem", bool(self.skip_stem))
         if len(self.expand_ratios) != len(self.kernel_sizes):
             raise InvalidSubnetError(
                 f"expand_ratios has {len(self.expand_ratios)} stages but kernel_sizes has {len(self.kernel_sizes)}"
@@ -127,12 +144,16 @@ class SubnetConfig:
         return tuple(len(s) for s in self.expand_ratios)
 
     def canonical_json(self) -> str:
-        return json.dumps({"expand_ratios": self.expand_ratios, "kernel_sizes": self.kernel_sizes},
-                          separators=(",", ":"))
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"expand_ratios": [list(s) for s in self.expand_ratios],
-                "kernel_sizes": [list(s) for s in self.kernel_sizes]}
+        out: dict[str, Any] = {"expand_ratios": [list(s) for s in self.expand_ratios],
+                               "kernel_sizes": [list(s) for s in self.kernel_sizes]}
+        if self.widths:
+            out["widths"] = list(self.widths)
+        if self.skip_stem:
+            out["skip_stem"] = True
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -140,7 +161,8 @@ class SubnetConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SubnetConfig":
         try:
-            return cls(expand_ratios=data["expand_ratios"], kernel_sizes=data["kernel_sizes"])
+            return cls(expand_ratios=data["expand_ratios"], kernel_sizes=data["kernel_sizes"],
+                       widths=data.get("widths", ()), skip_stem=data.get("skip_stem", False))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidSubnetError):
                 raise
@@ -158,6 +180,12 @@ class SubnetConfig:
 
     def validate(self, space: SupernetSpace) -> "SubnetConfig":
         """Raise InvalidSubnetError naming the first problem if `space` cannot run this config; return self."""
+        if space.family == "ofa_resnet":
+            from supernet.ofa_space import validate_resnet  # pure Python, like this module
+
+            return validate_resnet(self, space)
+        if self.widths or self.skip_stem:
+            raise InvalidSubnetError(f"widths / skip_stem are OFA-ResNet choices; space family is {space.family}")
         if len(self.expand_ratios) != space.num_stages:
             raise InvalidSubnetError(f"config has {len(self.expand_ratios)} stages, the space has {space.num_stages}")
         for s, (es, ks) in enumerate(zip(self.expand_ratios, self.kernel_sizes)):

@@ -120,6 +120,19 @@ class SuperNet(nn.Module):
             h = F.dropout(h, dropout, training=True)
         return self.classifier(h)
 
+    # --- the rest of the ServableSupernet contract (supernet.contract) ---------------------------------------------
+    @property
+    def sampler(self):  # noqa: ANN201 - supernet.contract.SubnetSampler
+        from supernet.families import NativeSampler
+
+        return NativeSampler(self.space)
+
+    def export(self, subnet: SubnetConfig) -> nn.Module:
+        """A standalone static copy of `subnet` (`supernet.export.export`)."""
+        from supernet.export import export  # export imports this module
+
+        return export(self, subnet)
+
     # --- bookkeeping ----------------------------------------------------------------------------------------------
     def norm_layer_indices(self, subnet: SubnetConfig) -> list[int]:
         """Indices of the SubnetNorm layers `subnet` runs, in execution order."""

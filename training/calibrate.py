@@ -13,12 +13,12 @@ import torch
 from tqdm import tqdm
 
 from supernet.config import SubnetConfig
-from supernet.network import SuperNet
+from supernet.contract import ServableSupernet
 from supernet.norm import StatsAccumulator
 
 
 @torch.no_grad()
-def calibrate_subnet(net: SuperNet, subnet: SubnetConfig, images: torch.Tensor, batch_size: int = 200) -> None:
+def calibrate_subnet(net: ServableSupernet, subnet: SubnetConfig, images: torch.Tensor, batch_size: int = 200) -> None:
     """Compute and store `subnet`'s statistics from `images` (N, C, H, W), already normalised like training data."""
     subnet.validate(net.space)
     if images.shape[0] == 0:
@@ -30,8 +30,8 @@ def calibrate_subnet(net: SuperNet, subnet: SubnetConfig, images: torch.Tensor, 
     net.norm_table.stats[subnet.subnet_id] = accumulator.result()
 
 
-def calibrate_subnets(net: SuperNet, subnets: Iterable[SubnetConfig], images: torch.Tensor, batch_size: int = 200,
-                      progress: bool = False) -> None:
+def calibrate_subnets(net: ServableSupernet, subnets: Iterable[SubnetConfig], images: torch.Tensor,
+                      batch_size: int = 200, progress: bool = False) -> None:
     """Calibrate every subnet in `subnets` (duplicates are calibrated once)."""
     unique = list({s.subnet_id: s for s in subnets}.values())
     for subnet in tqdm(unique, desc="calibrate", unit="subnet", disable=not progress):

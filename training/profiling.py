@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from supernet.config import SubnetConfig
-from supernet.network import SuperNet
+from supernet.contract import ServableSupernet
 from superserve.zoo import HostFingerprint, LatencyStats
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -55,7 +55,7 @@ def percentile_stats(times_ms: list[float]) -> LatencyStats:
 
 
 @torch.inference_mode()
-def profile_cell(net: SuperNet, subnet: SubnetConfig, batch_size: int, cfg: ProfileConfig) -> LatencyStats:
+def profile_cell(net: ServableSupernet, subnet: SubnetConfig, batch_size: int, cfg: ProfileConfig) -> LatencyStats:
     device = next(net.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
     sp = net.space
@@ -76,7 +76,7 @@ def profile_cell(net: SuperNet, subnet: SubnetConfig, batch_size: int, cfg: Prof
     return percentile_stats(times_ms)
 
 
-def profile_subnets(net: SuperNet, subnets: Iterable[SubnetConfig], cfg: ProfileConfig = ProfileConfig(),
+def profile_subnets(net: ServableSupernet, subnets: Iterable[SubnetConfig], cfg: ProfileConfig = ProfileConfig(),
                     progress: bool = True) -> dict[str, Mapping[int, LatencyStats]]:
     """subnet id -> {batch size -> LatencyStats}. Every subnet must be calibrated (eval mode needs its statistics).
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from supernet.config import SubnetConfig
-from supernet.network import SuperNet
+from supernet.contract import ServableSupernet
 from supernet.norm import NormTable
 from superserve.zoo import pareto_front
 from training.calibrate import calibrate_subnet
@@ -61,7 +61,7 @@ class Candidate:
                 "params": self.params, "val_accuracy": self.val_accuracy}
 
 
-def score_candidate(net: SuperNet, subnet: SubnetConfig, calibration: torch.Tensor, data: DatasetSplits
+def score_candidate(net: ServableSupernet, subnet: SubnetConfig, calibration: torch.Tensor, data: DatasetSplits
                     ) -> Candidate:
     """Calibrate `subnet` into a scratch statistics table and measure its validation accuracy."""
     saved, net.norm_table = net.norm_table, NormTable()
@@ -74,10 +74,10 @@ def score_candidate(net: SuperNet, subnet: SubnetConfig, calibration: torch.Tens
     return Candidate(subnet, macs, params, accuracy)
 
 
-def search(net: SuperNet, data: DatasetSplits, cfg: SearchConfig = SearchConfig(), progress: bool = True
+def search(net: ServableSupernet, data: DatasetSplits, cfg: SearchConfig = SearchConfig(), progress: bool = True
            ) -> list[Candidate]:
     """All evaluated candidates (random round, then `generations` evolutionary rounds bred from the current front)."""
-    space = net.space
+    sampler = net.sampler  # the space's own min / max / random / mutate / crossover (supernet.contract)
     rng = random.Random(cfg.seed)
     calibration, _ = data.calibration_subset(cfg.search_calibration_images, seed=cfg.seed)
     seen: dict[str, Candidate] = {}
@@ -96,13 +96,13 @@ def search(net: SuperNet, data: DatasetSplits, cfg: SearchConfig = SearchConfig(
         for _ in range(50 * count):  # bounded: a tiny space may have fewer unseen configs than asked
             if len(out) == count:
                 break
-            subnet = make().validate(space)
+            subnet = sampler.validate(make())
             if subnet.subnet_id not in seen:
                 out.setdefault(subnet.subnet_id, subnet)
         return list(out.values())
 
-    add([SubnetConfig.min(space), SubnetConfig.max(space)])
-    add(fresh(lambda: SubnetConfig.random(space, rng), cfg.num_random))
+    add([sampler.min(), sampler.max()])
+    add(fresh(lambda: sampler.random(rng), cfg.num_random))
     for _ in range(cfg.generations):
         front_ids = set(pareto_front((c.subnet_id, c.macs, c.val_accuracy) for c in seen.values()))
         parents = [c.config for c in seen.values() if c.subnet_id in front_ids]
@@ -110,8 +110,8 @@ def search(net: SuperNet, data: DatasetSplits, cfg: SearchConfig = SearchConfig(
         def child() -> SubnetConfig:
             if len(parents) > 1 and rng.random() < cfg.crossover_prob:
                 a, b = rng.sample(parents, 2)
-                return SubnetConfig.crossover(a, b, rng).mutate(space, rng, cfg.mutate_prob / 2)
-            return rng.choice(parents).mutate(space, rng, cfg.mutate_prob)
+                return sampler.mutate(sampler.crossover(a, b, rng), rng, cfg.mutate_prob / 2)
+            return sampler.mutate(rng.choice(parents), rng, cfg.mutate_prob)
 
         add(fresh(child, cfg.population))
     bar.close()

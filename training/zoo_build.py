@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from supernet.checkpoint import file_sha256, load_checkpoint, round_trip_half, save_checkpoint
-from supernet.network import SuperNet
+from supernet.contract import ServableSupernet
 from supernet.norm import NormTable
 from superserve.zoo import Zoo, ZooEntry
 from training.calibrate import calibrate_subnets
@@ -101,7 +101,7 @@ def candidates_file(zoo_path: str | Path) -> Path:
     return zoo_path.with_name(zoo_path.stem + "_candidates.json")
 
 
-def load_for_zoo(zoo: Zoo, ckpt_path: str | Path, map_location: str = "cpu") -> SuperNet:
+def load_for_zoo(zoo: Zoo, ckpt_path: str | Path, map_location: str = "cpu") -> ServableSupernet:
     net, _ = load_checkpoint(ckpt_path, space=zoo.space, map_location=map_location)
     missing = [sid for sid in zoo.subnet_ids if sid not in net.norm_table]
     if missing:
