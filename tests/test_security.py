@@ -125,7 +125,8 @@ def _status(call) -> str:
 def test_api_keys_per_tenant_rate_limit_and_health_stay_open(serving_assets):
     from superserve.server.security import SecurityConfig
 
-    sec = SecurityConfig(api_keys=KEYS, rate_limit_images_per_s=0.01, rate_burst_images=4)
+    # a refill of one image per ~12 days: the bucket cannot refill during the test, however slow the host
+    sec = SecurityConfig(api_keys=KEYS, rate_limit_images_per_s=1e-6, rate_burst_images=4)
     srv = _start(serving_assets, security=sec)
     client = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
     try:
@@ -174,15 +175,16 @@ def test_inflight_cap_per_tenant():
             raise RuntimeError(message)
 
     async def scenario():
-        gate = asyncio.Event()
+        gate, entered = asyncio.Event(), asyncio.Event()
 
         async def slow(request, context):
+            entered.set()
             await gate.wait()
             return "done"
 
         limited = SecurityInterceptor(SecurityConfig(max_inflight_per_tenant=1))._limited(slow, None, True)
         first = asyncio.create_task(limited(None, Ctx("ipv4:127.0.0.1:4000")))
-        await asyncio.sleep(0.01)
+        await entered.wait()  # the first call holds the tenant's slot (an event, not a sleep)
         second = Ctx("ipv4:127.0.0.1:4001")  # same host, another port: the same anonymous tenant
         with pytest.raises(RuntimeError, match="in flight"):
             await limited(None, second)
@@ -248,8 +250,9 @@ def test_tls_with_a_self_signed_certificate_and_hidden_subnet(serving_assets, tm
 
 def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
     """pareto:p=1 moves every request whose hints admit only the most accurate subnet to its faster neighbour,
-    image by image; without hints (several admitted) nothing moves. The zoo's table is made slow (20-80 ms) so that
-    the moved requests' tighter SLO (just under the next subnet's budget) survives this shared machine's stalls."""
+    image by image; without hints (several admitted) nothing moves. The zoo's table is made slow (200-800 ms) so that
+    the moved requests' tighter SLO (just under the next subnet's budget) leaves ~400 ms of slack over the real
+    sub-millisecond runs: this shared machine's stalls cannot shed them (at 20-80 ms the slack was ~40 ms)."""
     from serving_fixture import build_serving_assets
     from superserve.server.security import SecurityConfig
 
@@ -257,9 +260,9 @@ def test_hint_defense_in_the_server_moves_pinned_requests(tmp_path):
     from superserve.zoo import LatencyStats, Zoo
 
     zoo_path, ckpt = build_serving_assets(tmp_path, repeats=1)
-    zoo = Zoo.load(zoo_path)  # a fixed, monotone table (measured ones are noisy here): 20 / 40 / 80 ms at batch 1
+    zoo = Zoo.load(zoo_path)  # a fixed, monotone table (measured ones are noisy here): 200 / 400 / 800 ms at batch 1
     tables = {e.subnet_id: {b: LatencyStats(l1 * (1 + 0.25 * (b - 1)), l1 * (1 + 0.25 * (b - 1)))
-                            for b in zoo.batch_sizes} for e, l1 in zip(zoo.entries, (20.0, 40.0, 80.0))}
+                            for b in zoo.batch_sizes} for e, l1 in zip(zoo.entries, (200.0, 400.0, 800.0))}
     zoo.with_latencies(tables, zoo.host).save(zoo_path)
     # online correction off: it would shrink the table back to this host's real latencies
     srv = _start((zoo_path, ckpt), engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS, correction_interval_s=None),
