@@ -25,7 +25,7 @@ from superserve.server.codec import ModelSpec
 from superserve.server.engine import Engine, EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.security import HintDefenseHook, SecurityConfig, SecurityInterceptor, server_credentials
-from superserve.server.service import ArrivalInterceptor, InferenceService
+from superserve.server.service import EntryInterceptor, InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
 
@@ -228,7 +228,7 @@ class Server:
                    ("grpc.max_send_message_length", self.config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         sec = self.config.security
-        interceptors: list[Any] = [ArrivalInterceptor(self.engine.clock)]  # first: the SLO clock starts here
+        interceptors: list[Any] = [EntryInterceptor(self.engine.clock)]  # first: the SLO clock starts here
         if sec.needs_interceptor:
             interceptors.append(SecurityInterceptor(sec, self.metrics.registry))
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)

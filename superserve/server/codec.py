@@ -327,9 +327,19 @@ def decoder_ready() -> bool:
 
 
 def load_decoder() -> None:
+    _pil()
+
+
+def _pil() -> Any:
+    """PIL.Image, with its decompression-bomb warning (over 89 M pixels) made an error: refused, not logged."""
     from PIL import Image, JpegImagePlugin, PngImagePlugin  # noqa: F401
 
-    Image.init()
+    if not getattr(_pil, "done", False):
+        import warnings
+
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _pil.done = True  # type: ignore[attr-defined]
+    return Image
 
 
 @dataclass(frozen=True)
@@ -344,7 +354,7 @@ class ImageHeader:
 def read_headers(encoded: Sequence[bytes]) -> list[ImageHeader]:
     """The headers of a call's encoded images, checked against MAX_IMAGE_SIDE_PX and MAX_DECODED_PIXELS_PER_CALL.
     Costs microseconds per image and no pixel memory; raises InvalidRequest naming the element and the problem."""
-    from PIL import Image
+    Image = _pil()  # noqa: N806
 
     headers, total = [], 0
     for k, data in enumerate(encoded):
@@ -353,6 +363,9 @@ def read_headers(encoded: Sequence[bytes]) -> list[ImageHeader]:
         try:
             with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
                 header = ImageHeader(str(img.format), int(img.size[0]), int(img.size[1]))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _invalid(f"input {INPUT_BYTES}: element {k} declares too many pixels ({_reason(exc)[:60]}...); "
+                           f"each side must be in [1, {MAX_IMAGE_SIDE_PX}] (refused before decoding)") from None
         except Exception as exc:  # noqa: BLE001 - any failure to parse a client's bytes is the client's error
             raise _invalid(f"input {INPUT_BYTES}: element {k} is not a decodable PNG or JPEG image "
                            f"({_reason(exc)})") from None
@@ -371,7 +384,7 @@ def read_headers(encoded: Sequence[bytes]) -> list[ImageHeader]:
 def decode_images(encoded: Sequence[bytes], spec: ModelSpec) -> torch.Tensor:
     """Encoded PNG/JPEG files -> (B, C, S, S) model input. Slow (milliseconds to seconds): call it off the event
     loop. Headers are checked first (`read_headers`); truncated or corrupt data raises InvalidRequest."""
-    from PIL import Image
+    Image = _pil()  # noqa: N806
 
     read_headers(encoded)
     mode = "L" if spec.in_channels == 1 else "RGB"

@@ -7,7 +7,7 @@ deadline -> DEADLINE_EXCEEDED; shutting down, or the capacity that held the call
 gone) -> UNAVAILABLE; a worker failure -> INTERNAL. gRPC itself answers RESOURCE_EXHAUSTED for messages over the size
 limit.
 
-A call's SLO counts from its arrival: the moment `ArrivalInterceptor` sees it, before its message is received and
+A call's SLO counts from its arrival: the moment `EntryInterceptor` sees it, before its message is received and
 parsed (a 30 MB message takes a third of a second to receive on a slow host; under overload the handler starts late).
 A call its client cancels (or whose gRPC deadline passes) is withdrawn from the engine: its queued images are not
 computed, and the handler returns only once the engine holds none of its images, so per-tenant in-flight caps count
@@ -40,22 +40,70 @@ SERVER_VERSION = "0.1.0"
 # worker process died, Redis is gone or stalled); REJECTED: refused after submission (a Redis queue found full).
 _FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
            REJECTED: grpc.StatusCode.RESOURCE_EXHAUSTED, CANCELLED: grpc.StatusCode.CANCELLED}
-# When the call reached the server (time.monotonic, the engines' clock), set by ArrivalInterceptor.
+# When the call reached the server (time.monotonic, the engines' clock), set by EntryInterceptor.
 ARRIVAL_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("superserve_arrival_s", default=None)
 
 
-class ArrivalInterceptor(grpc.aio.ServerInterceptor):
-    """Stamps each call's arrival before its message is received: the earliest moment the server's Python code sees
-    it. The handler runs in the same context, so it reads the stamp from ARRIVAL_S."""
+class Undecodable:
+    """A request message that is not valid protobuf: the handler answers INVALID_ARGUMENT (gRPC alone answered
+    UNKNOWN with a Python exception name)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return f"the request is not a valid protobuf message ({self.reason[:120]})"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # noqa: BLE001 - whatever bytes a client sends get a status, not a traceback
+            return Undecodable(str(exc) or type(exc).__name__)
+    return parse
+
+
+class EntryInterceptor(grpc.aio.ServerInterceptor):
+    """The first thing a call meets: stamps its arrival (ARRIVAL_S) before its message is received, the earliest
+    moment the server's Python code sees it (the handler runs in the same context), and makes an undecodable message
+    an INVALID_ARGUMENT answer (in a stream: that request's error answer; the stream stays open)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, its tolerant wrapper)
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         ARRIVAL_S.set(self.clock())
-        return await continuation(details)
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _tolerant_handler(handler)
+        if len(self._wrapped) < 64:  # one entry per method of the service (a per-call handler is not cached)
+            self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
-_CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_STRING, "INT64": mc.TYPE_INT64}
+
+def _tolerant_handler(handler: Any) -> Any:
+    kw = dict(request_deserializer=_tolerant(handler.request_deserializer),
+              response_serializer=handler.response_serializer)
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(unary, **kw)
+    if handler.stream_stream is not None:  # ModelStreamInfer skips Undecodable items itself
+        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, **kw)
+    return handler  # no other kind exists in this service
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -160,6 +208,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def one(item: Any, arrival_s: float) -> None:
             request, refused, release = unwrap_stream_request(item)  # per-request limits (security.py)
             try:
+                if isinstance(request, Undecodable):
+                    raise _CallFailed(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 if refused is not None:
                     raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, arrival_s)))
@@ -194,7 +244,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         """One inference call start to end; raises _CallFailed with the status and message to answer."""
         if arrival_s is None:  # the SLO counts from arrival: receiving and decoding are part of the latency
             arrival_s = ARRIVAL_S.get()
-            if arrival_s is None:  # served without ArrivalInterceptor (an embedding that built its own gRPC server)
+            if arrival_s is None:  # served without EntryInterceptor (an embedding that built its own gRPC server)
                 arrival_s = self.engine.clock()
         self._require_model(request.model_name, request.model_version)
         loop = asyncio.get_running_loop()
@@ -258,6 +308,8 @@ class _CallFailed(Exception):
 
 
 def _stream_error(request: Any, code: grpc.StatusCode, message: str) -> Any:
+    if isinstance(request, Undecodable):
+        return pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}")
     return pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}",
                                        infer_response=pb.ModelInferResponse(model_name=request.model_name,
                                                                             id=request.id))
