@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,27 +176,60 @@ def test_stop_flag_checkpoints_after_the_current_step(digits, tmp_path):
     assert read_checkpoint(tmp_path / "s.pt")["extra"]["step"] == 0
 
 
-def test_sigterm_leaves_a_loadable_resumable_checkpoint(tmp_path):
-    out = tmp_path / "sig.pt"
+def _progress_steps(text: str) -> int:
+    """The last step count the tqdm bar printed ("train deps:   1%|   | 12/2000 ...")."""
+    import re
+
+    found = re.findall(r"\| *(\d+)/\d+ \[", text)
+    return int(found[-1]) if found else 0
+
+
+@pytest.mark.slow  # three training processes, ~40 s on a shared 2-core host
+def test_sigterm_leaves_a_checkpoint_that_train_resume_continues_exactly(tmp_path):
+    """README: Ctrl-C/SIGTERM writes a checkpoint atomically, and `superserve train --out run.pt --resume` continues
+    exactly where the stopped run left off (the same weights as an uninterrupted run). From the CLI: start a long
+    run, send SIGTERM once the bar shows a completed step (read from the bar, not a sleep), resume it to 3 steps
+    past the stop, and compare with an uninterrupted run to that step."""
+    out, ref = tmp_path / "sig.pt", tmp_path / "ref.pt"
     space = ('{"image_size": 8, "stem_width": 8, "stage_widths": [8, 16], "stage_strides": [1, 2], '
              '"head_width": 16, "depth_choices": [1, 2]}')
-    cmd = [sys.executable, "-m", "superserve.cli", "train", "--method", "deps", "--data", "digits", "--epochs", "50",
-           "--batch-size", "32", "--space", space, "--out", str(out), "--checkpoint-every", "100000",
-           "--val-every", "100000", "--threads", "1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
-    deadline = time.monotonic() + 90
+    args = ["--method", "deps", "--data", "digits", "--epochs", "50", "--batch-size", "32", "--space", space,
+            "--checkpoint-every", "100000", "--val-every", "100000", "--threads", "1"]
+    cli = [sys.executable, "-m", "superserve.cli", "train"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([*cli, *args, "--out", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
     seen = ""
-    while "train deps" not in seen and time.monotonic() < deadline:  # the progress bar has started
-        seen += proc.stderr.read(1) or ""
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        while _progress_steps(seen) < 1:  # a step done: the bar says so (it refreshes at least every 0.1 s)
+            char = proc.stderr.read(1)
+            assert char, f"the run ended before its first step:\n{seen[-2000:]}"
+            seen += char
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     net, data = load_checkpoint(out)
     step = data["extra"]["step"]
-    assert 0 < step < data["meta"]["total_steps"] and "--resume" in err
+    assert 0 < step < data["meta"]["total_steps"] and f"superserve train --out {out} --resume" in err
     assert not list(tmp_path.glob(".*tmp*"))  # no half-written temp file left behind
     assert isinstance(net, SuperNet)
+
+    target = step + 3
+    # --threads is not stored in the checkpoint: another thread count sums in another order (not bit-identical)
+    resumed = subprocess.run([*cli, "--out", str(out), "--resume", "--max-steps", str(target), "--threads", "1",
+                              "--quiet"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {out} at step {step}/" in resumed.stderr
+    straight = subprocess.run([*cli, *args, "--out", str(ref), "--max-steps", str(target), "--quiet"], cwd=REPO,
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = read_checkpoint(out), read_checkpoint(ref)
+    assert a["extra"]["step"] == b["extra"]["step"] == target
+    wa, wb = load_checkpoint(out)[0].state_dict(), load_checkpoint(ref)[0].state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), \
+        [k for k in wa if not torch.equal(wa[k], wb[k])][:3]
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
