@@ -8,6 +8,7 @@ of the served subnets only) + zoo JSON (+ the candidates JSON for plots).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,24 @@ from training.search import Candidate, SearchConfig, search, select_front
 from training.trainer import evaluate
 
 HALF_WEIGHTS_ABOVE_BYTES = 8_000_000  # store float16 weights when float32 ones would exceed this
+# OFA's ImageNet networks were trained on inputs normalised with these (torchvision's ImageNet statistics).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`device` as a torch device, refusing CUDA where there is none (at start, not at the first forward)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this host (torch {torch.__version__}, "
+                         f"built with CUDA {torch.version.cuda}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this host has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -37,12 +56,36 @@ class BuildResult:
 
 def dataset_for_checkpoint(data: dict[str, Any], spec: str | None = None, seed: int | None = None
                            ) -> DatasetSplits:
-    """The dataset (and split seed) the checkpoint was trained on, unless overridden."""
+    """The dataset (and split seed) the checkpoint was trained on, unless overridden.
+
+    An OFA supernet (imported with `superserve zoo import-ofa`) names no dataset: `spec` is required, and the images
+    are normalised with ImageNet's mean and std, as OFA trained them (not with the folder's own statistics)."""
     meta = data.get("meta", {})
+    family = data["space"].get("family", "superserve")
+    if family != "superserve" and not (spec or meta.get("data") or meta.get("dataset")):
+        raise ValueError(f"a {family} supernet needs --data (e.g. folder:PATH, an ImageNet-style folder)")
     spec = spec or meta.get("data") or meta.get("dataset") or "mnist5k"
     seed = meta.get("data_seed", 0) if seed is None else seed
     size = data["space"]["image_size"]
-    return load_dataset(spec, seed=seed, image_size=size)
+    splits = load_dataset(spec, seed=seed, image_size=size)
+    if family != "superserve":
+        if splits.in_channels != data["space"]["in_channels"]:
+            raise ValueError(f"{spec}: {splits.in_channels}-channel images, the {family} supernet takes "
+                             f"{data['space']['in_channels']}")
+        splits = renormalise(splits, IMAGENET_MEAN, IMAGENET_STD)
+    return splits
+
+
+def renormalise(splits: DatasetSplits, mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSplits:
+    """The same splits normalised with (mean, std) instead of the train split's own statistics."""
+    old_m, old_s = (torch.tensor(v).view(1, -1, 1, 1) for v in (splits.mean, splits.std))
+    new_m, new_s = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+
+    def redo(x: torch.Tensor) -> torch.Tensor:
+        return ((x * old_s + old_m) - new_m) / new_s
+
+    return dataclasses.replace(splits, train_x=redo(splits.train_x), val_x=redo(splits.val_x),
+                               test_x=redo(splits.test_x), mean=tuple(mean), std=tuple(std))
 
 
 def normalization_meta(splits: DatasetSplits) -> dict[str, Any]:
@@ -53,7 +96,10 @@ def normalization_meta(splits: DatasetSplits) -> dict[str, Any]:
 def build_zoo(ckpt_path: str | Path, zoo_path: str | Path, out_ckpt: str | Path, *, data_spec: str | None = None,
               data_seed: int | None = None, search_cfg: SearchConfig = SearchConfig(),
               profile_cfg: ProfileConfig = ProfileConfig(), calibration_images: int = 2000,
-              half_weights: bool | None = None, progress: bool = True, log=print) -> BuildResult:
+              half_weights: bool | None = None, progress: bool = True, log=print, device: str = "cpu"
+              ) -> BuildResult:
+    """`device` runs search, calibration, evaluation and profiling there (cuda: the zoo's host names the GPU)."""
+    dev = resolve_device(device)
     net, data = load_checkpoint(ckpt_path)
     net.norm_table = NormTable()  # training-time statistics (if any) are not the served ones
     splits = dataset_for_checkpoint(data, data_spec, data_seed)
@@ -61,6 +107,7 @@ def build_zoo(ckpt_path: str | Path, zoo_path: str | Path, out_ckpt: str | Path,
     half = n_params * 4 > HALF_WEIGHTS_ABOVE_BYTES if half_weights is None else half_weights
     if half:
         round_trip_half(net)  # search, calibrate and measure the weights that will be served
+    net.to(dev)
     log(f"searching: {search_cfg.num_random} random + {search_cfg.generations}x{search_cfg.population} "
         f"evolutionary candidates (val split, {len(splits.val_y)} images)")
     candidates = search(net, splits, search_cfg, progress=progress)
@@ -73,6 +120,9 @@ def build_zoo(ckpt_path: str | Path, zoo_path: str | Path, out_ckpt: str | Path,
     val = {s.subnet_id: evaluate(net, s, splits.val_x, splits.val_y) for s in subnets}
     test = {s.subnet_id: evaluate(net, s, splits.test_x, splits.test_y) for s in subnets}
     tables = profile_subnets(net, subnets, profile_cfg, progress=progress)
+    net.to("cpu")  # checkpoints hold CPU tensors; the statistics below too
+    net.norm_table.stats = {sid: {i: (m.cpu(), v.cpu()) for i, (m, v) in layers.items()}
+                            for sid, layers in net.norm_table.stats.items()}
     meta = {**data.get("meta", {}), "dataset": splits.spec, "data_seed": splits.seed,
             "normalization": normalization_meta(splits), "served_subnets": [s.subnet_id for s in subnets],
             "source_checkpoint_sha256": file_sha256(ckpt_path), "half_weights": half}
@@ -83,7 +133,7 @@ def build_zoo(ckpt_path: str | Path, zoo_path: str | Path, out_ckpt: str | Path,
         sid = cand.subnet_id
         entries.append(ZooEntry(cand.config, val[sid], cand.params, cand.macs, tables[sid], test[sid]))
     entries.sort(key=lambda e: (e.latency_ms[min(e.latency_ms)].median_ms, e.flops))
-    zoo = Zoo(net.space, tuple(entries), host_fingerprint(next(net.parameters()).device, profile_cfg.threads),
+    zoo = Zoo(net.space, tuple(entries), host_fingerprint(dev, profile_cfg.threads),
               dataset=splits.spec, checkpoint_sha256=file_sha256(out_ckpt))
     zoo.save(zoo_path)
     candidates_path = candidates_file(zoo_path)
@@ -111,7 +161,9 @@ def load_for_zoo(zoo: Zoo, ckpt_path: str | Path, map_location: str = "cpu") -> 
 
 def reprofile(zoo_path: str | Path, ckpt_path: str | Path, profile_cfg: ProfileConfig = ProfileConfig(),
               out_path: str | Path | None = None, device: str = "cpu", progress: bool = True) -> Zoo:
-    """Re-measure the latency tables of an existing zoo on this host; configs and accuracies are kept."""
+    """Re-measure the latency tables of an existing zoo on this host (on `device`: cpu or cuda); configs and
+    accuracies are kept."""
+    resolve_device(device)
     zoo = Zoo.load(zoo_path)
     net = load_for_zoo(zoo, ckpt_path, device)
     subnets = [e.config for e in zoo.entries]
@@ -139,7 +191,7 @@ def check(zoo: Zoo, ckpt_path: str | Path | None = None, device: str = "cpu", th
     """Problems that make the zoo's numbers untrustworthy here (empty list: all good): a latency table from another
     host (CPU model, device, threads or torch version) or a checkpoint other than the one the zoo describes."""
     problems = []
-    here = host_fingerprint(torch.device(device), threads if threads is not None else zoo.host.threads)
+    here = host_fingerprint(resolve_device(device), threads if threads is not None else zoo.host.threads)
     if not zoo.host_matches(here):
         diffs = [f"{k}: zoo {v!r} vs here {here.__dict__[k]!r}" for k, v in zoo.host.__dict__.items()
                  if here.__dict__[k] != v]

@@ -1,6 +1,8 @@
 """`superserve zoo`: build the served zoo from a trained checkpoint, re-profile it on this host, check and show it.
 
     superserve zoo build --ckpt runs/deps.pt --out superserve/assets/zoo.json      (+ supernet.pt next to it)
+    superserve zoo import-ofa --supernet ofa_mbv3 --weights ofa_mbv3_d234_e346_k357_w1.2 --out runs/ofa.pt
+        (then: superserve zoo build --ckpt runs/ofa.pt --data folder:PATH --out ...)
     superserve zoo reprofile --zoo superserve/assets/zoo.json --ckpt superserve/assets/supernet.pt
     superserve zoo check [--zoo ...] [--ckpt ...]      exit 1 when the latency table is stale or foreign
     superserve zoo show [--zoo ...]
@@ -28,7 +30,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-repeats", type=int, default=ProfileConfig.min_repeats)
     p.add_argument("--max-repeats", type=int, default=ProfileConfig.max_repeats)
     p.add_argument("--target-s", type=float, default=ProfileConfig.target_s, help="timed seconds per cell")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where the subnets run while searching and profiling (cuda: timed with "
+                        "CUDA synchronisation, and the zoo's host fingerprint names the GPU)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -52,6 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="float16 weights in the checkpoint (auto: when float32 would exceed 8 MB)")
     b.add_argument("--seed", type=int, default=0)
     _profile_args(b)
+    o = sub.add_parser("import-ofa", help="turn once-for-all weights (OFA-MobileNetV3 / OFA-ResNet50) into a "
+                                          "superserve checkpoint for `zoo build`",
+                       description="Reads an OFA checkpoint file you provide (nothing is downloaded) into the "
+                                   "architecture of the `ofa` package, checks every tensor, and writes a superserve "
+                                   "checkpoint serving it at --image-size. Then build its zoo with `superserve zoo "
+                                   "build --ckpt OUT --data folder:PATH`.")
+    o.add_argument("--supernet", required=True, choices=("ofa_mbv3", "ofa_mbv3_w1.0", "ofa_resnet50"),
+                   help="ofa_mbv3 = ofa_mbv3_d234_e346_k357_w1.2; ofa_mbv3_w1.0 = ..._w1.0; "
+                        "ofa_resnet50 = ofa_resnet50_d=0+1+2_e=0.2+0.25+0.35_w=0.65+0.8+1.0")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", type=Path, help="the OFA checkpoint file (a dict with 'state_dict', or the dict)")
+    src.add_argument("--random-init", action="store_true",
+                     help="randomly initialised weights (seeded; chance accuracy): for trying the pipeline")
+    o.add_argument("--seed", type=int, default=0, help="of --random-init")
+    o.add_argument("--image-size", type=int, default=224, help="input side the zoo is built and served at")
+    o.add_argument("--num-classes", type=int, default=1000)
+    o.add_argument("--out", required=True, type=Path, help="superserve checkpoint to write")
     r = sub.add_parser("reprofile", help="re-measure a zoo's latency tables on this host (no retraining)")
     r.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
     r.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
@@ -97,6 +118,29 @@ def show(zoo: Zoo) -> str:
     return "\n".join(lines)
 
 
+def import_ofa(args: argparse.Namespace) -> int:
+    from supernet.checkpoint import file_sha256, save_checkpoint
+    from supernet.ofa_net import load_ofa_weights, random_ofa_supernet
+    from supernet.ofa_space import named_space
+
+    if args.image_size < 8 or args.num_classes < 1:
+        raise ValueError("--image-size must be >= 8 and --num-classes >= 1")
+    space = named_space(args.supernet, args.image_size, args.num_classes)
+    if args.random_init:
+        net = random_ofa_supernet(space, args.seed)
+        meta = {"source": "ofa", "ofa_supernet": args.supernet, "random_init": True, "seed": args.seed}
+    else:
+        net = load_ofa_weights(args.weights, space)
+        meta = {"source": "ofa", "ofa_supernet": args.supernet, "random_init": False,
+                "ofa_weights": str(args.weights), "ofa_weights_sha256": file_sha256(args.weights)}
+    save_checkpoint(net, args.out, meta=meta)
+    params = sum(p.numel() for p in net.parameters())
+    print(f"wrote {args.out}: {args.supernet} ({params / 1e6:.1f}M parameters, "
+          f"{'random weights' if args.random_init else args.weights}) at {args.image_size}x{args.image_size}; "
+          f"next: superserve zoo build --ckpt {args.out} --data folder:PATH --out ZOO.json")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from training import zoo_build
 
@@ -113,13 +157,15 @@ def run(args: argparse.Namespace) -> int:
             result = zoo_build.build_zoo(args.ckpt, args.out, out_ckpt, data_spec=args.data, data_seed=args.data_seed,
                                          search_cfg=search_cfg, profile_cfg=_profile_config(args, sizes),
                                          calibration_images=args.calibration_images, half_weights=half,
-                                         progress=not args.quiet,
+                                         progress=not args.quiet, device=args.device,
                                          log=lambda m: print(m, file=sys.stderr))
             print(show(result.zoo))
             for path in write_plots(result.zoo, args.out):
                 print(f"wrote {path}")
             print(f"wrote {args.out} and {out_ckpt}")
             return 0
+        if args.zoo_command == "import-ofa":
+            return import_ofa(args)
         if args.zoo_command == "reprofile":
             zoo = zoo_build.reprofile(args.zoo, args.ckpt, _profile_config(args), args.out, args.device,
                                       progress=not args.quiet)
@@ -141,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         if args.zoo_command == "check" and not problems:
             print(f"ok: {args.zoo} matches this host" + (f" and {args.ckpt}" if args.ckpt else ""))
         return 1 if (problems and args.zoo_command == "check") else 0
-    except (ZooError, CheckpointError, DataError, ValueError, KeyError) as exc:
+    except (ZooError, CheckpointError, DataError, ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
