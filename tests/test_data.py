@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +78,13 @@ def test_mnist5k_splits_are_disjoint_and_cover_all_images(mnist):
 
 
 def test_split_is_deterministic_per_seed(mnist):
-    start = time.perf_counter()
+    from training import data as data_module
+
+    # Reloading must stay cheap (tests and the zoo reload it often): the csv is parsed once per process, and a
+    # reload reuses it (checked on the cache, not with a stopwatch on a shared host).
+    parsed = data_module._read_mnist5k_cached.cache_info().misses
     again = load_dataset("mnist5k", seed=0)
-    assert time.perf_counter() - start < 3.0  # must stay cheap: tests and the zoo reload it often
+    assert data_module._read_mnist5k_cached.cache_info().misses == parsed <= 1
     other = load_dataset("mnist5k", seed=1)
     for split in ("train", "val", "test"):
         assert torch.equal(mnist.split(split)[0], again.split(split)[0])
