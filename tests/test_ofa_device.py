@@ -35,3 +35,37 @@ def test_zoo_commands_refuse_cuda_at_start(no_cuda, serving_assets, tmp_path, ca
     assert cli_main(argv) == 2
     assert "CUDA is not available on this host" in capsys.readouterr().err
     assert not (tmp_path / "zoo.json").exists()
+
+
+def test_serve_refuses_cuda_at_start(no_cuda, serving_assets):
+    import argparse
+
+    from superserve.server.app import Server, ServeConfig
+    from superserve.server.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--device", "cuda"])).device == "cuda"
+    assert config_from_args(parser.parse_args([])).device == "cpu"
+    zoo, ckpt = serving_assets
+    with pytest.raises(ValueError, match="CUDA is not available on this host"):
+        Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True,
+                           reprofile="never", device="cuda")).start()
+
+
+def test_serve_with_cuda_and_worker_processes_is_refused_before_loading(monkeypatch, serving_assets):
+    from superserve.server.app import Server, ServeConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU host
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    zoo, ckpt = serving_assets
+    with pytest.raises(ValueError, match="embedded worker threads"):
+        Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True,
+                           reprofile="never", device="cuda", workers=2)).start()
+
+
+def test_worker_refuses_cuda_at_start(no_cuda, serving_assets, capsys):
+    _, ckpt = serving_assets
+    argv = ["worker", "--backend", "redis://127.0.0.1:1", "--checkpoint", str(ckpt), "--device", "cuda"]
+    assert cli_main(argv) == 2
+    assert "CUDA is not available on this host" in capsys.readouterr().err

@@ -40,6 +40,22 @@ class ProfileConfig:
             raise ValueError("need threads >= 1 and 1 <= min_repeats <= max_repeats")
 
 
+def resolve_device(device: str) -> torch.device:
+    """`device` as a torch device, refusing CUDA where there is none (at start, not at the first forward)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this host (torch {torch.__version__}, "
+                         f"built with CUDA {torch.version.cuda}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this host has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 

@@ -22,29 +22,14 @@ from supernet.norm import NormTable
 from superserve.zoo import Zoo, ZooEntry
 from training.calibrate import calibrate_subnets
 from training.data import DatasetSplits, load_dataset
-from training.profiling import ProfileConfig, host_fingerprint, monotone_violations, profile_subnets
+from training.profiling import (ProfileConfig, host_fingerprint, monotone_violations, profile_subnets,
+                                resolve_device)
 from training.search import Candidate, SearchConfig, search, select_front
 from training.trainer import evaluate
 
 HALF_WEIGHTS_ABOVE_BYTES = 8_000_000  # store float16 weights when float32 ones would exceed this
 # OFA's ImageNet networks were trained on inputs normalised with these (torchvision's ImageNet statistics).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`device` as a torch device, refusing CUDA where there is none (at start, not at the first forward)."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {device!r}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this host (torch {torch.__version__}, "
-                         f"built with CUDA {torch.version.cuda}); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this host has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: only cpu and cuda are supported")
-    return dev
 
 
 @dataclass(frozen=True)

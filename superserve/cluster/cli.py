@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="key prefix in Redis; front ends and workers of one cluster share it (default: "
                              "%(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu",
+                        help="where this worker runs the model: cpu (default). cuda is checked at start (a clear "
+                             "error without CUDA) but not served yet: the cluster worker keeps the model on the CPU")
     parser.add_argument("--heartbeat-ttl-s", type=int, default=3,
                         help="a worker silent this long is declared dead and its requests re-queued "
                              "(default: %(default)s)")
@@ -42,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not Path(args.checkpoint).is_file():
         print(f"superserve worker: checkpoint {args.checkpoint} does not exist (pass --checkpoint)", file=sys.stderr)
+        return 2
+    if args.device != "cpu":
+        from training.profiling import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            print(f"superserve worker: {exc}", file=sys.stderr)
+            return 2
+        print(f"superserve worker: --device {args.device}: the cluster worker does not place the model on a GPU yet "
+              f"(serve on one GPU with `superserve serve --device {args.device}`)", file=sys.stderr)
         return 2
     if args.threads < 1 or args.heartbeat_ttl_s < 1:
         print("superserve worker: --threads and --heartbeat-ttl-s must be >= 1", file=sys.stderr)

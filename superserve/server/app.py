@@ -28,6 +28,7 @@ from superserve.server.security import HintDefenseHook, SecurityConfig, Security
 from superserve.server.service import EntryInterceptor, InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
+from training.profiling import device_name, resolve_device
 
 log = logging.getLogger("superserve.server")
 LATE_ARRIVAL_WINDOW_S = 0.2  # after draining, before gRPC stops: late calls get UNAVAILABLE, not CANCELLED
@@ -62,6 +63,9 @@ class ServeConfig:
     # Cython layer, reproduced with a bare grpc.aio server).
     gil_switch_interval_s: float | None = None
     security: SecurityConfig = SecurityConfig()  # API keys, rate limits, TLS, hint defense (all off by default)
+    # cpu, cuda or cuda:N: where the model, the speed check and a re-profile run; the host fingerprint names the GPU.
+    # CUDA serves through the embedded worker threads only, for now (`OnDevice`); --workers N refuses it at start.
+    device: str = "cpu"
 
 
 def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> ModelSpec:
@@ -83,6 +87,18 @@ def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> Mo
         raise ValueError(f"normalisation has {len(mean)} channels, the supernet takes {space.in_channels}")
     return ModelSpec(name, "1", space.in_channels, space.image_size, space.num_classes, mean, std,
                      float(raw_max), max_images)
+
+
+class OnDevice:
+    """A model on a GPU behind the worker pools' CPU interface: each batch is copied to the device and the logits
+    back (the copy back waits for the GPU, so a worker's compute time covers the kernels). Interim, until the worker
+    pools place batches on the device themselves."""
+
+    def __init__(self, net: Any, device: torch.device) -> None:
+        self.net, self.device = net, device
+
+    def __call__(self, x: torch.Tensor, subnet: Any) -> torch.Tensor:
+        return self.net(x.to(self.device), subnet).cpu()
 
 
 def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = True) -> Zoo:
@@ -119,7 +135,7 @@ class Server:
 
         cfg = self.config
         zoo = Zoo.load(cfg.zoo_path)
-        here = HostFingerprint.current(threads=cfg.threads_per_worker)
+        here = HostFingerprint.current(device=device_name(sample.device), threads=cfg.threads_per_worker)
         cached = profiling.cache_path(Path(cfg.zoo_path), here)
         # This host's own re-profile first: the file's fingerprint can match a machine of another speed.
         candidate, source = ((Zoo.load(cached), str(cached)) if cached.is_file()
@@ -157,9 +173,14 @@ class Server:
         from supernet.checkpoint import load_checkpoint
 
         cfg = self.config
-        net, data = load_checkpoint(cfg.checkpoint_path)
+        device = resolve_device(cfg.device)  # a clear error at start when CUDA is asked for and absent
+        if device.type != "cpu" and cfg.workers > 0:
+            raise ValueError(f"--device {cfg.device} serves with the embedded worker threads (--workers 0); worker "
+                             f"processes load the model on the CPU")
+        net, data = load_checkpoint(cfg.checkpoint_path, map_location=device)
         space = net.space
-        zoo = self.zoo = self.load_zoo(net, torch.zeros(1, space.in_channels, space.image_size, space.image_size))
+        sample = torch.zeros(1, space.in_channels, space.image_size, space.image_size, device=device)
+        zoo = self.zoo = self.load_zoo(net, sample)
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
@@ -186,7 +207,9 @@ class Server:
                                                on_worker_down=self.engine.worker_down,
                                                on_worker_up=self.engine.worker_up)
         else:
-            self.pool = ThreadWorkerPool(net, configs, cfg.embedded_workers, cfg.threads_per_worker,
+            device = next(net.parameters()).device
+            model = net if device.type == "cpu" else OnDevice(net, device)
+            self.pool = ThreadWorkerPool(model, configs, cfg.embedded_workers, cfg.threads_per_worker,
                                          self.engine.on_result)
             if not self._warmed:  # the speed check ran every subnet already
                 self.pool.warm_up(torch.zeros(sample_shape))

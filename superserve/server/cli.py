@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes, each with its own supernet copy; 0 = embedded worker threads")
     parser.add_argument("--embedded-workers", type=int, default=1, help="worker threads when --workers 0")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="torch intra-op threads per worker")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N: where the model runs (its speed check and any re-profile too; the "
+                             "host fingerprint then names the GPU). CUDA needs --workers 0 for now; without CUDA "
+                             "it is an error at start (default: %(default)s)")
     parser.add_argument("--default-slo-ms", type=float, default=100.0,
                         help="latency SLO of requests without an slo_ms parameter (default: %(default)s)")
     parser.add_argument("--late", choices=("shed", "serve"), default="shed",
@@ -95,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> "object":
                        policy=args.policy, policy_params=params, workers=args.workers,
                        embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
                        engine=engine, response_params=not args.no_response_params, records_path=args.records,
-                       reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms,
+                       reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms, device=args.device,
                        **security_from_args(args))
 
 
@@ -152,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"superserve serve: {what} file {path} does not exist (train and build one with `superserve train` "
                   f"and `superserve zoo`, or pass --{what})", file=sys.stderr)
             return 2
+    if args.backend and args.device != "cpu":
+        print("superserve serve: --device applies to the processes that run the model: with --backend those are "
+              "`superserve worker` processes", file=sys.stderr)
+        return 2
     if args.backend:  # scale-out (superserve.cluster): this process is a front end, workers run elsewhere
         from superserve.cluster.server import ClusterServer
 

@@ -49,17 +49,21 @@ def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor) -> SpeedCheck:
     with the table. One sample per subnet is noisy, but the median over a dozen subnets is not, and the decision is
     about factors of 1.5, not percents."""
     ratios = []
+    sync = torch.cuda.synchronize if sample.device.type == "cuda" else (lambda: None)  # GPU kernels run async
     for entry in zoo.entries:
         net(sample, entry.config)
+        sync()
         t0 = time.perf_counter()
         net(sample, entry.config)
+        sync()
         measured_ms = (time.perf_counter() - t0) * 1e3
         ratios.append(measured_ms / zoo.latency_ms(entry.subnet_id, 1, "median"))
     return SpeedCheck(statistics.median(ratios), len(ratios))
 
 
 def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True) -> Zoo:
-    """The same zoo with latencies measured here, at `host.threads` torch threads."""
+    """The same zoo with latencies measured here, at `host.threads` torch threads, on the device `net` is on (CUDA:
+    synchronised per forward by `training.profiling.profile_cell`)."""
     from training.profiling import ProfileConfig, profile_subnets
 
     tables = profile_subnets(net, [e.config for e in zoo.entries], start_profile_config(zoo, host.threads),
