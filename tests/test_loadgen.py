@@ -352,3 +352,86 @@ def test_replay_against_an_endpoint_that_never_gets_ready_says_so(capsys):
     assert server.servicer.received == 0
     with pytest.raises(ReplayError, match="ready_timeout_s must be >= 0"):
         ReplaySpec(url="127.0.0.1:1", ready_timeout_s=-1)
+
+
+class WireRecorder(FakeOip):
+    """Records what each call carried on the wire: its parameters, its input, and the client connection (peer)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.metadata_calls = 0
+        self.calls: list[tuple[dict, str, str, list[int], str]] = []
+
+    async def ModelMetadata(self, request, context):
+        self.metadata_calls += 1
+        return await super().ModelMetadata(request, context)
+
+    async def ModelInfer(self, request, context):
+        inp = request.inputs[0]
+        self.calls.append(({k: v for k, v in request.parameters.items()}, inp.name, inp.datatype, list(inp.shape),
+                           context.peer()))
+        self.received += 1
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+
+def test_loadgen_flags_reach_the_wire(tmp_path: Path, capsys):
+    """`--no-hints`: no request parameters; `--input-name/--input-datatype/--input-shape`: that input, without asking
+    the model metadata; `--channels 3`: three client connections; `--max-lag-ms`: the verdict's tolerance;
+    `--accuracy` / `--subnet-label`: recorded for an endpoint that reports neither."""
+    server = FakeServer(WireRecorder())
+    summary, out = tmp_path / "s.json", tmp_path / "r.jsonl"
+    try:
+        rc = cli_main(["loadgen", "--trace", "poisson", "--rate", "60", "--duration", "1", "--url",
+                       f"127.0.0.1:{server.port}", "--model", "m", "--no-hints", "--input-name", "X",
+                       "--input-datatype", "FP32", "--input-shape", "1,4", "--channels", "3", "--max-lag-ms", "5000",
+                       "--accuracy", "0.8", "--subnet-label", "fixed", "--slo-ms", "1000", "--out", str(out),
+                       "--summary-json", str(summary)])
+    finally:
+        server.stop()
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    fake_ = server.servicer
+    n = len(make_trace("poisson", 60, 1, 0))
+    assert len(fake_.calls) == n and fake_.metadata_calls == 0
+    assert all(params == {} for params, *_ in fake_.calls)  # --no-hints
+    assert {(name, dtype, tuple(shape)) for _, name, dtype, shape, _ in fake_.calls} == {("X", "FP32", (1, 4))}
+    assert len({peer for *_, peer in fake_.calls}) == 3  # --channels 3, round-robin over all of them
+    data = json.loads(summary.read_text())
+    assert data["client"]["lag_tolerance_ms"] == 5000 and "VERDICT: the client kept up" in text
+    assert "<= 5000.0 ms" in text
+    assert {(r.accuracy, r.subnet_id) for r in read_jsonl(out)} == {(0.8, "fixed")}
+
+
+def test_loadgen_hints_are_sent_by_default():
+    server = FakeServer(WireRecorder())
+    try:
+        replay([0.0, 0.01], ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=36, min_accuracy=0.9))
+    finally:
+        server.stop()
+    fake_ = server.servicer
+    assert fake_.metadata_calls == 1  # the input described by the model metadata
+    for params, name, dtype, shape, _ in fake_.calls:
+        assert params["slo_ms"].double_param == 36 and params["min_accuracy"].double_param == 0.9
+        assert (name, dtype, shape) == ("X", "FP32", [1, 4])
+    assert len({peer for *_, peer in fake_.calls}) == 1
+
+
+def test_loadgen_max_lag_sets_the_verdict():
+    """The verdict's tolerance is --max-lag-ms (default 10% of the SLO): a tolerance no real client meets (1 us)
+    makes the same run CLIENT-BOUND."""
+    server = fake(0.0)
+    try:
+        report = replay([0.0, 0.01, 0.02], ReplaySpec(url=f"127.0.0.1:{server.port}", model="m", slo_ms=1000,
+                                                      max_lag_ms=0.001))
+    finally:
+        server.stop()
+    assert report.spec.lag_tolerance_ms == 0.001
+    assert report.client_bottleneck and any("tolerance 0.0 ms" in r for r in report.bottleneck_reasons)
+    assert ReplaySpec(url="127.0.0.1:1", slo_ms=36).lag_tolerance_ms == pytest.approx(3.6)
+
+
+def test_loadgen_bad_input_flags(capsys):
+    assert cli_main(["loadgen", "--rate", "5", "--input-shape", "1,x"]) == 2
+    assert "--input-shape must be integers" in capsys.readouterr().err
+    assert cli_main(["loadgen", "--rate", "5", "--channels", "0"]) == 2
+    assert "channels" in capsys.readouterr().err
