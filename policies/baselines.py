@@ -6,9 +6,13 @@
 - Clipper+: one fixed subnet (one policy instance per Pareto subnet), Clipper's AIMD adaptive batching: the batch cap
   grows by `increase` while a batch's service time stays within the SLO and shrinks by `backoff` when it does not.
   It does not look at deadlines when batching.
-- INFaaS-style: per batch, the cheapest (fastest) variant meeting the head request's accuracy (its hint, or the
-  policy's `accuracy_floor`) and latency; an already loaded variant that qualifies is kept; changing variant costs a
-  model load of `switch_ms` on the critical path.
+- INFaaS-style: per query (the EDF head), the cheapest (fastest) variant meeting its accuracy hint (or the
+  policy's `accuracy_floor`) whose execution latency fits its slack; an already loaded variant that qualifies is
+  kept. Changing variant loads the model on the critical path: `switch_ms` is paid on every switch, even when the
+  load makes the batch miss its deadline (INFaaS selects on the variant's profiled latency and loads reactively; the
+  paper's point is that those loads cause SLO violations under bursts). The batch is the head's plus every queued
+  request whose hint the variant meets, as large as fits the slack after the load. Per-query variation comes from
+  the requests' hints: with one floor for all requests it never switches (a Clockwork-like fixed model).
 - Clockwork-style: one fixed subnet, EDF, the largest batch that meets every deadline in it; requests that cannot make
   it are dropped (reported infeasible).
 
@@ -185,7 +189,8 @@ class INFaaS(PolicyBase):
         loaded = prof.index.get(worker.loaded_subnet_id) if worker.loaded_subnet_id is not None else None
 
         def fastest(req: Request) -> float | None:
-            options = [prof.lat_ms[i][0] + self._cost_ms(i, loaded) for i in self._eligible(req)]
+            # Feasibility on execution latency alone: INFaaS does not refuse a query because a load is needed.
+            options = [prof.lat_ms[i][0] + self.overhead_ms for i in self._eligible(req)]
             return min(options) if options else None
 
         infeasible, start = split_head(snapshot, now_s, fastest)
@@ -194,7 +199,7 @@ class INFaaS(PolicyBase):
         head = snapshot.requests[start]
         slack_ms = (head.deadline_s - now_s) * 1e3
         eligible = self._eligible(head)
-        fits = [i for i in eligible if prof.lat_ms[i][0] + self._cost_ms(i, loaded) <= slack_ms + 1e-9]
+        fits = [i for i in eligible if prof.lat_ms[i][0] + self.overhead_ms <= slack_ms + 1e-9]
         # Keep the loaded variant when it qualifies (no load on the critical path), else load the cheapest.
         variant = loaded if loaded in fits else fits[0]
         cost = self._cost_ms(variant, loaded)

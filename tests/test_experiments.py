@@ -63,7 +63,9 @@ def test_tiny_tradeoff_run_puts_slackfit_first() -> None:
     assert [(r["trace"], r["load"]) for r in results] == [("gamma:4", 0.5), ("gamma:4", 4.0)]
     for r in results:
         assert r["points"][0].family == "slackfit" and len(r["points"]) == 3 + 3 * 2
-        assert {"accuracy_gain_points", "attainment_gain_x"} <= set(r["vs_all"])
+        assert {"accuracy_gain_points", "attainment_gain_x"} <= set(r["vs_all_interpolated"])
+        for versus in ("vs_clipper", "vs_infaas"):  # measured: one SlackFit run per system configuration
+            assert len(r[versus]["at_equal_accuracy"]) == 2
 
 
 def test_cli_experiment_and_simulate_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,10 +73,17 @@ def test_cli_experiment_and_simulate_run(tmp_path: Path, capsys: pytest.CaptureF
                  "--workers", "2", "--fixed-subnets", "2", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out or "zoo.json" in out
-    assert "GPU-like" in out and (tmp_path / "tradeoff_cpu.png").is_file() and (tmp_path / "tradeoff.json").is_file()
+    assert "GPU model a100-trt-fp16" in out and (tmp_path / "tradeoff_cpu.png").is_file()
+    assert (tmp_path / "tradeoff_gpu_a100_trt_fp16.png").is_file() and (tmp_path / "tradeoff.json").is_file()
     assert main(["simulate", "--duration", "0.5", "--workers", "2", "--records", str(tmp_path / "r.jsonl")]) == 0
     assert "SLO attainment" in capsys.readouterr().out and (tmp_path / "r.jsonl").stat().st_size > 0
     assert main(["simulate", "--policy", "nope"]) == 2
+    assert main(["simulate", "--gpu-profile", "h100-magic", "--duration", "0.1"]) == 2
+    assert "unknown GPU profile 'h100-magic'; known profiles: a100-tf32, a100-trt-fp16, v100-trt-fp16" in \
+        capsys.readouterr().err
+    assert main(["simulate", "--zoo", "paper", "--gpu-profile", "v100-trt-fp16", "--duration", "0.2",
+                 "--workers", "1"]) == 0
+    assert "paper-like OFA-ResNet50 zoo (8 published points" in capsys.readouterr().out
     assert main(["trace", "gamma", "--rate", "100", "--cv2", "2", "--duration", "5",
                  "--out", str(tmp_path / "t.npy")]) == 0
     assert main(["trace", "info", str(tmp_path / "t.npy")]) == 0

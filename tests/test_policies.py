@@ -17,6 +17,7 @@ from helpers import make_request, make_snapshot, make_zoo, snapshot_of
 ZOO = make_zoo()
 SMALL, MID, BIG = ZOO.subnet_ids
 W = WorkerState(0)
+# Tests of the fit rule's mechanics pin it (and K=4); the paper rule (the default) has its own tests below.
 
 
 def decide(policy: Policy, snapshot: QueueSnapshot, now_s: float, worker: WorkerState = W,
@@ -51,13 +52,13 @@ def test_slackfit_light_load_picks_the_most_accurate_subnet() -> None:
 
 def test_slackfit_burst_picks_a_small_subnet_and_a_big_batch() -> None:
     # 100 queued, head has 17 ms left: only the small subnet runs 64 in the slack.
-    d = decide(SlackFit(ZOO), make_snapshot(100, limit=128), now_s=0.019)
+    d = decide(SlackFit(ZOO, buckets=4, rule="fit"), make_snapshot(100, limit=128), now_s=0.019)
     assert d is not None and d.subnet_id == SMALL and len(d.request_ids) == 64
     assert d.request_ids == tuple(range(64))  # EDF prefix
 
 
 def test_slackfit_moves_down_buckets_as_slack_shrinks_and_always_fits() -> None:
-    policy = SlackFit(ZOO)
+    policy = SlackFit(ZOO, buckets=4, rule="fit")
     snap = make_snapshot(100, limit=128)
     previous_latency = float("inf")
     for now_ms in range(0, 36):
@@ -71,14 +72,14 @@ def test_slackfit_moves_down_buckets_as_slack_shrinks_and_always_fits() -> None:
 
 def test_slackfit_caps_the_batch_at_what_the_queue_needs() -> None:
     # 5 queued with the whole SLO: batch 8 of the big subnet (11 ms) beats running 5 on a small subnet's B=64 plan.
-    d = decide(SlackFit(ZOO), make_snapshot(5), now_s=0.0)
+    d = decide(SlackFit(ZOO, buckets=4, rule="fit"), make_snapshot(5), now_s=0.0)
     assert d is not None and d.subnet_id == BIG and len(d.request_ids) == 5
 
 
 def test_slackfit_bucket_count_trades_batch_for_latency() -> None:
     snap = make_snapshot(100, limit=128)
-    one = decide(SlackFit(ZOO, buckets=1), snap, now_s=0.0)  # one bucket: the largest batch that fits
-    fine = decide(SlackFit(ZOO, buckets=1000), snap, now_s=0.0)  # fine buckets: the slowest choice that fits
+    one = decide(SlackFit(ZOO, buckets=1, rule="fit"), snap, now_s=0.0)  # one bucket: the largest batch that fits
+    fine = decide(SlackFit(ZOO, buckets=1000, rule="fit"), snap, now_s=0.0)  # fine: the slowest choice that fits
     assert one is not None and fine is not None
     assert len(one.request_ids) == 64 and one.subnet_id == MID  # mid at 64 = 33.5 ms is the largest-batch fit
     assert fine.expected_latency_ms == 35.0 and fine.subnet_id == BIG  # big at 32 = 35 ms
@@ -86,8 +87,8 @@ def test_slackfit_bucket_count_trades_batch_for_latency() -> None:
 
 def test_slackfit_median_statistic_uses_the_median_table() -> None:
     zoo = make_zoo(p99_factor=2.0)
-    p99 = decide(SlackFit(zoo, stat="p99"), make_snapshot(1, slo_ms=6.0), now_s=0.0)
-    med = decide(SlackFit(zoo, stat="median"), make_snapshot(1, slo_ms=6.0), now_s=0.0)
+    p99 = decide(SlackFit(zoo, stat="p99", buckets=4, rule="fit"), make_snapshot(1, slo_ms=6.0), now_s=0.0)
+    med = decide(SlackFit(zoo, stat="median", buckets=4, rule="fit"), make_snapshot(1, slo_ms=6.0), now_s=0.0)
     assert p99 is not None and med is not None
     assert acc(med.subnet_id) == 0.98 and acc(p99.subnet_id) == 0.95  # big: median 4 fits 6 ms, p99 8 does not
 
@@ -103,7 +104,7 @@ def test_min_accuracy_is_never_violated() -> None:
         by_id = {r.request_id: r for r in reqs}
         assert all(by_id[i].min_accuracy <= acc(d.subnet_id) for i in d.request_ids), name
     # One bucket (the largest batch that fits 17 ms: mid at 16) so that the head's subnet is below request 3's hint.
-    d = decide(SlackFit(ZOO, buckets=1), snap, now_s=0.019)
+    d = decide(SlackFit(ZOO, buckets=1, rule="fit"), snap, now_s=0.019)
     assert d is not None and d.subnet_id == MID and 3 not in d.request_ids and len(d.request_ids) == 16
 
 
@@ -179,8 +180,8 @@ def test_infaas_picks_the_cheapest_qualifying_variant_and_pays_to_switch() -> No
     d = decide(policy, snap, 0.0, WorkerState(0, BIG))  # loaded and qualifies: kept, no load
     assert d is not None and d.subnet_id == BIG and d.expected_latency_ms == 35.0
     tight = make_snapshot(1, slo_ms=6.0)
-    d = decide(policy, tight, 0.0, WorkerState(0, SMALL))  # must load mid (2 + 5 > 6): cannot make it
-    assert d is not None and d.infeasible_ids == (0,)
+    d = decide(policy, tight, 0.0, WorkerState(0, SMALL))  # must load mid: 2 + 5 > 6, loaded anyway, served late
+    assert d is not None and d.subnet_id == MID and d.request_ids == (0,) and d.expected_latency_ms == 7.0
     d = decide(policy, tight, 0.0, WorkerState(0, MID))
     assert d is not None and d.request_ids == (0,)
     assert make_policy("infaas", ZOO).switch_ms == 5.0 and make_policy("slackfit", ZOO).switch_ms == 0.0
@@ -195,8 +196,8 @@ def test_decision_rejects_empty_or_subnetless_batches() -> None:
 
 def test_slackfit_without_queue_cap_follows_the_paper_rule() -> None:
     # No cap: the top bucket's largest batch whatever the queue holds, so a lone request lands on a small subnet.
-    capped = decide(SlackFit(ZOO, buckets=1), make_snapshot(1), now_s=0.0)
-    paper = decide(SlackFit(ZOO, buckets=1, queue_headroom=float("inf")), make_snapshot(1), now_s=0.0)
+    capped = decide(SlackFit(ZOO, buckets=1, rule="fit"), make_snapshot(1), now_s=0.0)
+    paper = decide(SlackFit(ZOO, buckets=1, queue_headroom=float("inf"), rule="fit"), make_snapshot(1), now_s=0.0)
     assert capped is not None and paper is not None
     assert capped.subnet_id == BIG  # batch-of-one choices only: the most accurate fits
     assert paper.subnet_id == MID and paper.request_ids == (0,)  # plans batch 64: mid at 64 = 33.5 ms fits 36
@@ -222,9 +223,9 @@ def test_slackfit_bucket_rule_not_the_batch_rule_decides() -> None:
     # largest-batch rule (MaxBatch) would take small at 32, and so did SlackFit with buckets over the whole table
     # (1-67 ms, every fitting choice in bucket 0): the collapse this test guards against.
     snap = make_snapshot(100, limit=128)
-    slackfit = decide(SlackFit(ZOO), snap, now_s=0.024)
+    slackfit = decide(SlackFit(ZOO, buckets=4, rule="fit"), snap, now_s=0.024)
     maxbatch = decide(make_policy("maxbatch", ZOO), snap, now_s=0.024)
-    whole_table = decide(SlackFit(ZOO, bucket_range="table"), snap, now_s=0.024)
+    whole_table = decide(SlackFit(ZOO, bucket_range="table", buckets=4, rule="fit"), snap, now_s=0.024)
     assert slackfit is not None and maxbatch is not None and whole_table is not None
     assert slackfit.subnet_id == BIG and len(slackfit.request_ids) == 8
     assert maxbatch.subnet_id == SMALL and len(maxbatch.request_ids) == 32
@@ -232,7 +233,7 @@ def test_slackfit_bucket_rule_not_the_batch_rule_decides() -> None:
 
 
 def test_slackfit_buckets_follow_each_requests_slo_class() -> None:
-    policy = SlackFit(ZOO)
+    policy = SlackFit(ZOO, buckets=4, rule="fit")
     assert policy.bucket_edges_ms(36.0) == (1.0, 36.0) and policy.bucket_edges_ms(100.0) == (1.0, 100.0)
     assert policy.bucket_of(11.0, 36.0) == 1 and policy.bucket_of(11.0, 100.0) == 0
     # A 100 ms class with 40 ms left: buckets 24.75 ms wide, big at 16 (19 ms) is in bucket 0 with small at 64
@@ -250,7 +251,7 @@ def test_slackfit_on_the_shipped_zoo_uses_more_than_one_bucket() -> None:
     from superserve.zoo import Zoo
 
     zoo = Zoo.load(DEFAULT_ZOO_PATH)
-    policy = SlackFit(zoo)
+    policy = SlackFit(zoo, buckets=4, rule="fit")
     light = decide(policy, make_snapshot(1), now_s=0.0)
     overload = decide(policy, make_snapshot(300, limit=policy.snapshot_limit), now_s=0.028)  # 8 ms of slack left
     assert light is not None and overload is not None
@@ -260,5 +261,48 @@ def test_slackfit_on_the_shipped_zoo_uses_more_than_one_bucket() -> None:
     assert light.subnet_id == zoo.entries[-1].subnet_id  # the most accurate subnet at light load
     fitting = [x for row in policy.profile.lat_ms for x in row if x <= 36.0]
     assert len({policy.bucket_of(x, 36.0) for x in fitting}) == policy.buckets
-    table = SlackFit(zoo, bucket_range="table")
+    table = SlackFit(zoo, bucket_range="table", buckets=4, rule="fit")
     assert {table.bucket_of(x, 36.0) for x in fitting} == {0}  # the degenerate range, for the record
+
+
+def test_slackfit_paper_rule_fits_when_a_bucket_fits_and_runs_bucket_0_when_none_does() -> None:
+    # Default rule, K=8 over [1, 36] ms: bucket k spans [1 + 4.375k, 1 + 4.375(k+1)). k* = the highest bucket whose
+    # upper bound is within the slack; its representative is its largest batch, then the most accurate subnet.
+    assert SlackFit(ZOO).rule == "paper"
+    policy = SlackFit(ZOO, buckets=8)
+    snap = make_snapshot(100, limit=128)
+    for now_ms in range(0, 31):  # slack 36 .. 6 ms: some bucket's upper bound fits, so the batch fits the slack
+        d = decide(policy, snap, now_s=now_ms * 1e-3)
+        assert d is not None and d.expected_latency_ms <= 36 - now_ms + 1e-9
+    # 3 ms left, below bucket 0's upper bound (5.375 ms): the paper runs bucket 0's representative anyway (small at
+    # 16, 4.75 ms; the head finishes late), where the fit rule shrinks the batch to what fits (small at 8, 2.75 ms).
+    # Under overload the head always sits near its deadline; shrinking batches there is what collapses throughput.
+    paper = decide(policy, snap, now_s=0.033)
+    fit = decide(SlackFit(ZOO, rule="fit"), snap, now_s=0.033)
+    assert paper is not None and fit is not None
+    assert (paper.subnet_id, len(paper.request_ids), paper.expected_latency_ms) == (SMALL, 16, 4.75)
+    assert (fit.subnet_id, len(fit.request_ids)) == (SMALL, 8)
+    # Choices slower than the SLO are never representatives: with 36 ms, big at 64 (67 ms) is never chosen.
+    chosen = [decide(policy, snap, now_s=t * 1e-3) for t in range(36)]
+    assert all(d is not None and d.expected_latency_ms <= 36.0 for d in chosen)
+    with pytest.raises(ValueError):
+        SlackFit(ZOO, rule="greedy")  # type: ignore[arg-type]
+
+
+def test_slackfit_default_on_the_shipped_zoo_moves_between_buckets() -> None:
+    from superserve.synthetic import DEFAULT_ZOO_PATH
+    from superserve.zoo import Zoo
+
+    zoo = Zoo.load(DEFAULT_ZOO_PATH)
+    policy = SlackFit(zoo)
+    light = decide(policy, make_snapshot(1), now_s=0.0)
+    overload = decide(policy, make_snapshot(300, limit=policy.snapshot_limit), now_s=0.028)
+    assert light is not None and overload is not None
+    assert light.subnet_id == zoo.entries[-1].subnet_id
+    assert policy.bucket_of(light.expected_latency_ms, 36.0) != policy.bucket_of(overload.expected_latency_ms, 36.0)
+    assert len(overload.request_ids) >= 8 and acc_of(zoo, overload.subnet_id) < zoo.entries[-1].accuracy
+
+
+def acc_of(zoo: object, subnet_id: str | None) -> float:
+    assert subnet_id is not None
+    return zoo.entry(subnet_id).accuracy  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ import numpy as np
 from loadtest import traces
 from policies.base import available, make_policy
 from superserve.experiments import capacity_qps
+from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, describe, gpu_profile, gpu_zoo, ofa_resnet50_zoo
 from superserve.metrics import summarize, time_series
 from superserve.records import write_jsonl
 from superserve.sim import SimConfig, simulate
@@ -36,18 +37,26 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zoo", default=None,
-                        help=f"zoo JSON (default {DEFAULT_ZOO_PATH}; a labelled synthetic zoo if that is missing)")
-    parser.add_argument("--gpu-scale", type=float, default=None,
-                        help="multiply every latency by this factor (a GPU-like zoo), e.g. 0.2")
+                        help=f"zoo JSON (default {DEFAULT_ZOO_PATH}; a labelled synthetic zoo if that is missing), or "
+                             "'paper': the published OFA-ResNet50 (MACs, top-1) points on the GPU latency model")
+    parser.add_argument("--gpu-profile", default=None, metavar="NAME",
+                        help="model latencies on a GPU from published ResNet-50 v1.5 measurements: "
+                             f"{', '.join(GPU_PROFILES)} (the zoo's largest subnet costed as ResNet-50, the others by "
+                             f"their MACs; default for --zoo paper: {DEFAULT_GPU_PROFILE})")
 
 
 def zoo_from_args(args: argparse.Namespace) -> tuple[Zoo, str]:
+    """The zoo the arguments name and a label saying what it is. An unknown GPU profile raises ValueError."""
+    if args.zoo == "paper":
+        name = args.gpu_profile or DEFAULT_GPU_PROFILE
+        zoo = ofa_resnet50_zoo(name)
+        return zoo, (f"paper-like OFA-ResNet50 zoo ({len(zoo.entries)} published points, top-1 "
+                     f"{zoo.entries[0].accuracy:.1%}-{zoo.entries[-1].accuracy:.1%}) on GPU model "
+                     f"{describe(gpu_profile(name))}")
     zoo, label = load_zoo(args.zoo)
-    if args.gpu_scale is not None:
-        if not args.gpu_scale > 0:
-            raise ValueError("--gpu-scale must be > 0")
-        zoo = zoo.scaled(args.gpu_scale)
-        label += f"; GPU-like: latencies x {args.gpu_scale:g}"
+    if args.gpu_profile is not None:
+        zoo = gpu_zoo(zoo, args.gpu_profile)
+        label += f"; GPU model {describe(gpu_profile(args.gpu_profile))}"
     return zoo, label
 
 
@@ -57,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
                         help="policy parameter, repeatable (e.g. buckets=8, stat=median, subnet=3, switch_ms=20)")
     parser.add_argument("--trace", default="gamma:4",
-                        help="poisson | gamma:CV2 | azure[:START:MINUTES] | azure-day | file:PATH (default gamma:4)")
+                        help="poisson | gamma:CV2 | azure[:START:MINUTES] | azure-paced[:START:MINUTES] (real minute "
+                             "pacing, --duration ignored) | azure-day | file:PATH (default gamma:4)")
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="mean arrival rate, queries/s")
     rate.add_argument("--load", type=float, default=2.0,
