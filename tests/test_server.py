@@ -446,3 +446,53 @@ def test_stream_requests_are_rate_limited_one_by_one(serving_assets):
     finally:
         c.close()
         srv.stop()
+
+
+def test_stream_requests_count_against_the_in_flight_cap_one_by_one(serving_assets):
+    """README: in-flight caps apply per request on a stream, as for unary calls. With a cap of 1 and the worker held
+    (its batches wait on an event, so nothing depends on timing): r0 is admitted and held, r1 on the same stream is
+    refused with RESOURCE_EXHAUSTED while the stream stays open; once r0 is answered its slot is free and r2 is
+    served."""
+    from superserve.server.security import SecurityConfig
+
+    srv = _start(serving_assets, security=SecurityConfig(max_inflight_per_tenant=1),
+                 engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
+    gate = threading.Event()
+    pool = srv.engine._pool
+    submit = pool.submit
+
+    def held_submit(worker_id, batch):  # the batch runs only once the test opens the gate
+        threading.Thread(target=lambda: (gate.wait(60), submit(worker_id, batch)), daemon=True).start()
+
+    pool.submit = held_submit
+    c = tc.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    got: list[tuple[str | None, str | None]] = []
+    arrived = threading.Condition()
+
+    def callback(result, error):
+        with arrived:
+            got.append((result.get_response().id if result is not None else None, str(error) if error else None))
+            arrived.notify_all()
+
+    def wait_for(count: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(got) >= count, timeout=60), got
+
+    x = images(3, seed=13)
+    c.start_stream(callback=callback)
+    try:
+        c.async_stream_infer(MODEL, [fp32_input(x[0:1])], request_id="r0")
+        c.async_stream_infer(MODEL, [fp32_input(x[1:2])], request_id="r1")
+        wait_for(1)  # r1's refusal; r0 is still held
+        assert got[0][0] is None and "RESOURCE_EXHAUSTED" in got[0][1] and "in flight" in got[0][1], got
+        gate.set()
+        wait_for(2)
+        assert got[1] == ("r0", None)
+        c.async_stream_infer(MODEL, [fp32_input(x[2:3])], request_id="r2")  # the slot was released
+        wait_for(3)
+        assert got[2] == ("r2", None)
+    finally:
+        gate.set()
+        c.stop_stream()
+        c.close()
+        srv.stop()
