@@ -21,8 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from policies.base import make_policy
-from policies.slackfit import (DEFAULT_BUCKET_RANGE, DEFAULT_BUCKETS, DEFAULT_QUEUE_HEADROOM, DEFAULT_RULE,
-                               DEFAULT_STAT)
+from policies.slackfit import DEFAULT_BUCKET_RANGE, DEFAULT_BUCKETS, DEFAULT_QUEUE_HEADROOM, DEFAULT_RULE, DEFAULT_STAT
 from superserve.experiments import compare, lineup, run_points
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, gpu_zoo, ofa_resnet50_zoo
 from superserve.synthetic import load_zoo

@@ -160,7 +160,7 @@ def hint_mix(levels: Sequence[float], x: float) -> tuple[tuple[float, float], ..
     """The hint mix at knob position x in [0, len(levels)]: x = k + q hints a share q of requests with the
     (k+1)-th level and the rest with the k-th (level 0 = no hint). Mean accuracy grows with x."""
     values = [0.0, *levels]
-    k = min(int(math.floor(x)), len(levels))
+    k = min(math.floor(x), len(levels))
     q = x - k
     if q <= 1e-12 or k == len(levels):
         return ((values[k], 1.0),)
@@ -349,7 +349,8 @@ def run_tradeoff(zoo: Zoo, setup: TradeoffSetup, time_scale: float = 1.0,
                                           setup.duration_s * time_scale, setup.seed)
             sim = SimConfig(workers=setup.workers, seed=setup.seed)
 
-            def run(c: Config) -> Point:
+            def run(c: Config, arrivals: np.ndarray = arrivals, trace: str = trace, load: float = load,
+                    rate: float = rate, sim: SimConfig = sim) -> Point:
                 p = run_config(c, arrivals, trace=trace, load=load, rate=rate, slo_ms=setup.slo_ms, sim=sim)
                 if progress:
                     progress()

@@ -59,7 +59,7 @@ class GpuProfile:
     def fixed_ms(self) -> float:
         """The per-batch cost that does not grow with the model (least-squares intercept over b <= 16)."""
         bs = [b for b in self.batch_sizes if b <= 16]
-        slope, intercept = np.polyfit(bs, [self.avg_ms[b] for b in bs], 1)
+        _slope, intercept = np.polyfit(bs, [self.avg_ms[b] for b in bs], 1)
         return float(min(max(intercept, 0.0), self.avg_ms[self.batch_sizes[0]]))
 
     def latency(self, macs: float, batch_size: int) -> LatencyStats:
@@ -178,5 +178,5 @@ def describe(profile: GpuProfile) -> str:
             f"{b1}, fixed {profile.fixed_ms:.2f} ms/batch (source: {profile.source})")
 
 
-__all__ = ["GpuProfile", "GPU_PROFILES", "DEFAULT_GPU_PROFILE", "gpu_profile", "gpu_zoo", "ofa_resnet50_zoo",
-           "OFA_RESNET50_POINTS", "PAPER_SLO_MS", "RESNET50_MACS", "batching_gain", "describe"]
+__all__ = ["DEFAULT_GPU_PROFILE", "GPU_PROFILES", "OFA_RESNET50_POINTS", "PAPER_SLO_MS", "RESNET50_MACS", "GpuProfile",
+           "batching_gain", "describe", "gpu_profile", "gpu_zoo", "ofa_resnet50_zoo"]

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from superserve.gpu_model import (GPU_PROFILES, OFA_RESNET50_POINTS, RESNET50_MACS, batching_gain, gpu_profile,
-                                  gpu_zoo, ofa_resnet50_zoo)
+from superserve.gpu_model import (
+    GPU_PROFILES,
+    OFA_RESNET50_POINTS,
+    RESNET50_MACS,
+    batching_gain,
+    gpu_profile,
+    gpu_zoo,
+    ofa_resnet50_zoo,
+)
 from superserve.synthetic import synthetic_zoo
 
 
