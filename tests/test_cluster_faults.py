@@ -136,23 +136,27 @@ def serves(client) -> bool:  # noqa: ANN001
         return False
 
 
-def test_cancelled_call_leaves_the_queue_and_is_never_computed(cluster, serving_assets):
-    """Engine level, with an in-process worker whose every dispatch the test drives (`step`): deterministic."""
+def test_cancelled_call_leaves_the_queue_and_is_never_computed(cluster, serving_assets, tmp_path):
+    """Engine level, with an in-process worker whose every dispatch the test drives (`step`): deterministic. Records
+    and metrics count the cancelled images and calls."""
     import torch
 
     from superserve.cluster.frontend import FrontendConfig, RedisEngine
     from superserve.cluster.redis_queue import ClusterConfig, parse_backend
     from superserve.cluster.worker import ClusterWorker, WorkerConfig
-    from superserve.records import CANCELLED, OK
+    from superserve.records import CANCELLED, OK, read_jsonl
     from superserve.server.engine import EngineConfig
+    from superserve.server.metrics import RecordWriter, ServerMetrics
     from superserve.zoo import Zoo
 
     zoo_path, ckpt = serving_assets
     zoo = Zoo.load(zoo_path)
     url, ns = parse_backend(cluster["redis"].url), "cancel"
     r = cluster["redis"].client()
+    metrics, records = ServerMetrics("m", "1"), RecordWriter(tmp_path / "records.jsonl")
     engine = RedisEngine(zoo, url, ClusterConfig(zoo.to_dict(), "slackfit", {"overhead_ms": 2.0}, "m"),
-                         EngineConfig(default_slo_ms=SLO_MS), FrontendConfig(namespace=ns)).start()
+                         EngineConfig(default_slo_ms=SLO_MS), FrontendConfig(namespace=ns), metrics,
+                         records).start()
     worker = ClusterWorker(url, WorkerConfig(ckpt, namespace=ns, correction_interval_s=None))
     try:
         worker.load(worker.wait_for_config())
@@ -187,6 +191,12 @@ def test_cancelled_call_leaves_the_queue_and_is_never_computed(cluster, serving_
     finally:
         worker.deregister()
         engine.close()
+        records.close()
+    statuses = [rec.status for rec in read_jsonl(tmp_path / "records.jsonl")]
+    assert sorted(statuses) == sorted([CANCELLED] * 8 + [OK])  # 4 queued + 4 never sent, cancelled; 1 served
+    metrics.flush()
+    assert metrics.registry.get_sample_value("superserve_requests_total", {"outcome": CANCELLED}) == 2
+    metrics.close()
 
 
 def test_redis_stall_never_blocks_health_checks_and_fails_pending_calls_in_bounded_time(cluster):
