@@ -294,7 +294,8 @@ class RedisEngine:
                         calls.append(call)
                         images += call.n
                 withdraw = list(self._withdraw) if self._connected else []
-                self._withdraw.clear() if withdraw else None
+                if withdraw:
+                    self._withdraw.clear()
                 self._sending = bool(calls or withdraw)
                 if not self._backlog and not self._sending:
                     self._idle_cv.notify_all()
