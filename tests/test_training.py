@@ -53,6 +53,25 @@ def test_deps_phases_and_beta_ramp_hand_computed():
     assert effective == pytest.approx([lr60 * (k + 1) / 10 for k in range(10)])
 
 
+def test_deps_ramp_defaults_to_the_reference_codes_share_of_training():
+    """The DεpS code ramps the subnets over `smallnet_warmup` 5 epochs of its 270 (not our former 10%)."""
+    cfg = TrainConfig(method="deps", epochs=270)
+    assert cfg.ramp_frac == pytest.approx(5 / 270)
+    s = Schedule(cfg, 10)  # 2,700 steps: warm-up to 1,350, ramp of 50 steps (5 "epochs" of 10 steps)
+    assert s.boundaries == (1350, 1400)
+    assert [s.phase(i) for i in (1349, 1350, 1399, 1400)] == ["warmup", "ramp", "ramp", "shrink"]
+    effective = [s.beta(i) * s.lr(i) for i in range(1350, 1400)]
+    assert effective == pytest.approx([s.lr(1400) * (k + 1) / 50 for k in range(50)])
+    short = Schedule(TrainConfig(method="deps", epochs=2), 10)  # 20 steps: 5/270 of them rounds to 0
+    assert short.boundaries == (10, 11) and 0 < short.beta(10) < 1 and short.beta(11) == 1.0
+    assert Schedule(TrainConfig(method="deps", epochs=2, ramp_frac=0.0), 10).boundaries == (10, 10)
+    with pytest.raises(ConfigError, match="reorganize_momentum"):
+        TrainConfig(reorganize_momentum="permute")
+    # configs stored before the option existed were trained with the momentum cleared
+    assert TrainConfig.from_dict({"method": "deps"}).reorganize_momentum == "reset"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
 def test_bignas_and_ofa_schedules():
     b = Schedule(TrainConfig(method="bignas", epochs=10), 10)
     assert {b.phase(i) for i in range(100)} == {"sandwich"} and b.beta(0) == 1.0
@@ -132,6 +151,76 @@ def test_budget_accounting_matches_what_training_spends(digits, tmp_path):
     assert expected_cost_per_epoch(net, deps) == pytest.approx(0.5 + 0.5 * per_epoch, rel=0.05)
     result = train(net, digits, replace(cfg, epochs=2.0), tmp_path / "b.pt", progress=False)
     assert result.fme_epochs == pytest.approx(2 * per_epoch, rel=0.25)
+
+
+# --- channel re-organisation and momentum ----------------------------------------------------------------------
+def _momentum(optimizer):
+    return {id(p): st["momentum_buffer"].clone() for p, st in optimizer.state.items() if "momentum_buffer" in st}
+
+
+@pytest.mark.parametrize("mode", ["keep", "reset"])
+def test_reorganize_keeps_or_clears_momentum(mode):
+    """keep: the buffers survive the channel sort untouched (old channel order), as the DεpS code's `.data =`
+    assignment leaves them; reset: cleared. The max net's function is unchanged either way."""
+    from training.trainer import _reorganize, make_optimizer
+
+    torch.manual_seed(0)
+    net = SuperNet(TINY).train()
+    opt = make_optimizer(net, TrainConfig())
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        sandwich_step(net, x, y, [SubnetConfig.max(TINY)], 0.0, TrainConfig(), MacRatio(net))
+        opt.step()
+    before = _momentum(opt)
+    with torch.no_grad():  # train mode: batch statistics, no dropout asked for
+        out_before = net(x, SubnetConfig.max(TINY))
+    spatial = net.stages[0].blocks[0].spatial.weight.detach().clone()
+    _reorganize(net, opt, mode)
+    assert not torch.equal(spatial, net.stages[0].blocks[0].spatial.weight)  # channels did move
+    with torch.no_grad():
+        assert torch.allclose(net(x, SubnetConfig.max(TINY)), out_before, atol=1e-4)
+    after = _momentum(opt)
+    assert before  # two steps made buffers
+    if mode == "keep":
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    else:
+        assert after == {}
+
+
+def test_deps_training_momentum_handling_changes_the_steps_after_the_sort(digits, tmp_path):
+    """Through the trainer: the two momentum modes agree up to the re-organisation step and differ after it; the
+    checkpoint written right after the sort still holds momentum buffers with "keep"."""
+    cfg = TrainConfig(method="deps", epochs=2, batch_size=32, fm_warmup_frac=0.5, seed=1)  # 6 steps, sort at 3
+
+    def run(mode, steps):
+        torch.manual_seed(1)
+        return train(SuperNet(TINY), digits, replace(cfg, reorganize_momentum=mode), tmp_path / f"{mode}{steps}.pt",
+                     progress=False, max_steps=steps, validate_every=100)
+
+    keep3, reset3 = run("keep", 3), run("reset", 3)
+    assert all(torch.equal(a, b) for a, b in zip(keep3.net.state_dict().values(), reset3.net.state_dict().values()))
+    keep4, reset4 = run("keep", 4), run("reset", 4)
+    assert not all(torch.equal(a, b) for a, b in zip(keep4.net.state_dict().values(),
+                                                       reset4.net.state_dict().values()))
+    assert read_checkpoint(tmp_path / "keep4.pt")["extra"]["optimizer"]["state"]
+
+
+def test_deps_code_shaped_space():
+    space = SupernetSpace.deps_code_shaped(image_size=8, stem_width=8, stage_widths=(8, 16), stage_strides=(1, 2),
+                                           head_width=16)
+    assert space.kernel_choices == (3,) and min(space.depth_choices) == 2 and space.max_depth == 4
+    assert space.max_expand / min(space.expand_choices) == 2  # as the code's 3..6
+    sub = sample_subnets(space, "deps", "shrink", 0, 0, 4)
+    assert all(min(c.depths) >= 2 and {k for s in c.kernel_sizes for k in s} == {3} for c in sub)
+    net = SuperNet(space)
+    ratio = MacRatio(net)(SubnetConfig.min(space))
+    assert 0.1 < ratio < 0.4, ratio  # the default space's smallest subnet is a few % of the largest
+    assert MacRatio(SuperNet(TINY))(SubnetConfig.min(TINY)) < ratio
+    assert SupernetSpace.from_dict(space.to_dict()) == space
+    from training.cli import space_from_arg
+
+    data = load_dataset("digits", seed=0)
+    assert space_from_arg("deps-code", data) == SupernetSpace.deps_code_shaped(image_size=8)
 
 
 # --- resume and stop ------------------------------------------------------------------------------------------------

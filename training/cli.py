@@ -19,7 +19,7 @@ from supernet.checkpoint import CheckpointError, read_checkpoint
 from supernet.config import SupernetSpace
 from supernet.network import SuperNet
 from training.data import DataError, load_dataset
-from training.schedule import METHODS, ConfigError, TrainConfig
+from training.schedule import METHODS, MOMENTUM_HANDLING, ConfigError, TrainConfig
 from training.steps import epochs_for_budget
 from training.trainer import StopFlag, install_signal_handlers, train
 
@@ -44,10 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fm-warmup-frac", type=float, default=TrainConfig.fm_warmup_frac,
                    help="DεpS: share of steps training the max net only")
     p.add_argument("--ramp-frac", type=float, default=TrainConfig.ramp_frac,
-                   help="DεpS: ε-ramp length as a share of all steps")
+                   help="DεpS: ε-ramp length as a share of all steps (default 5/270, the authors' code: "
+                        "smallnet_warmup 5 of 270 epochs)")
+    p.add_argument("--reorganize-momentum", choices=MOMENTUM_HANDLING, default=TrainConfig.reorganize_momentum,
+                   help="DεpS: SGD momentum across the channel re-organisation when shrinking starts: keep (the "
+                        "authors' code, default) or reset")
     p.add_argument("--no-augment", action="store_true", help="disable random +-2 px shifts")
-    p.add_argument("--space", help="SupernetSpace as a JSON file or string (default: the default space, with the "
-                                   "data's channels/size/classes)")
+    p.add_argument("--space", help="SupernetSpace as a JSON file or string, or 'deps-code' (one kernel, depth 2-4, "
+                                   "expand 0.5-1: shaped like the DεpS code's space); default: the default space, "
+                                   "with the data's channels/size/classes")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
@@ -59,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def space_from_arg(arg: str | None, data) -> SupernetSpace:
     if arg is None:
         return SupernetSpace(in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+    if arg == "deps-code":
+        return SupernetSpace.deps_code_shaped(in_channels=data.in_channels, image_size=data.image_size,
+                                              num_classes=data.num_classes)
     text = Path(arg).read_text() if Path(arg).is_file() else arg
     try:
         return SupernetSpace.from_dict(json.loads(text))
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             base = TrainConfig(method=args.method, epochs=1.0, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, num_subnets=args.num_subnets,
                                fm_warmup_frac=args.fm_warmup_frac, ramp_frac=args.ramp_frac,
+                               reorganize_momentum=args.reorganize_momentum,
                                augment=not args.no_augment, seed=args.seed)
             probe_net = SuperNet(space)
             if args.epochs is not None:

@@ -131,11 +131,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _reorganize(net: SuperNet, optimizer: torch.optim.Optimizer) -> None:
-    """Sort middle channels by importance (OFA channel sorting). NOTE: the momentum buffers are indexed by the old
-    channel order, so they are dropped (the next step restarts momentum from the gradient)."""
+def _reorganize(net: SuperNet, optimizer: torch.optim.Optimizer, momentum: str = "reset") -> None:
+    """Sort middle channels by importance (OFA channel sorting) once; `momentum` says what the SGD buffers do.
+
+    "keep" is what the DεpS code does: its `re_organize_middle_weights` assigns `param.data = index_select(...)`,
+    which leaves the optimizer state untouched, so the momentum buffers carry on in the OLD channel order (a stale,
+    permuted momentum for the few steps it takes to decay; with momentum 0.9 about 10). "reset" drops them, which
+    is what OFA's code amounts to (each progressive-shrinking phase is a fresh run with a fresh optimizer) and what
+    this module did for DεpS before (ours). Parameters are updated in place (`copy_`), so either way the optimizer
+    keeps pointing at the same tensors."""
     net.reorder_middle_channels()
-    optimizer.state.clear()
+    if momentum == "reset":
+        optimizer.state.clear()
 
 
 def train(net: SuperNet, data: DatasetSplits, cfg: TrainConfig, out_path: str | Path, *,
@@ -228,9 +235,10 @@ def train(net: SuperNet, data: DatasetSplits, cfg: TrainConfig, out_path: str | 
                 if phase_index == 1 and teacher is None:  # the full model is trained: freeze a copy as teacher
                     teacher = copy.deepcopy(net).requires_grad_(False)
                 if phase == "width" and cfg.reorganize and step == schedule.boundaries[2]:
-                    _reorganize(net, optimizer)
+                    _reorganize(net, optimizer, "reset")  # OFA: the width phase is a fresh run in OFA's code
             elif cfg.method == "deps" and cfg.reorganize and step == schedule.boundaries[0] and step > 0:
-                _reorganize(net, optimizer)  # once, when shrinking starts (DεpS reorganize_weights)
+                # once, when shrinking starts (DεpS `reorganize_weights` at the first epoch >= W - S)
+                _reorganize(net, optimizer, cfg.reorganize_momentum)
             lr = schedule.lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
