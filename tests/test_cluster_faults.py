@@ -469,3 +469,17 @@ def test_no_worker_is_answered_unavailable_not_raised(cluster, serving_assets):
         assert np.isnan(answers[0].accuracy)
     finally:
         engine.close()
+
+
+def test_grpc_deadline_withdraws_the_calls_images_from_redis(front_end, cluster):
+    """The servicer cancels a call whose gRPC deadline passed; with --backend redis its images leave the queue (SLO
+    60 s: nothing else would take them out within the test's wait)."""
+    ns = "deadline"
+    r = cluster["redis"].client()
+    _stuck_namespace(r, ns)
+    server, client = front_end(ns=ns)
+    assert _status(lambda: client.infer("superserve", [fp32_input(images(4, 8))], parameters={"slo_ms": 60000.0},
+                                        client_timeout=1.0)) == "DEADLINE_EXCEEDED"
+    wait_for(lambda: server.engine.withdrawn == 4, 10, "the expired call's images to be withdrawn")
+    assert r.zcard(f"{ns}:queue") == 0 and not r.keys(f"{ns}:req:*")
+    client.close()
