@@ -24,6 +24,8 @@ a request whose lease was taken away (its worker was declared dead and it was re
 whoever holds it last. REAP (run by every worker and front end about once a second) declares workers whose heartbeat
 key expired dead, re-queues their leased requests (or fails them after `max_attempts` deaths: a poison request must
 not kill the whole cluster), and answers requests still queued long after their deadline (no worker took them).
+A front end that answers a call itself (cancelled by its client, failed when Redis was unreachable, expired) removes
+the call's members from P:queue and deletes their P:req hashes, so no worker computes them for nobody.
 """
 
 from __future__ import annotations
