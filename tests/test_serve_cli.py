@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,10 @@ def _image(seed: int = 0, n: int = 1):
 def test_no_flags_give_the_documented_defaults():
     """README: 127.0.0.1:8001, metrics on 8002, SlackFit, embedded worker, shed late requests, correction on, the
     shipped zoo, no keys / limits / TLS."""
-    assert _config() == ServeConfig()
     cfg = _config()
+    # The HTTP door: 8000 from the command line (a free port when 8000 is taken); off in an embedded ServeConfig.
+    assert cfg.http_port in (8000, 0) and ServeConfig().http_port is None
+    assert replace(cfg, http_port=None) == ServeConfig()
     assert (cfg.host, cfg.port, cfg.metrics_port, cfg.policy, cfg.workers) == ("127.0.0.1", 8001, 8002, "slackfit", 0)
     assert cfg.engine == EngineConfig(100.0, "shed", 1024, 0.25) and cfg.security == SecurityConfig()
 

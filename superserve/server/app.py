@@ -38,6 +38,8 @@ LATE_ARRIVAL_WINDOW_S = 0.2  # after draining, before gRPC stops: late calls get
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8001  # gRPC; 0 = any free port (see Server.port)
+    http_port: int | None = None  # HTTP/REST (KServe v2 JSON); 0 = any free port, None = off (the CLI's default: 8000)
+    max_http_body_bytes: int | None = None  # None = max_message_bytes
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; 0 = any free port, None = off
     model_name: str = "superserve"
     zoo_path: Path = DEFAULT_ZOO
@@ -112,6 +114,24 @@ def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = T
     return zoo
 
 
+@dataclass(frozen=True)
+class LiveTable:
+    """Which latency table the scheduler uses: `kind` is file (the zoo file's own), cached (this host's earlier
+    re-profile), scaled (the file's or cached table x `scale`, the spot check's measured factor, while the re-profile
+    runs in the background) or reprofiled (measured here); `source` names the file."""
+
+    kind: str
+    source: str
+    scale: float
+
+
+def _default_background_profiler(zoo_path: Path, checkpoint: Path, host: HostFingerprint, out: Path, device: str,
+                                  on_start: Any) -> Zoo:
+    from superserve.server import profiling
+
+    return profiling.reprofile_in_subprocess(zoo_path, checkpoint, host, out, device, on_start)
+
+
 class Server:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -120,17 +140,30 @@ class Server:
         self.zoo: Zoo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grpc: Any = None
+        self.http_port: int | None = None
+        self._http_door: Any = None
+        self.limiter: Any = None  # the SecurityInterceptor both doors share (None when no key or limit is set)
         self._stopped = False
         self._warmed = False  # every subnet has run once in this process (allocator warm-up)
+        self.table = LiveTable("file", str(config.zoo_path), 1.0)  # the latency table the scheduler uses now
+        self._pending_reprofile: tuple[Any, Path, Any] | None = None
+        self.table_swapped = threading.Event()  # set once a background re-profile's table is live
+        # (zoo path, checkpoint, host, out path, device, on_start) -> Zoo; tests put a fake here before start()
+        self.background_profiler: Any = _default_background_profiler
+        self._child: Any = None  # the re-profiling child process, stopped with the server
 
     def _say(self, text: str) -> None:
         if not self.config.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def load_zoo(self, net: Any, sample: torch.Tensor) -> Zoo:
+    def load_zoo(self, net: Any, sample: torch.Tensor, background: bool = False) -> Zoo:
         """The zoo with a latency table that fits this host: the file's own, or the per-host cached re-profile, or a
         new re-profile (then cached). With `reprofile="auto"` a table whose fingerprint matches must also pass a
-        spot check of its speed (`profiling.check_speed`, which doubles as the workers' warm-up)."""
+        spot check of its speed (`profiling.check_speed`, which doubles as the workers' warm-up).
+
+        `background=True` (what `start()` passes with `reprofile="auto"`): instead of re-profiling before serving,
+        return the table scaled by the spot check's measured factor and leave the re-profile to `start()`, which
+        runs it in the background and swaps the new table in when it is done (`table` says which one is live)."""
         from superserve.server import profiling
 
         cfg = self.config
@@ -140,12 +173,14 @@ class Server:
         # This host's own re-profile first: the file's fingerprint can match a machine of another speed.
         candidate, source = ((Zoo.load(cached), str(cached)) if cached.is_file()
                              else (zoo, str(cfg.zoo_path)) if zoo.host_matches(here) else (None, ""))
+        self.table = LiveTable("cached" if source == str(cached) else "file", source or str(cfg.zoo_path), 1.0)
         if cfg.reprofile == "never":
             if candidate is None:
                 self._say(f"WARNING: {cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, "
                           f"{zoo.host.threads} thread(s)); SLO decisions rely on online correction until you restart "
                           f"with --reprofile auto (or run `superserve zoo reprofile`)")
             return candidate or zoo
+        speed = None
         if candidate is not None and cfg.reprofile == "auto":
             speed = profiling.check_speed(net, candidate, sample)
             self._warmed = True
@@ -162,14 +197,57 @@ class Server:
             why = f"{cfg.zoo_path} was profiled on other hardware ({zoo.host.processor}, {zoo.host.threads} thread(s))"
         else:
             why = "--reprofile always"
+        if background and cfg.reprofile == "auto":
+            base = candidate if candidate is not None else zoo
+            if speed is None:  # a foreign table: how far off it is here, measured the same way
+                speed = profiling.check_speed(net, base, sample)
+                self._warmed = True
+            self._say(f"{why}; serving now with that table scaled by the measured {speed.ratio:.2f}x and "
+                      f"re-profiling in the background (cached in {cached}; the new table is swapped in when done; "
+                      f"--reprofile never skips this)")
+            self.table = LiveTable("scaled", f"{source or cfg.zoo_path} x {speed.ratio:.2f}", speed.ratio)
+            self._pending_reprofile = (here, cached, sample.device)
+            return profiling.scaled_for_host(base, speed)
         self._say(f"{why}; re-profiling here once (cached in {cached}; --reprofile never skips this)")
         zoo = profiling.profile_zoo(net, zoo, here, progress=not cfg.quiet)
         cached.parent.mkdir(parents=True, exist_ok=True)
         zoo.save(cached)
+        self.table = LiveTable("reprofiled", str(cached), 1.0)
         return zoo
 
-    def load_model(self) -> tuple[Any, Zoo, ModelSpec]:
-        """(supernet, zoo for this host, protocol spec), checking that the checkpoint calibrated every zoo subnet."""
+    def _reprofile_in_background(self) -> None:
+        """The re-profile `load_zoo(background=True)` left pending, then the swap: engine, metrics, log line."""
+        here, cached, device = self._pending_reprofile  # type: ignore[misc]
+        cfg = self.config
+        t0 = time.perf_counter()
+        try:
+            zoo = self.background_profiler(Path(cfg.zoo_path), Path(cfg.checkpoint_path), here, cached,
+                                           str(device), self._track_child)
+        except Exception as exc:  # noqa: BLE001 - serving goes on with the scaled table; say why
+            if not self._stopped:
+                log.warning("background re-profile failed (%s); serving on with the scaled table", exc)
+                self._say(f"superserve: WARNING: the background re-profile failed ({exc}); the scaled table stays "
+                          f"live, corrected online")
+            return
+        if self._stopped:
+            return
+        self.engine.replace_table(zoo)
+        self.zoo = zoo
+        self.table = LiveTable("reprofiled", str(cached), 1.0)
+        self.metrics.set_latency_table(self.table.kind, self.table.source, self.table.scale, swapped=True)
+        took = time.perf_counter() - t0
+        log.info("re-profiled latency table live after %.1f s: %s", took, cached)
+        self._say(f"superserve: re-profiled latency table live ({took:.1f} s in the background): {cached}")
+        self.table_swapped.set()
+
+    def _track_child(self, proc: Any) -> None:
+        self._child = proc
+        if self._stopped:  # stop() ran while the child was starting
+            proc.terminate()
+
+    def load_model(self, background: bool = False) -> tuple[Any, Zoo, ModelSpec]:
+        """(supernet, zoo for this host, protocol spec), checking that the checkpoint calibrated every zoo subnet.
+        `background`: see `load_zoo`."""
         from supernet.checkpoint import load_checkpoint
 
         cfg = self.config
@@ -180,7 +258,7 @@ class Server:
         net, data = load_checkpoint(cfg.checkpoint_path, map_location=device)
         space = net.space
         sample = torch.zeros(1, space.in_channels, space.image_size, space.image_size, device=device)
-        zoo = self.zoo = self.load_zoo(net, sample)
+        zoo = self.zoo = self.load_zoo(net, sample, background)
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
@@ -193,8 +271,9 @@ class Server:
         torch.set_num_threads(cfg.threads_per_worker)
         if cfg.gil_switch_interval_s is not None:
             sys.setswitchinterval(cfg.gil_switch_interval_s)
-        net, zoo, spec = self.load_model()
+        net, zoo, spec = self.load_model(background=cfg.reprofile == "auto")
         self.metrics = ServerMetrics(spec.name, spec.version)
+        self.metrics.set_latency_table(self.table.kind, self.table.source, self.table.scale)
         records = RecordWriter(cfg.records_path) if cfg.records_path else None
         params = {"overhead_ms": cfg.rpc_overhead_ms, **cfg.policy_params}
         self.engine = Engine(zoo, lambda z: make_policy(cfg.policy, z, **params), cfg.engine, self.metrics, records)
@@ -214,6 +293,8 @@ class Server:
             if not self._warmed:  # the speed check ran every subnet already
                 self.pool.warm_up(torch.zeros(sample_shape))
         self.engine.start(self.pool)
+        if self._pending_reprofile is not None:
+            threading.Thread(target=self._reprofile_in_background, name="superserve-reprofile", daemon=True).start()
         hook = None
         if cfg.security.hint_defense is not None:  # security (issue 7): noise on the requested metrics
             transform = cfg.security.hint_defense
@@ -235,9 +316,14 @@ class Server:
 
             self._http, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
             self.metrics_port = self._http.server_port
+        sec = cfg.security
+        if sec.needs_interceptor:
+            self.limiter = SecurityInterceptor(sec, self.metrics.registry)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="superserve-grpc", daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+        if cfg.http_port is not None:  # the HTTP door, on the same loop: one request path, one offload
+            self.http_port = asyncio.run_coroutine_threadsafe(self._start_http(), self._loop).result()
         self.startup_s = time.perf_counter() - t_start
         return self
 
@@ -252,8 +338,8 @@ class Server:
                    ("grpc.so_reuseport", 0)]
         sec = self.config.security
         interceptors: list[Any] = [EntryInterceptor(self.engine.clock)]  # first: the SLO clock starts here
-        if sec.needs_interceptor:
-            interceptors.append(SecurityInterceptor(sec, self.metrics.registry))
+        if self.limiter is not None:
+            interceptors.append(self.limiter)
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self._grpc)
         address = f"{self.config.host}:{self.config.port}"
@@ -264,7 +350,19 @@ class Server:
         await self._grpc.start()
         return port
 
+    async def _start_http(self) -> int:
+        from superserve.server.http_app import HttpDoor, HttpServer, build_app
+
+        cfg, sec = self.config, self.config.security
+        door = HttpDoor(self.service, self.limiter, max_body_bytes=cfg.max_http_body_bytes or cfg.max_message_bytes,
+                        auth_health=sec.auth_health, clock=self.engine.clock)
+        self._http_door = HttpServer(build_app(door), cfg.host, cfg.http_port,  # type: ignore[arg-type]
+                                     sec.tls_cert if sec.tls else None, sec.tls_key if sec.tls else None)
+        return await self._http_door.start()
+
     async def _stop_grpc(self) -> None:
+        if self._http_door is not None:
+            await self._http_door.stop()
         await self._grpc.stop(grace=5.0)
         await asyncio.sleep(0.05)  # let gRPC's poller callbacks finish before the loop stops (else: EBADF noise)
 
@@ -281,6 +379,8 @@ class Server:
             # The grace lets handlers whose answers are ready send them before connections close.
             asyncio.run_coroutine_threadsafe(self._stop_grpc(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._child is not None and self._child.poll() is None:
+            self._child.terminate()
         self.pool.close()
         self.service.close()
         if self.records is not None:

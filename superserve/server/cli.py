@@ -1,6 +1,8 @@
-"""`superserve serve`: serve the supernet's zoo over the Open Inference Protocol (gRPC) until SIGTERM/SIGINT.
+"""`superserve serve`: serve the supernet's zoo over the Open Inference Protocol (gRPC and HTTP/REST) until
+SIGTERM/SIGINT.
 
-With no arguments: the shipped checkpoint and zoo on 127.0.0.1:8001 (gRPC) and 127.0.0.1:8002/metrics, SlackFit,
+With no arguments: the shipped checkpoint and zoo on 127.0.0.1:8001 (gRPC), 127.0.0.1:8000 (HTTP/REST, KServe v2
+JSON) and 127.0.0.1:8002/metrics, SlackFit,
 one embedded worker. Heavy imports (torch, grpc) happen in `run`, so `superserve --help` stays fast.
 """
 
@@ -16,6 +18,9 @@ from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8001, help="gRPC port; 0 = any free port (default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="HTTP/REST port (KServe v2 JSON: curl /v2/models/NAME/infer); 0 = any free port, -1 = "
+                             "off (default: 8000, Triton's, or a free port printed at start when 8000 is taken)")
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus /metrics HTTP port; -1 = off (default: %(default)s)")
     parser.add_argument("--model-name", default="superserve", help="protocol model name (default: %(default)s)")
@@ -95,12 +100,31 @@ def config_from_args(args: argparse.Namespace) -> "object":
     engine = EngineConfig(args.default_slo_ms, args.late, args.queue_capacity,
                           None if args.no_correction else 0.25)
     return ServeConfig(host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                       http_port=http_port(args),
                        model_name=args.model_name, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
                        policy=args.policy, policy_params=params, workers=args.workers,
                        embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
                        engine=engine, response_params=not args.no_response_params, records_path=args.records,
                        reprofile=args.reprofile, rpc_overhead_ms=args.rpc_overhead_ms, device=args.device,
                        **security_from_args(args))
+
+
+DEFAULT_HTTP_PORT = 8000  # Triton's: 8000 HTTP, 8001 gRPC, 8002 metrics
+
+
+def http_port(args: argparse.Namespace) -> int | None:
+    """The HTTP door's port: as given (-1 = off), or by default 8000, or any free port when 8000 is taken (so that
+    several servers on one host, tests among them, do not fail on the default)."""
+    if args.http_port is not None:
+        return None if args.http_port < 0 else args.http_port
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:
+            probe.bind((args.host, DEFAULT_HTTP_PORT))
+        except OSError:
+            return 0
+    return DEFAULT_HTTP_PORT
 
 
 def security_from_args(args: argparse.Namespace) -> dict:
@@ -190,9 +214,13 @@ def run(args: argparse.Namespace) -> int:
     assert zoo is not None
     accs = [e.accuracy for e in zoo.entries]
     metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
+    rest = f", HTTP/REST http://{args.host}:{server.http_port}/v2" if server.http_port else ""
+    if args.http_port is None and server.http_port not in (None, DEFAULT_HTTP_PORT):
+        print(f"superserve: port {DEFAULT_HTTP_PORT} is taken; the HTTP/REST door listens on {server.http_port} "
+              f"(--http-port N to choose, -1 for none)", file=sys.stderr, flush=True)
     print(f"superserve: serving model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy "
           f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
-          f"(gRPC, Open Inference Protocol){metrics}; answering {_since_process_start_s():.1f} s after start "
+          f"(gRPC, Open Inference Protocol){rest}{metrics}; answering {_since_process_start_s():.1f} s after start "
           f"(loading took {server.startup_s:.1f} s)", flush=True)
     cfg_sec = server.config.security
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (cfg_sec.tls and cfg_sec.api_keys):

@@ -122,6 +122,7 @@ class Engine:
         self._idle: list[int] = []
         self._down: set[int] = set()  # workers the pool lost and is replacing
         self.corrector = ProfileCorrector(zoo) if config.correction_interval_s else None
+        self._table_generation = 0  # bumped by replace_table: a correction built from an older table is dropped
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -421,6 +422,22 @@ class Engine:
             for _, result in answers:
                 self.metrics.call_done(result.outcome, result.latency_s)
 
+    def replace_table(self, zoo: Zoo) -> None:
+        """Serve from now on with `zoo`'s latency table (the same subnets; a background re-profile finished): the
+        policy is rebuilt from it and online correction starts afresh from it. Queued calls stay queued."""
+        if zoo.subnet_ids != self.zoo.subnet_ids:
+            raise ValueError("replace_table: the new table must cover the same subnets")
+        policy = self._policy_factory(zoo)  # milliseconds: built outside the lock
+        corrector = ProfileCorrector(zoo, self.corrector.config) if self.corrector is not None else None
+        with self._lock:
+            self.zoo = zoo
+            self._table_generation += 1
+            if corrector is not None:
+                self.corrector = corrector
+            if type(policy) is not type(self.policy):
+                self._state = policy.initial_state()
+            self.policy = policy
+
     def _refresh_loop(self) -> None:
         assert self.corrector is not None and self.config.correction_interval_s
         while not self._stop.wait(self.config.correction_interval_s):
@@ -428,12 +445,15 @@ class Engine:
                 self.corrector.relax(self.config.correction_interval_s)
                 zoo = self.corrector.corrected_zoo()
                 factors = self.corrector.factors()
+                generation = self._table_generation
             if self.metrics is not None:
                 self.metrics.set_correction(factors)
             if zoo is None:
                 continue
             policy = self._policy_factory(zoo)  # milliseconds: built outside the lock
             with self._lock:
+                if generation != self._table_generation:  # replace_table ran meanwhile: this correction is stale
+                    continue
                 if type(policy) is not type(self.policy):
                     self._state = policy.initial_state()
                 self.policy = policy

@@ -101,6 +101,13 @@ class ServerMetrics:
                                 "down until its replacement is ready)", registry=r)
         self.worker_restarts = Counter("superserve_worker_restarts", "Worker processes replaced after dying",
                                        registry=r)
+        self.latency_table = Gauge("superserve_latency_table", "The latency table the scheduler uses (1 = live): "
+                                   "file, cached, scaled (while re-profiling in the background) or reprofiled",
+                                   ("kind", "source"), registry=r)
+        self.table_scale = Gauge("superserve_latency_table_scale", "Factor the live latency table was scaled by at "
+                                 "start (the spot check's measured ratio; 1 = measured or matching)", registry=r)
+        self.table_swaps = Counter("superserve_latency_table_swaps", "Background re-profiles swapped in",
+                                   registry=r)
         self.correction = Gauge("superserve_profile_correction_factor",
                                 "Observed / profiled latency per subnet (online correction)", ("subnet",), registry=r)
         # Label lookups cost microseconds each; the per-call and per-batch paths use pre-bound children.
@@ -169,6 +176,14 @@ class ServerMetrics:
             self._met.inc(met)
         if batch_size - met:
             self._missed.inc(batch_size - met)
+
+    def set_latency_table(self, kind: str, source: str, scale: float, swapped: bool = False) -> None:
+        """Which latency table is live (app.LiveTable): one labelled series at 1, and the factor it was scaled by."""
+        self.latency_table.clear()
+        self.latency_table.labels(kind, source).set(1)
+        self.table_scale.set(scale)
+        if swapped:
+            self.table_swaps.inc()
 
     def set_correction(self, factors: dict[str, float]) -> None:
         for sid, f in factors.items():

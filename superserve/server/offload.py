@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import grpc
 import torch
 
 from superserve.server.codec import InvalidRequest, PendingInputs, read_headers
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,26 @@ class InputOffload:
 
     async def run(self, pending: PendingInputs) -> torch.Tensor:
         cfg = self.config
-        if not pending.encoded and pending.cost <= cfg.inline_max_cost:
-            return pending.run()
-        loop = asyncio.get_running_loop()
         if pending.encoded:
+            loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(self._light, _decode_if_small, pending, cfg.light_max_pixels)
             if done is not None:
                 return done
-        elif pending.cost <= cfg.light_max_cost:
-            return await loop.run_in_executor(self._light, pending.run)
+            return await self._heavy_lane(pending.run)
+        return await self.run_costly(pending.run, pending.cost)
+
+    async def run_costly(self, fn: Callable[[], T], cost: int) -> T:
+        """`fn()` inline, in the light pool or behind the heavy pool's admission limit, by its `cost` (for other
+        bulk work of a request too: the HTTP door parses large JSON bodies here)."""
+        cfg = self.config
+        if cost <= cfg.inline_max_cost:
+            return fn()
+        if cost <= cfg.light_max_cost:
+            return await asyncio.get_running_loop().run_in_executor(self._light, fn)
+        return await self._heavy_lane(fn)
+
+    async def _heavy_lane(self, fn: Callable[[], T]) -> T:
+        cfg = self.config
         if self.heavy_pending >= cfg.max_heavy_pending:
             self.heavy_refused += 1
             raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -70,7 +84,7 @@ class InputOffload:
                                  "limit); retry, or send smaller images")
         self.heavy_pending += 1
         try:
-            return await loop.run_in_executor(self._heavy, pending.run)
+            return await asyncio.get_running_loop().run_in_executor(self._heavy, fn)
         finally:
             self.heavy_pending -= 1
 

@@ -13,14 +13,17 @@ shipped zoo file is never modified.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -64,7 +67,7 @@ def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor) -> SpeedCheck:
 def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True) -> Zoo:
     """The same zoo with latencies measured here, at `host.threads` torch threads, on the device `net` is on (CUDA:
     synchronised per forward by `training.profiling.profile_cell`)."""
-    from training.profiling import ProfileConfig, profile_subnets
+    from training.profiling import profile_subnets
 
     tables = profile_subnets(net, [e.config for e in zoo.entries], start_profile_config(zoo, host.threads),
                              progress=progress)
@@ -87,3 +90,57 @@ def cache_path(zoo_path: Path, host: HostFingerprint) -> Path:
     digest = hashlib.sha256(zoo_path.read_bytes() + json.dumps(host.__dict__, sort_keys=True).encode()).hexdigest()
     root = Path(os.environ.get("SUPERSERVE_CACHE", Path.home() / ".cache" / "superserve"))
     return root / f"zoo-{digest[:16]}.json"
+
+
+# --- the background re-profile (issue 20: first answer within 3 s on a host of any speed) -------------------------
+def scaled_for_host(zoo: Zoo, speed: SpeedCheck) -> Zoo:
+    """The interim table a server starts with when the spot check finds the table off: every latency scaled by the
+    measured median ratio (one factor for all subnets and batch sizes: what a dozen batch-1 forwards can tell).
+    Online correction refines it per subnet while the background re-profile runs."""
+    return zoo.scaled(speed.ratio)
+
+
+def reprofile_in_subprocess(zoo_path: Path, checkpoint: Path, host: HostFingerprint, out: Path, device: str = "cpu",
+                            on_start: Callable[[subprocess.Popen], None] | None = None) -> Zoo:
+    """Re-profile `zoo_path` for `host` in a child process (`python -m superserve.server.profiling`), write it to `out`
+    (atomically) and return it. A child, not a thread: the serving process's GIL and event loop stay free, and
+    stopping the server ends it. Raises RuntimeError with the child's last words if it fails."""
+    cmd = [sys.executable, "-m", "superserve.server.profiling", "--zoo", str(zoo_path), "--checkpoint",
+           str(checkpoint), "--threads", str(host.threads), "--device", device, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if on_start is not None:
+        on_start(proc)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"re-profile exited with {proc.returncode}: {err.strip().splitlines()[-1:] or ''}")
+    return Zoo.load(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The re-profiling child: profile a zoo's subnets here and write the table (what `reprofile_in_subprocess`
+    runs)."""
+    from supernet.checkpoint import load_checkpoint
+    from training.profiling import device_name, resolve_device
+
+    p = argparse.ArgumentParser(description="re-profile a zoo's latency table on this host (background job of "
+                                            "`superserve serve`)")
+    p.add_argument("--zoo", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    net, _ = load_checkpoint(args.checkpoint, map_location=device)
+    here = HostFingerprint.current(device=device_name(device), threads=args.threads)
+    zoo = profile_zoo(net, Zoo.load(args.zoo), here, progress=False)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(f".tmp{os.getpid()}")
+    zoo.save(tmp)
+    os.replace(tmp, args.out)  # a server starting meanwhile reads the old cache or the new one, never half of one
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

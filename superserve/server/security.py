@@ -179,6 +179,18 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
         if self.denied is not None:
             self.denied.labels(reason, tenant).inc()
 
+    # The HTTP door (http_app.py) applies this same limiter: one budget per tenant across both doors.
+    @property
+    def keys_required(self) -> bool:
+        return self._digests is not None
+
+    def tenant_of(self, metadata: Any) -> str | None:
+        """The tenant named by (key, value) headers or metadata, or None when none matches."""
+        return self._tenant(metadata)
+
+    def count_denied(self, reason: str, tenant: str) -> None:
+        self._deny(reason, tenant)
+
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:

@@ -27,19 +27,19 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from superserve.records import CANCELLED, LATE, OK, REJECTED, SHED, UNAVAILABLE
-from superserve.server.codec import InvalidRequest, ModelSpec, encode_outputs, load_decoder, parse_request, show
+from superserve.records import OK
+from superserve.server.calls import GRPC_STATUS, Refused, RequestPath
+from superserve.server.codec import ModelSpec, encode_outputs, load_decoder
 from superserve.server.engine import CallResult, Engine
 from superserve.server.metrics import ServerMetrics
 from superserve.server.offload import InputOffload, OffloadConfig
-from superserve.server.security import submit_per_image, unwrap_stream_request
+from superserve.server.security import unwrap_stream_request
 
 SERVER_NAME = "superserve"
 SERVER_VERSION = "0.1.0"
-# Failed outcomes -> status; anything else is INTERNAL. UNAVAILABLE: the capacity that held the call was lost (a
-# worker process died, Redis is gone or stalled); REJECTED: refused after submission (a Redis queue found full).
-_FAILED = {SHED: grpc.StatusCode.DEADLINE_EXCEEDED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-           REJECTED: grpc.StatusCode.RESOURCE_EXHAUSTED, CANCELLED: grpc.StatusCode.CANCELLED}
+# Protocol datatypes -> model-config data types (ModelConfig; was referenced but never defined: ModelConfig raised
+# NameError).
+_CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8, "BYTES": mc.TYPE_STRING, "INT64": mc.TYPE_INT64}
 # When the call reached the server (time.monotonic, the engines' clock), set by EntryInterceptor.
 ARRIVAL_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("superserve_arrival_s", default=None)
 
@@ -112,8 +112,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                  hint_hook: Any = None, offload: OffloadConfig = OffloadConfig()) -> None:
         self.spec, self.engine, self.metrics = spec, engine, metrics
         self.response_params = response_params
-        self.hint_hook = hint_hook  # security: a HintDefenseHook transforming each image's hints (None = off)
         self.offload = InputOffload(offload)
+        self.path = RequestPath(spec, engine, metrics, self.offload, hint_hook)  # shared with the HTTP door
         # In the background: the first PNG/JPEG request then rarely waits for the import.
         self._warming = self.offload.submit_light(load_decoder) if preload_decoder else None
 
@@ -179,12 +179,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(exc.code, exc.message)
 
     def _require_model(self, name: str, version: str) -> None:
-        if name != self.spec.name:
-            raise _CallFailed(grpc.StatusCode.NOT_FOUND,
-                              f"unknown model {show(name)}; this server serves {self.spec.name!r}")
-        if version not in ("", self.spec.version):
-            raise _CallFailed(grpc.StatusCode.NOT_FOUND,
-                              f"model {show(name)} has no version {show(version)}; available: {self.spec.version}")
+        try:
+            self.path.require_model(name, version)
+        except Refused as exc:
+            raise _CallFailed(GRPC_STATUS[exc.reason], exc.message) from None
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -241,44 +239,17 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def _infer(self, request: Any, arrival_s: float | None = None) -> Any:
-        """One inference call start to end; raises _CallFailed with the status and message to answer."""
+        """One inference call start to end (the shared `RequestPath`); raises _CallFailed with the status and
+        message to answer."""
         if arrival_s is None:  # the SLO counts from arrival: receiving and decoding are part of the latency
             arrival_s = ARRIVAL_S.get()
             if arrival_s is None:  # served without EntryInterceptor (an embedding that built its own gRPC server)
                 arrival_s = self.engine.clock()
-        self._require_model(request.model_name, request.model_version)
-        loop = asyncio.get_running_loop()
         try:
-            decoded = parse_request(request, self.spec)
-            images = await self.offload.run(decoded.pending)
-            answer: asyncio.Future[CallResult] = loop.create_future()
-
-            def on_done(result: CallResult) -> None:  # runs on an engine/worker thread, exactly once
-                loop.call_soon_threadsafe(_resolve, answer, result)
-
-            if self.hint_hook is None:
-                cancel = self.engine.submit(images, decoded.hints.slo_ms, decoded.hints.min_accuracy, on_done,
-                                            arrival_s)
-            else:  # security (issue 7): per-image transformed hints; see superserve/server/security.py
-                slo, acc = self.hint_hook(images.shape[0], decoded.hints.slo_ms, decoded.hints.min_accuracy)
-                cancel = submit_per_image(self.engine, images, slo, acc, on_done, arrival_s)
-        except InvalidRequest as exc:
-            if self.metrics is not None:
-                outcome = "invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected"
-                self.metrics.call_done(outcome, 0.0)
-            raise _CallFailed(exc.code, exc.message) from None
-        try:
-            result = await asyncio.shield(answer)
-        except asyncio.CancelledError:
-            # The client cancelled, or its deadline passed: withdraw the call's queued images, and return only once
-            # the engine holds none of them (its answer, CANCELLED or a result computed meanwhile, is then dropped).
-            if cancel is not None:
-                cancel()
-                await asyncio.shield(answer)
-            raise
-        if result.outcome not in (OK, LATE):
-            raise _CallFailed(_FAILED.get(result.outcome, grpc.StatusCode.INTERNAL), result.message)
-        return build_response(self.spec, request.id, decoded.outputs, result, self.response_params)
+            answer = await self.path.infer(request, arrival_s)
+        except Refused as exc:
+            raise _CallFailed(GRPC_STATUS[exc.reason], exc.message) from None
+        return build_response(self.spec, answer.request_id, answer.outputs, answer.result, self.response_params)
 
     def close(self) -> None:
         self.offload.close()
@@ -314,7 +285,3 @@ def _stream_error(request: Any, code: grpc.StatusCode, message: str) -> Any:
                                        infer_response=pb.ModelInferResponse(model_name=request.model_name,
                                                                             id=request.id))
 
-
-def _resolve(future: asyncio.Future[CallResult], result: CallResult) -> None:
-    if not future.done():  # the client may have cancelled the call
-        future.set_result(result)

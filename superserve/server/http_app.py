@@ -1,0 +1,312 @@
+"""The HTTP/REST door: the Open Inference Protocol's KServe v2 REST API (FastAPI on uvicorn, as KServe and MLServer
+serve it), beside the gRPC door, sharing its engine, request path, security limits and metrics.
+
+    GET  /v2                                   server metadata
+    GET  /v2/health/live | /v2/health/ready    200, or 503 while not ready (start-up warm-up, draining, no worker)
+    GET  /v2/models/{name}[/versions/{v}]      model metadata (inputs, outputs)
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    GET  /v2/models/{name}[/versions/{v}]/config
+    POST /v2/models/{name}[/versions/{v}]/infer
+    POST /v2/repository/index                  (GET too) the served models and their state
+
+Bodies and tensors are described in http_codec.py. Refusals are answered with a JSON body `{"error": "..."}` and
+the status for their reason (`HTTP_STATUS`): 400 bad input, 401 no or unknown API key, 404 unknown model or version,
+413 body over the limit, 408 body not received in time, 429 queue full / rate limited / in-flight cap / too many large
+inputs being decoded, 504 shed because no subnet could meet the deadline (Triton answers a request whose timeout
+expired in its queue with an error too; 504 says "deadline" to any HTTP client), 503 shutting down or no worker.
+
+What the gRPC door does, this one does the same way: the SLO counts from the moment the handler starts (before the
+body is received); API keys (`authorization: Bearer <key>` or `x-api-key` headers) and per-tenant rate limits and
+in-flight caps are the gRPC door's own `SecurityInterceptor` (one budget per tenant across both doors); bodies are
+bounded (`max_body_bytes`, checked from Content-Length and while reading) and large ones are parsed off the event loop
+in the offload lanes (the heavy lane's admission limit applies); a client that disconnects cancels its call, whose
+queued images are withdrawn before the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from superserve.server.calls import (BUSY, CANCELLED_BY_CLIENT, DEADLINE, INTERNAL, INVALID, NOT_FOUND, TOO_LARGE,
+                                     UNAUTHENTICATED, UNAVAILABLE, Refused, reason_of)
+from superserve.server.codec import InvalidRequest
+from superserve.server.http_codec import HEADER_LENGTH, encode_infer_response, parse_infer_body
+from superserve.server.security import LimitExceeded, _images_in
+
+HTTP_STATUS = {NOT_FOUND: 404, INVALID: 400, TOO_LARGE: 413, BUSY: 429, DEADLINE: 504, UNAVAILABLE: 503,
+               CANCELLED_BY_CLIENT: 499, UNAUTHENTICATED: 401, INTERNAL: 500}
+JSON_PARSE_COST_PER_BYTE = 4  # offload cost units per JSON byte: 16 KB bodies parse on the loop, 512 KB in the light pool
+
+
+class HttpDoor:
+    """The handlers, over an `InferenceService` (its spec, readiness and `RequestPath`)."""
+
+    def __init__(self, service: Any, limiter: Any = None, *, max_body_bytes: int = 16 << 20,
+                 body_timeout_s: float = 30.0, auth_health: bool = False,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.service, self.limiter = service, limiter
+        self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
+        self.auth_health = auth_health
+        self.clock = clock or service.engine.clock
+
+    @property
+    def path(self) -> Any:
+        return self.service.path
+
+    # --- refusals ---------------------------------------------------------------------------------------------------
+    def _authenticate(self, request: Request, health: bool = False) -> str:
+        """The tenant the call is counted against; Refused(UNAUTHENTICATED) when keys are required and missing."""
+        limiter = self.limiter
+        if limiter is not None and limiter.keys_required and (not health or self.auth_health):
+            tenant = limiter.tenant_of(request.headers.items())
+            if tenant is None:
+                limiter.count_denied("unauthenticated", "-")
+                raise Refused(UNAUTHENTICATED, "missing or unknown API key (send header 'authorization: Bearer <key>' "
+                                               "or 'x-api-key: <key>')")
+            return tenant
+        return "ip:" + (request.client.host if request.client else "-")
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise Refused(TOO_LARGE, f"body of {declared} bytes is over the limit of {self.max_body_bytes}")
+        chunks, total = [], 0
+        async with asyncio.timeout(self.body_timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > self.max_body_bytes:
+                    raise Refused(TOO_LARGE, f"body is over the limit of {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- inference --------------------------------------------------------------------------------------------------
+    async def infer(self, request: Request, name: str, version: str = "") -> Response:
+        arrival_s = self.clock()  # the SLO counts from here: receiving and parsing the body are part of the latency
+        try:
+            tenant = self._authenticate(request)
+            self.path.require_model(name, version)
+            try:
+                body = await self._read_body(request)
+            except TimeoutError:
+                return _error(408, f"the body was not received within {self.body_timeout_s:g} s")
+            header_length = _header_length(request)
+            json_bytes = len(body) if header_length is None else header_length
+            try:
+                parsed = await self.path.offload.run_costly(lambda: parse_infer_body(body, header_length),
+                                                            JSON_PARSE_COST_PER_BYTE * json_bytes)
+            except InvalidRequest as exc:
+                self.path.count_refused(exc)
+                raise Refused(reason_of(exc), exc.message) from None
+            parsed.request.model_name, parsed.request.model_version = name, version
+            return await self._limited(request, tenant, parsed, arrival_s)
+        except Refused as exc:
+            return _error(HTTP_STATUS[exc.reason], exc.message)
+
+    async def _limited(self, request: Request, tenant: str, parsed: Any, arrival_s: float) -> Response:
+        limiter = self.limiter
+        if limiter is not None:
+            try:
+                limiter.admit(tenant, _images_in(parsed.request))
+            except LimitExceeded as exc:
+                raise Refused(BUSY, str(exc)) from None
+        try:
+            answer = await _until_disconnect(request, self.path.infer(parsed.request, arrival_s))
+        finally:
+            if limiter is not None:
+                limiter.release(tenant)
+        service, spec, result = self.service, self.service.spec, answer.result
+        params: dict[str, Any] = {}
+        if service.response_params:
+            ids = result.subnet_ids if len(set(result.subnet_ids)) > 1 else result.subnet_ids[:1]
+            params = {"subnet_id": ",".join(ids), "subnet_accuracy": result.accuracy,
+                      "slo_met": result.outcome == "ok"}
+        body, header_length = encode_infer_response(spec.name, spec.version, answer.request_id, answer.outputs,
+                                                    result.probabilities, params, parsed)
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(header_length)})
+
+    # --- health and metadata ----------------------------------------------------------------------------------------
+    def health(self, request: Request, ready: bool) -> Response:
+        try:
+            self._authenticate(request, health=True)
+        except Refused as exc:
+            return _error(HTTP_STATUS[exc.reason], exc.message)
+        if not ready:
+            return JSONResponse({"live": True})
+        ok = self.service.ready
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    def model(self, request: Request, name: str, version: str, what: str) -> Response:
+        try:
+            self._authenticate(request)
+            self.path.require_model(name, version)
+        except Refused as exc:
+            return _error(HTTP_STATUS[exc.reason], exc.message)
+        spec = self.service.spec
+        if what == "ready":
+            ok = self.service.ready
+            return JSONResponse({"name": spec.name, "ready": ok}, status_code=200 if ok else 503)
+        inputs = [{"name": n, "datatype": d, "shape": s} for n, d, s in spec.input_metadata()]
+        outputs = [{"name": n, "datatype": d, "shape": s} for n, d, s in spec.output_metadata()]
+        if what == "config":
+            return JSONResponse({"name": spec.name, "platform": "superserve_supernet", "max_batch_size": 0,
+                                 "input": [{"name": t["name"], "data_type": "TYPE_" + _config_type(t["datatype"]),
+                                            "dims": t["shape"]} for t in inputs],
+                                 "output": [{"name": t["name"], "data_type": "TYPE_" + _config_type(t["datatype"]),
+                                             "dims": t["shape"]} for t in outputs]})
+        return JSONResponse({"name": spec.name, "versions": [spec.version], "platform": "superserve_supernet",
+                             "inputs": inputs, "outputs": outputs})
+
+    def repository_index(self, request: Request) -> Response:
+        try:
+            self._authenticate(request)
+        except Refused as exc:
+            return _error(HTTP_STATUS[exc.reason], exc.message)
+        spec = self.service.spec
+        state = "READY" if self.service.ready else "UNAVAILABLE"
+        return JSONResponse([{"name": spec.name, "version": spec.version, "state": state}])
+
+
+def _config_type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise Refused(INVALID, "Inference-Header-Content-Length must be a non-negative integer")
+    return int(raw)
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (after its body was read, the ASGI server's next message is the
+    disconnect: uvicorn sends it when the connection closes, or once the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_disconnect(request: Request, call: Any) -> Any:
+    """Await `call` (a coroutine); if the client disconnects first, cancel it (RequestPath withdraws its images and
+    returns once the engine holds none) and answer CANCELLED_BY_CLIENT (no one reads it)."""
+    task = asyncio.ensure_future(call)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Refused):
+            await task
+        raise Refused(CANCELLED_BY_CLIENT, "the client disconnected")
+    except asyncio.CancelledError:  # the handler itself was cancelled (the server is stopping)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Refused):
+            await task
+        raise
+    finally:
+        watcher.cancel()
+
+
+def build_app(door: HttpDoor) -> FastAPI:
+    app = FastAPI(title="superserve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:  # unknown routes, methods
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        from superserve.server.service import SERVER_NAME, SERVER_VERSION
+
+        return JSONResponse({"name": SERVER_NAME, "version": SERVER_VERSION,
+                             "extensions": ["model_repository", "parameters", "binary_tensor_data"]})
+
+    @app.get("/v2/health/live")
+    async def live(request: Request) -> Response:
+        return door.health(request, ready=False)
+
+    @app.get("/v2/health/ready")
+    async def ready(request: Request) -> Response:
+        return door.health(request, ready=True)
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        async def metadata(request: Request, name: str, version: str = "") -> Response:
+            return door.model(request, name, version, "metadata")
+
+        async def model_ready(request: Request, name: str, version: str = "") -> Response:
+            return door.model(request, name, version, "ready")
+
+        async def config(request: Request, name: str, version: str = "") -> Response:
+            return door.model(request, name, version, "config")
+
+        async def infer(request: Request, name: str, version: str = "") -> Response:
+            return await door.infer(request, name, version)
+
+        app.add_api_route(prefix, metadata, methods=["GET"])
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
+        app.add_api_route(prefix + "/config", config, methods=["GET"])
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+
+    @app.api_route("/v2/repository/index", methods=["GET", "POST"])
+    async def repository_index(request: Request) -> Response:
+        return door.repository_index(request)
+
+    return app
+
+
+class HttpServer:
+    """uvicorn serving `app` on the caller's event loop (the gRPC door's, so that the request path and its offload
+    lanes are used from one loop). `start()` and `stop()` run on that loop."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, tls_cert: Any = None, tls_key: Any = None) -> None:
+        import uvicorn
+
+        # log_config=None: leave the process's logging alone; access logs off (one line per call is too costly).
+        self._config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", access_log=False,
+                                      timeout_graceful_shutdown=5, ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+        self.host, self.port = host, port
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"cannot listen on {self.host}:{self.port} for HTTP ({exc.strerror or exc})") from None
+        self._server = uvicorn.Server(self._config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it stopped
+                raise OSError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self._task, timeout=10)
