@@ -9,12 +9,19 @@ make another subnet ready: `torch.jit.load` of that subnet exported to TorchScri
 favours the loader), plus `.eval()`. Reported separately: the first inference after loading.
 Also measured side by side: the batch-1 latency of the largest and the smallest subnet (the space's 10x design goal).
 
+`--supernet ofa_resnet50` (or `ofa_mbv3`) measures once-for-all's supernet instead, randomly initialised at
+`--image-size` (weights do not change switching or loading time), over `--subnets` subnets spread along a MACs-ordered
+front (`benchmarks.memory.ofa_front`); the standalone models are OFA's own `get_active_subnet()` networks (TorchScript
+by tracing). Results go to `results/actuation_<supernet>.json`, headline keys prefixed by the supernet's name.
+
 Run: python benchmarks/actuation.py [--subnets 10] [--switches 2000] [--loads 60]
+     python benchmarks/actuation.py --supernet ofa_resnet50 --latency-repeats 40 --loads 30
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -47,15 +54,33 @@ def main(argv=None) -> int:
     parser.add_argument("--loads", type=int, default=60)
     parser.add_argument("--latency-repeats", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--supernet", default="native", choices=("native", "ofa_resnet50", "ofa_mbv3"),
+                        help="native: the shipped checkpoint; ofa_*: once-for-all's, randomly initialised")
+    parser.add_argument("--image-size", type=int, default=224, help="input side of an OFA supernet")
+    parser.add_argument("--pool", type=int, default=200, help="random OFA subnets the front is thinned from")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    net, source = load_supernet()
+    ofa = args.supernet != "native"
+    load_before = os.getloadavg()
+    if ofa:
+        from benchmarks.memory import ofa_front
+        from supernet.ofa_net import random_ofa_supernet
+        from supernet.ofa_space import named_space
+
+        net = random_ofa_supernet(named_space(args.supernet, args.image_size), args.seed)
+        source = f"{args.supernet} at {args.image_size}x{args.image_size}, random weights (seed {args.seed})"
+        subnets = ofa_front(net, args.subnets, args.seed, args.pool)
+        big, small = net.sampler.max(), net.sampler.min()
+    else:
+        net, source = load_supernet()
+        subnets = served_subnets(net, args.subnets, args.seed)
+        big, small = SubnetConfig.max(net.space), SubnetConfig.min(net.space)
     space = net.space
-    subnets = served_subnets(net, args.subnets, args.seed)
-    big, small = SubnetConfig.max(space), SubnetConfig.min(space)
     missing = [s for s in subnets + [big, small] if s.subnet_id not in net.norm_table]
-    calibrate_subnets(net, missing, torch.randn(32, space.in_channels, space.image_size, space.image_size))
+    calibrate_subnets(net, missing, torch.randn(4 if ofa else 32, space.in_channels, space.image_size,
+                                                space.image_size))
+    net.eval()
     x1 = torch.randn(1, space.in_channels, space.image_size, space.image_size)
 
     # 1) SubNetAct switch: the per-batch actuation work, cycling through the served subnets.
@@ -84,9 +109,12 @@ def main(argv=None) -> int:
     load_ms, first_infer_ms = [], []
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for subnet in subnets:
+        for subnet in tqdm(subnets, desc="export", unit="subnet"):
             path = Path(tmp) / f"{subnet.subnet_id}.pt"
-            torch.jit.save(torch.jit.script(export(net, subnet)), str(path))
+            if ofa:  # OFA's static networks trace (their Python control flow is fixed)
+                torch.jit.save(torch.jit.trace(net.export(subnet), x1, check_trace=False), str(path))
+            else:
+                torch.jit.save(torch.jit.script(export(net, subnet)), str(path))
             paths.append(path)
         for i in tqdm(range(args.loads), desc="load standalone models", unit="load"):
             path = paths[i % len(paths)]
@@ -131,10 +159,22 @@ def main(argv=None) -> int:
         "largest_over_smallest_batch1_latency_interleaved_ratio": round(
             statistics.median(mixed_big) / statistics.median(mixed_small), 2),
     }
+    if ofa:
+        import platform
+
+        from superserve.zoo import HostFingerprint
+
+        headline = {f"{args.supernet}_{k}": v for k, v in headline.items()}
+        headline[f"{args.supernet}_image_size_px"] = args.image_size
+        extra = {"host": HostFingerprint.current().processor, "machine": platform.machine(),
+                 "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+                 "macs": {s.subnet_id: net.count_params_and_macs(s)[1] for s in subnets + [big, small]}}
+    else:
+        extra = {}
     for k, v in headline.items():
-        print(f"{k:48} {v}")
-    path = write_result("actuation", headline, {
-        "supernet": source, "subnets": [s.subnet_id for s in subnets], "torch_threads": 1,
+        print(f"{k:60} {v}")
+    path = write_result(f"actuation_{args.supernet}" if ofa else "actuation", headline, {
+        **extra, "supernet": source, "subnets": [s.subnet_id for s in subnets], "torch_threads": 1,
         "notes": "switch = SubnetNorm statistics lookup by subnet id (weights shared, config passed to forward); "
                  "load = torch.jit.load of the exported TorchScript subnet from disk (warm page cache) + eval()",
     })
