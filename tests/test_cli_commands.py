@@ -116,12 +116,11 @@ def test_simulate_readme_example_prints_every_metric(capsys):
 
 
 def test_simulate_late_serve_serves_what_shed_mode_sheds(capsys, tmp_path: Path):
-    # --no-noise: service times are the table's medians, so shed mode serves nothing late (SlackFit plans with p99)
-    flags = ["--trace", "gamma:8", "--load", "20", "--duration", "5", "--seed", "1", "--no-noise"]
+    flags = ["--trace", "gamma:8", "--load", "20", "--duration", "5", "--seed", "1"]
     shed = _counts(_simulate(capsys, *flags))
     served = _counts(_simulate(capsys, *flags, "--late", "serve"))
-    assert shed["shed"] > 0 and shed["late"] == 0
-    assert served["shed"] == 0 and served["late"] > 0  # served late instead
+    assert shed["shed"] > 0  # overloaded: shed mode sheds
+    assert served["shed"] == 0 and served["late"] > shed["late"]  # serve mode serves those late instead
     assert sum(shed.values()) == sum(served.values())  # the same trace
 
 
