@@ -169,6 +169,7 @@ def trained(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # search, calibration and two profiles: ~20 s on a shared 2-core host
 def test_zoo_build_show_reprofile_check_from_the_cli(trained: Path, tmp_path: Path, capsys):
     from dataclasses import replace
 
