@@ -318,3 +318,19 @@ def test_superserve_serve_answers_curl_on_its_http_port(serving_assets):
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_a_taken_http_port_is_an_error_at_start(serving_assets):
+    import socket
+
+    from superserve.server.app import Server, ServeConfig
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        zoo, ckpt = serving_assets
+        srv = Server(ServeConfig(port=0, http_port=held.getsockname()[1], metrics_port=None, zoo_path=zoo,
+                                 checkpoint_path=ckpt, quiet=True, reprofile="never"))
+        with pytest.raises(OSError, match="for HTTP"):
+            srv.start()
+        srv.stop()

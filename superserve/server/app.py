@@ -266,8 +266,14 @@ class Server:
         return net, zoo, model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
 
     def start(self) -> "Server":
-        cfg = self.config
         t_start = time.perf_counter()
+        self.start_model()
+        return self._start_transport(t_start)
+
+    def start_model(self) -> "Server":
+        """Everything but the transport: the model, its zoo, metrics, engine, workers and servicer (a repository
+        server runs one of these per model behind its own transport; see repository.py)."""
+        cfg = self.config
         torch.set_num_threads(cfg.threads_per_worker)
         if cfg.gil_switch_interval_s is not None:
             sys.setswitchinterval(cfg.gil_switch_interval_s)
@@ -306,7 +312,7 @@ class Server:
                                    max(e.accuracy for e in zoo.entries), cfg.security.defense_seed,
                                    self.metrics.registry, lambda: self.engine.policy.zoo, cfg.rpc_overhead_ms)
         self.service = InferenceService(spec, self.engine, self.metrics, cfg.response_params, hint_hook=hook)
-        return self._start_transport(t_start)
+        return self
 
     def _start_transport(self, t_start: float) -> "Server":
         """Metrics endpoint, then the gRPC server on its own event-loop thread (shared with the cluster front end)."""
@@ -337,7 +343,7 @@ class Server:
                    ("grpc.max_send_message_length", self.config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
         sec = self.config.security
-        interceptors: list[Any] = [EntryInterceptor(self.engine.clock)]  # first: the SLO clock starts here
+        interceptors: list[Any] = [EntryInterceptor(self.clock)]  # first: the SLO clock starts here
         if self.limiter is not None:
             interceptors.append(self.limiter)
         self._grpc = grpc.aio.server(options=options, interceptors=interceptors)
@@ -355,7 +361,7 @@ class Server:
 
         cfg, sec = self.config, self.config.security
         door = HttpDoor(self.service, self.limiter, max_body_bytes=cfg.max_http_body_bytes or cfg.max_message_bytes,
-                        auth_health=sec.auth_health, clock=self.engine.clock)
+                        auth_health=sec.auth_health, clock=self.clock)
         self._http_door = HttpServer(build_app(door), cfg.host, cfg.http_port,  # type: ignore[arg-type]
                                      sec.tls_cert if sec.tls else None, sec.tls_key if sec.tls else None)
         return await self._http_door.start()
@@ -371,7 +377,22 @@ class Server:
         if self._stopped:
             return True
         self._stopped = True
-        drained = self.engine.drain(drain_timeout_s)
+        drained = self._drain_models(drain_timeout_s)
+        self._stop_transport()
+        self._close_models()
+        if getattr(self, "_http", None) is not None:
+            self._http.shutdown()
+        return drained
+
+    @property
+    def clock(self) -> Any:
+        """The engines' clock (time.monotonic unless a test injects one): the doors stamp arrivals with it."""
+        return self.engine.clock
+
+    def _drain_models(self, timeout_s: float) -> bool:
+        return self.engine.drain(timeout_s)
+
+    def _stop_transport(self) -> None:
         if self._loop is not None and self._grpc is not None:
             # Calls already on the wire when draining began reach the handler within a moment and are answered
             # UNAVAILABLE; stopping gRPC at once would cancel them instead (seen: CANCELLED in the SIGTERM test).
@@ -379,6 +400,8 @@ class Server:
             # The grace lets handlers whose answers are ready send them before connections close.
             asyncio.run_coroutine_threadsafe(self._stop_grpc(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _close_models(self) -> None:
         if self._child is not None and self._child.poll() is None:
             self._child.terminate()
         self.pool.close()
@@ -386,6 +409,3 @@ class Server:
         if self.records is not None:
             self.records.close()
         self.metrics.close()
-        if getattr(self, "_http", None) is not None:
-            self._http.shutdown()
-        return drained

@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus /metrics HTTP port; -1 = off (default: %(default)s)")
     parser.add_argument("--model-name", default="superserve", help="protocol model name (default: %(default)s)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="serve several models: each DIR holds zoo.json and supernet.pt (repeat the flag); "
+                             "replaces --zoo/--checkpoint/--model-name")
+    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
+                        help="serve every DIR/<name>/ (zoo.json + supernet.pt) as model <name>; a directory that "
+                             "fails to load is reported by name and the others serve")
     parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help="supernet checkpoint (default: the shipped one)")
@@ -175,8 +181,21 @@ def run(args: argparse.Namespace) -> int:
 
     from superserve.server.app import Server
 
+    sources = []
+    if args.model or args.model_repository is not None:
+        from superserve.server.repository import parse_model_flag, scan_repository
+
+        if args.backend:
+            print("superserve serve: --model/--model-repository are not supported with --backend", file=sys.stderr)
+            return 2
+        try:
+            sources = ([parse_model_flag(m) for m in args.model]
+                       + (scan_repository(args.model_repository) if args.model_repository is not None else []))
+        except ValueError as exc:
+            print(f"superserve serve: {exc}", file=sys.stderr)
+            return 2
     for path, what in ((args.zoo, "zoo"), (args.checkpoint, "checkpoint")):
-        if not Path(path).is_file():
+        if not sources and not Path(path).is_file():
             print(f"superserve serve: {what} file {path} does not exist (train and build one with `superserve train` "
                   f"and `superserve zoo`, or pass --{what})", file=sys.stderr)
             return 2
@@ -188,6 +207,14 @@ def run(args: argparse.Namespace) -> int:
         from superserve.cluster.server import ClusterServer
 
         server: Server = ClusterServer(config_from_args(args), args.backend)  # type: ignore[arg-type]
+    elif sources:
+        from superserve.server.repository import RepositoryServer
+
+        try:
+            server = RepositoryServer(config_from_args(args), sources)  # type: ignore[arg-type]
+        except ValueError as exc:
+            print(f"superserve serve: {exc}", file=sys.stderr)
+            return 2
     else:
         server = Server(config_from_args(args))  # type: ignore[arg-type]
     stop = threading.Event()
@@ -218,8 +245,14 @@ def run(args: argparse.Namespace) -> int:
     if args.http_port is None and server.http_port not in (None, DEFAULT_HTTP_PORT):
         print(f"superserve: port {DEFAULT_HTTP_PORT} is taken; the HTTP/REST door listens on {server.http_port} "
               f"(--http-port N to choose, -1 for none)", file=sys.stderr, flush=True)
-    print(f"superserve: serving model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy "
-          f"{min(accs) * 100:.1f}-{max(accs) * 100:.1f}%, policy {args.policy}) on {args.host}:{server.port} "
+    served = f"model '{args.model_name}' ({len(zoo.entries)} subnets, accuracy {min(accs) * 100:.1f}-" \
+             f"{max(accs) * 100:.1f}%, policy {args.policy})"
+    if sources:
+        units = server.units  # type: ignore[attr-defined]
+        served = "models " + ", ".join(f"'{n}' ({len(u.zoo.entries)} subnets)" for n, u in units.items())
+        if server.failed:  # type: ignore[attr-defined]
+            served += " (not loaded: " + ", ".join(server.failed) + ")"  # type: ignore[attr-defined]
+    print(f"superserve: serving {served} on {args.host}:{server.port} "
           f"(gRPC, Open Inference Protocol){rest}{metrics}; answering {_since_process_start_s():.1f} s after start "
           f"(loading took {server.startup_s:.1f} s)", flush=True)
     cfg_sec = server.config.security

@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import time
 from concurrent.futures import wait
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
@@ -106,6 +107,17 @@ def _tolerant_handler(handler: Any) -> Any:
     return handler  # no other kind exists in this service
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """A model of the repository index: READY, UNAVAILABLE (not ready, or failed to load: `reason` says why) or
+    UNLOADED."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
                  response_params: bool = True, preload_decoder: bool = True, *,
@@ -143,46 +155,53 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        known = request.name == self.spec.name and request.version in ("", self.spec.version)
-        return pb.ModelReadyResponse(ready=known and self.ready)
+        try:
+            service = self.model_service(request.name, request.version)
+        except Refused:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=service.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
                                          extensions=["model_repository", "parameters", "statistics"])
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        await self._check_model(request.name, request.version, context)
+        spec = (await self._check_model(request.name, request.version, context)).spec
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=self.spec.name, versions=[self.spec.version], platform="superserve_supernet",
-            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in self.spec.input_metadata()],
-            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in self.spec.output_metadata()])
+            name=spec.name, versions=[spec.version], platform="superserve_supernet",
+            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in spec.input_metadata()],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in spec.output_metadata()])
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        await self._check_model(request.name, request.version, context)
-        config = mc.ModelConfig(name=self.spec.name, platform="superserve_supernet", max_batch_size=0)
-        for n, d, s in self.spec.input_metadata():
+        spec = (await self._check_model(request.name, request.version, context)).spec
+        config = mc.ModelConfig(name=spec.name, platform="superserve_supernet", max_batch_size=0)
+        for n, d, s in spec.input_metadata():
             config.input.add(name=n, data_type=_CONFIG_TYPES[d], dims=s)
-        for n, d, s in self.spec.output_metadata():
+        for n, d, s in spec.output_metadata():
             config.output.add(name=n, data_type=_CONFIG_TYPES[d], dims=s)
         return pb.ModelConfigResponse(config=config)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        state = "READY" if self.ready else "UNAVAILABLE"
-        model = pb.RepositoryIndexResponse.ModelIndex(name=self.spec.name, version=self.spec.version, state=state)
-        return pb.RepositoryIndexResponse(models=[model])
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[index(name=m.name, version=m.version, state=m.state,
+                                                        reason=m.reason) for m in self.repository_index()])
 
-    async def _check_model(self, name: str, version: str, context: Any) -> None:
-        try:
-            self._require_model(name, version)
-        except _CallFailed as exc:
-            await context.abort(exc.code, exc.message)
+    # --- the model behind a name (a repository's router overrides these) -------------------------------------------
+    def model_service(self, name: str, version: str = "") -> "InferenceService":
+        """The service of model `name` (this one); raises Refused(NOT_FOUND)."""
+        self.path.require_model(name, version)
+        return self
 
-    def _require_model(self, name: str, version: str) -> None:
+    def repository_index(self) -> list["ModelState"]:
+        return [ModelState(self.spec.name, self.spec.version, "READY" if self.ready else "UNAVAILABLE", "")]
+
+    async def _check_model(self, name: str, version: str, context: Any) -> "InferenceService":
         try:
-            self.path.require_model(name, version)
+            return self.model_service(name, version)
         except Refused as exc:
-            raise _CallFailed(GRPC_STATUS[exc.reason], exc.message) from None
+            await context.abort(GRPC_STATUS[exc.reason], exc.message)
+            raise  # abort raises; never reached
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -246,10 +265,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if arrival_s is None:  # served without EntryInterceptor (an embedding that built its own gRPC server)
                 arrival_s = self.engine.clock()
         try:
-            answer = await self.path.infer(request, arrival_s)
+            service = self.model_service(request.model_name, request.model_version)
+            answer = await service.path.infer(request, arrival_s)
         except Refused as exc:
             raise _CallFailed(GRPC_STATUS[exc.reason], exc.message) from None
-        return build_response(self.spec, answer.request_id, answer.outputs, answer.result, self.response_params)
+        return build_response(service.spec, answer.request_id, answer.outputs, answer.result,
+                              service.response_params)
 
     def close(self) -> None:
         self.offload.close()
