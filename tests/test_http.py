@@ -288,6 +288,7 @@ def test_http_port_flag():
     def cfg(*flags):
         return config_from_args(build_parser("serve").parse_args(["serve", *flags]))
     assert cfg("--http-port", "-1").http_port is None and cfg("--http-port", "9000").http_port == 9000
+    assert not cfg("--http-port", "9000").http_port_fallback and cfg().http_port_fallback
 
 
 def test_superserve_serve_answers_curl_on_its_http_port(serving_assets):
@@ -334,3 +335,11 @@ def test_a_taken_http_port_is_an_error_at_start(serving_assets):
         with pytest.raises(OSError, match="for HTTP"):
             srv.start()
         srv.stop()
+        # The command line's default port falls back to a free one instead (the port is printed).
+        srv = Server(ServeConfig(port=0, http_port=held.getsockname()[1], http_port_fallback=True, metrics_port=None,
+                                 zoo_path=zoo, checkpoint_path=ckpt, quiet=True, reprofile="never")).start()
+        try:
+            assert srv.http_port not in (None, held.getsockname()[1])
+            assert httpx.get(f"http://127.0.0.1:{srv.http_port}/v2/health/live").json() == {"live": True}
+        finally:
+            srv.stop()

@@ -57,8 +57,8 @@ def test_no_flags_give_the_documented_defaults():
     shipped zoo, no keys / limits / TLS."""
     cfg = _config()
     # The HTTP door: 8000 from the command line (a free port when 8000 is taken); off in an embedded ServeConfig.
-    assert cfg.http_port in (8000, 0) and ServeConfig().http_port is None
-    assert replace(cfg, http_port=None) == ServeConfig()
+    assert cfg.http_port == 8000 and cfg.http_port_fallback and ServeConfig().http_port is None
+    assert replace(cfg, http_port=None, http_port_fallback=False) == ServeConfig()
     assert (cfg.host, cfg.port, cfg.metrics_port, cfg.policy, cfg.workers) == ("127.0.0.1", 8001, 8002, "slackfit", 0)
     assert cfg.engine == EngineConfig(100.0, "shed", 1024, 0.25) and cfg.security == SecurityConfig()
 

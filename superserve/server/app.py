@@ -39,6 +39,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8001  # gRPC; 0 = any free port (see Server.port)
     http_port: int | None = None  # HTTP/REST (KServe v2 JSON); 0 = any free port, None = off (the CLI's default: 8000)
+    http_port_fallback: bool = False  # http_port taken at start: serve HTTP on any free port (the CLI's default port)
     max_http_body_bytes: int | None = None  # None = max_message_bytes
     metrics_port: int | None = 8002  # Prometheus /metrics over HTTP; 0 = any free port, None = off
     model_name: str = "superserve"
@@ -362,9 +363,15 @@ class Server:
         cfg, sec = self.config, self.config.security
         door = HttpDoor(self.service, self.limiter, max_body_bytes=cfg.max_http_body_bytes or cfg.max_message_bytes,
                         auth_health=sec.auth_health, clock=self.clock)
-        self._http_door = HttpServer(build_app(door), cfg.host, cfg.http_port,  # type: ignore[arg-type]
-                                     sec.tls_cert if sec.tls else None, sec.tls_key if sec.tls else None)
-        return await self._http_door.start()
+        app, tls = build_app(door), ((sec.tls_cert, sec.tls_key) if sec.tls else (None, None))
+        self._http_door = HttpServer(app, cfg.host, cfg.http_port, *tls)  # type: ignore[arg-type]
+        try:
+            return await self._http_door.start()
+        except OSError:
+            if not cfg.http_port_fallback or cfg.http_port == 0:
+                raise
+            self._http_door = HttpServer(app, cfg.host, 0, *tls)
+            return await self._http_door.start()
 
     async def _stop_grpc(self) -> None:
         if self._http_door is not None:

@@ -106,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> "object":
     engine = EngineConfig(args.default_slo_ms, args.late, args.queue_capacity,
                           None if args.no_correction else 0.25)
     return ServeConfig(host=args.host, port=args.port, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                       http_port=http_port(args),
+                       http_port=http_port(args), http_port_fallback=args.http_port is None,
                        model_name=args.model_name, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
                        policy=args.policy, policy_params=params, workers=args.workers,
                        embedded_workers=args.embedded_workers, threads_per_worker=args.threads_per_worker,
@@ -119,17 +119,10 @@ DEFAULT_HTTP_PORT = 8000  # Triton's: 8000 HTTP, 8001 gRPC, 8002 metrics
 
 
 def http_port(args: argparse.Namespace) -> int | None:
-    """The HTTP door's port: as given (-1 = off), or by default 8000, or any free port when 8000 is taken (so that
-    several servers on one host, tests among them, do not fail on the default)."""
+    """The HTTP door's port: as given (-1 = off), or by default 8000 (any free port when 8000 is taken at bind time,
+    so that several servers on one host, tests among them, do not fail on the default)."""
     if args.http_port is not None:
         return None if args.http_port < 0 else args.http_port
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
-        try:
-            probe.bind((args.host, DEFAULT_HTTP_PORT))
-        except OSError:
-            return 0
     return DEFAULT_HTTP_PORT
 
 
