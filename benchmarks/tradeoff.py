@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import platform
 import shlex
 import sys
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-loads", default=None,
                         help="loads of the real-pacing Azure runs (default: --loads); each is 600 trace seconds")
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    parser.add_argument("--cache", default="tradeoff_cache",
+                        help="where finished (zoo, trace, load) units are kept between runs (default ./tradeoff_cache)")
     args = parser.parse_args(argv)
     loads = tuple(float(x) for x in args.loads.split(","))
     paced_loads = loads if args.paced_loads is None else tuple(float(x) for x in args.paced_loads.split(","))
@@ -103,8 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     units.sort(key=lambda u: -(u[2] * (600 if u[1] == "azure-paced" else 5)))  # longest first
     done: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     wall: dict[str, float] = {}
-    with Pool(args.jobs) as pool, tqdm(total=len(units), desc="(zoo, trace, load)", file=sys.stderr) as bar:
-        for key, trace, load, results, seconds in pool.imap_unordered(run_unit, units):
+    # Each finished unit is kept on disk until the report is written, so a failure after hours loses nothing.
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def cached(u: tuple[str, str, float, argparse.Namespace]) -> Path:
+        return cache / f"{u[0]}_{trace_key(u[1])}_{u[2]:g}_{args.duration:g}_{args.gpu_duration:g}.pkl"
+
+    for u in units:
+        if cached(u).is_file():
+            key, trace, load, results, seconds = pickle.loads(cached(u).read_bytes())
+            done[(key, trace, load)], wall[f"{key}/{trace}/{load:g}"] = results, seconds
+    todo = [u for u in units if not cached(u).is_file()]
+    with Pool(args.jobs) as pool, tqdm(total=len(todo), desc="(zoo, trace, load)", file=sys.stderr) as bar:
+        for out in pool.imap_unordered(run_unit, todo):
+            key, trace, load, results, seconds = out
+            cached((key, trace, load, args)).write_bytes(pickle.dumps(out))
             done[(key, trace, load)] = results
             wall[f"{key}/{trace}/{load:g}"] = round(seconds, 1)
             bar.update()

@@ -118,7 +118,10 @@ def plot(key: str, label: str, setup: TradeoffSetup, results: list[dict[str, Any
     for i, trace in enumerate(setup.traces):
         for j, load in enumerate(setup.loads):
             ax = axes[i][j]
-            r = next(r for r in results if r["trace"] == trace and r["load"] == load)
+            r = next((r for r in results if r["trace"] == trace and r["load"] == load), None)
+            if r is None:  # not run for this trace (e.g. a real-pacing trace at fewer loads)
+                ax.set_axis_off()
+                continue
             for family, (m, c, s) in markers.items():
                 pts = [p for p in r["points"] if p.family == family]
                 if family == "slackfit":  # its runs at the systems' accuracies, hollow
