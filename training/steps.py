@@ -9,6 +9,15 @@ MACs(s) / MACs(max net) full-model passes; a forward-only pass (OFA's frozen tea
 ~ 2x forward). One FME epoch = the cost of one max-net epoch over the train split. The trainer adds up the subnets it
 actually runs; `expected_step_cost` gives the expectation used to convert an FME budget into data epochs
 (`epochs_for_budget`), so each method can be given the same budget.
+
+Provenance (code = gatech-sysml/DepS; ours = not from the papers or their code):
+- sandwich of max + min + (n - 2) uniform random subnets, seeded by (seed, step, index), gradients summed, subnet
+  gradients scaled by β, in-place distillation at T = 1 from the max net's soft outputs of the same batch, dropout
+  and label smoothing on the max net only: code (`train_one_epoch_deps`, `train_one_epoch_bignas`).
+- OFA: the frozen full model as teacher with KD ratio 1, kernel -> depth -> width phases: OFA's code as the DεpS
+  repo runs it. One run with four phase shares and phase LR scales instead of OFA's separate runs (120 / 25 + 120
+  / 25 + 120 epochs at their own LRs), and a kernel phase even though the DεpS-shaped space fixes the kernel: ours.
+- FME accounting (MACs-weighted, teacher forward at 1/3): ours; the DεpS paper compares GPU-hours.
 """
 
 from __future__ import annotations
