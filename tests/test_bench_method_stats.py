@@ -1,0 +1,58 @@
+"""The statistics the issue-22 benchmarks report: the flat-budget finder and the DεpS-minus-best-baseline deltas
+(training_methods.py), and the defense verdicts' interval test (extraction_defense.py). Synthetic runs, no training."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(REPO))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(method, seed, budget, smallest, largest=90.0, front=80.0, schedule="equal"):
+    return {"method": method, "seed": seed, "budget": budget, "schedule": schedule,
+            "min_subnet_val_acc_pct": smallest, "min_subnet_test_acc_pct": smallest,
+            "max_subnet_test_acc_pct": largest, "front_mean_test_acc_pct": front}
+
+
+def test_flat_budget_is_where_the_best_smallest_curve_stops_gaining():
+    tm = _load("training_methods")
+    runs = [_run(m, s, b, acc + (1 if m == "deps" else 0)) for s in (0, 1) for m in ("deps", "bignas")
+            for b, acc in ((4, 50.0), (8, 70.0), (16, 75.0), (32, 75.5))]
+    assert tm.flat_budget(runs, [4, 8, 16, 32], ["deps", "bignas"], 1.0) == (16, True)
+    assert tm.flat_budget(runs, [4, 8, 16, 32], ["deps", "bignas"], 0.1) == (32, False)  # never flat: largest
+
+
+def test_deltas_pair_seeds_against_the_best_baseline():
+    tm = _load("training_methods")
+    runs = [_run("deps", 0, 8, 80.0), _run("deps", 1, 8, 84.0), _run("deps", 2, 8, 82.0),
+            _run("bignas", 0, 8, 78.0), _run("bignas", 1, 8, 80.0), _run("bignas", 2, 8, 79.0),
+            _run("ofa", 0, 8, 60.0), _run("ofa", 1, 8, 61.0), _run("ofa", 2, 8, 62.0)]
+    d = tm.deltas(runs, ["deps", "bignas", "ofa"], "equal", 8)
+    assert d["smallest_best_baseline"] == "bignas"
+    assert d["smallest_points"] == pytest.approx(3.0)  # seed-paired deps - bignas: 2, 4, 3
+    from scipy.stats import t
+
+    assert d["smallest_ci95_points"] == pytest.approx(t.ppf(0.975, 2) * 1.0 / math.sqrt(3), abs=1e-3)
+    assert d["largest_points"] == pytest.approx(0.0) and d["largest_ci95_points"] == pytest.approx(0.0)
+    assert tm.deltas(runs, ["bignas", "ofa"], "equal", 8) == {}  # no DεpS: nothing to compare
+
+
+def test_defense_verdict_needs_the_interval_to_exclude_zero():
+    ed = _load("extraction_defense")
+    assert ed._separated(ed._stat([5.0, 6.0, 7.0, 5.5]))
+    assert not ed._separated(ed._stat([5.0, -4.0, 30.0, -20.0]))  # bimodal: not separated
+    assert not ed._separated(ed._stat([3.0]))  # one seed: no interval
+    assert ed._stat([1.0, float("nan"), 3.0])["n"] == 2
