@@ -343,3 +343,24 @@ def test_a_taken_http_port_is_an_error_at_start(serving_assets):
             assert httpx.get(f"http://127.0.0.1:{srv.http_port}/v2/health/live").json() == {"live": True}
         finally:
             srv.stop()
+
+
+def test_tls_covers_the_http_door(serving_assets, tmp_path):
+    import subprocess
+
+    from superserve.server.security import SecurityConfig
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    srv = start_fixture_server(serving_assets, http_port=0, security=SecurityConfig(tls_cert=cert, tls_key=key))
+    try:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"https://127.0.0.1:{srv.http_port}/v2/health/live", verify=context).json() == {"live": True}
+        with pytest.raises(httpx.HTTPError):  # plaintext is not served
+            httpx.get(f"http://127.0.0.1:{srv.http_port}/v2/health/live", timeout=10)
+    finally:
+        srv.stop()
