@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-tc = pytest.importorskip("tritonclient.grpc")
-redis = pytest.importorskip("redis")
+import redis  # noqa: E402 - required dependencies: a missing one is a broken install, not a skip
+import tritonclient.grpc as tc  # noqa: E402
 
 from superserve.cli import main as cli_main  # noqa: E402
 from superserve.cluster.redis_queue import BackendError, connect, parse_backend  # noqa: E402
@@ -217,7 +217,9 @@ def test_worker_sigkilled_mid_load_every_call_answered_once(cluster):
     failed = [a[0][1] for a in answers.values() if not a[0][0]]
     # Served, or an explicit error naming why; never silence.
     assert all("UNAVAILABLE" in f or "DEADLINE_EXCEEDED" in f or "INTERNAL" in f for f in failed), failed
-    assert len(failed) < 120
+    # Only what the killed worker held can fail (its lease is re-queued once its heartbeat expires, maybe too late
+    # for the SLO); the survivor serves the rest.
+    assert len(failed) <= 20, f"{len(failed)} of 120 failed"
     assert server.engine.duplicates == 0
     # The dead worker's heartbeat expires; it is removed from the registry, its leased requests re-queued.
     wait_for(lambda: len(set(r.smembers("superserve:workers"))) == 1, 4 * HEARTBEAT_TTL_S + 5,
@@ -226,7 +228,8 @@ def test_worker_sigkilled_mid_load_every_call_answered_once(cluster):
     assert not r.exists(f"superserve:worker:{dead.decode()}") and not r.exists(f"superserve:inflight:{dead.decode()}")
     assert int(r.hget("superserve:metrics", "dead_workers") or 0) >= 1
     # The survivor carries on.
-    assert client.infer("superserve", [fp32_input(images(1, 2))], parameters={"slo_ms": SLO_MS})
+    result = client.infer("superserve", [fp32_input(images(1, 2))], parameters={"slo_ms": SLO_MS})
+    assert result.as_numpy("PROBABILITIES").shape == (1, 10) and result.as_numpy("CLASS").shape == (1,)
 
 
 @needs_redis

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-tc = pytest.importorskip("tritonclient.grpc")
-redis = pytest.importorskip("redis")
+import redis  # noqa: E402 - required dependencies: a missing one is a broken install, not a skip
+import tritonclient.grpc as tc  # noqa: E402
 
 from test_cluster import (REDIS, SLO_MS, RedisServer, fp32_input, images, start_worker,  # noqa: E402
                           wait_for)

@@ -9,7 +9,6 @@ import grpc
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc  # noqa: E402
 
