@@ -110,6 +110,13 @@ def job_config(method: str, seed: int, budget: float, schedule: str, space: Supe
     return replace(cfg, epochs=round(epochs, 4))
 
 
+def _finished(ckpt: Path) -> bool:
+    if not ckpt.is_file():
+        return False
+    stored = read_checkpoint(ckpt)
+    return stored["extra"].get("step") == stored["meta"].get("total_steps")
+
+
 def run_job(job: dict) -> dict:
     """Train (or reuse / resume) one run and score it; runs in a worker process."""
     torch.set_num_threads(1)
@@ -119,12 +126,8 @@ def run_job(job: dict) -> dict:
     cfg = job_config(job["method"], job["seed"], job["budget"], job["schedule"], space, args)
     ckpt = Path(job["ckpt"])
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    done = False
-    if ckpt.is_file():
-        stored = read_checkpoint(ckpt)
-        done = stored["extra"].get("step") == stored["meta"].get("total_steps")
     start = time.perf_counter()
-    if not done:
+    if not _finished(ckpt):
         torch.manual_seed(job["seed"])
         train(SuperNet(space), splits, cfg, ckpt, resume_from=ckpt if ckpt.is_file() else None,
               meta={"data": job["data"], "data_seed": 0}, progress=False)
@@ -161,7 +164,9 @@ def flat_budget(runs: list[dict], budgets: list[float], methods: list[str], poin
 def deltas(runs: list[dict], methods: list[str], schedule: str, budget: float) -> dict[str, float]:
     """DεpS minus the best baseline (by seed mean) per metric, with a t-interval over seed-paired differences."""
     out: dict[str, float] = {}
-    pick = [r for r in runs if r["schedule"] == schedule and r["budget"] == budget]
+    # DεpS's own schedule at this budget is its equal-budget run (no separate "paper" run is trained for it)
+    pick = [r for r in runs if r["budget"] == budget and
+            (r["schedule"] == schedule or (r["method"] == "deps" and r["schedule"] == "equal"))]
     baselines = [m for m in methods if m != "deps"]
     if "deps" not in methods or not baselines:
         return out
@@ -254,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--common", type=int, default=10, help="random subnets in the common set (plus min and max)")
     p.add_argument("--flat-points", type=float, default=1.0, help="gain below which the curve counts as flat")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes, 1 thread each)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: score the runs in --work-dir that finished; budgets missing a method are "
+                        "dropped and the unfinished runs listed")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_training_grid"))
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs: list[dict] = []
     grids: dict[str, list[float]] = {}
+    unfinished: dict[str, list[str]] = {}
     common: dict[str, list] = {}
     plain = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
     for data in datasets:
@@ -284,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "space": space.to_dict(), "args": plain, "subnets": [s.to_dict() for s in subnets],
                                      "ckpt": str(args.work_dir / f"{tag}.pt")})
         jobs.sort(key=lambda j: -j["budget"])  # longest first: better packing on the workers
+        if args.cached_only:  # only the runs that finished (a grid cut short by the clock); say what is missing
+            finished = [j for j in jobs if _finished(Path(j["ckpt"]))]
+            unfinished[data] = sorted(Path(j["ckpt"]).stem for j in jobs if j not in finished)
+            jobs = finished
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_job, j) for j in jobs]
             for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{data} runs", unit="run"):
@@ -292,7 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"{data} {r['method']:6s} {r['schedule']:5s} b{r['budget']:g} s{r['seed']}: smallest "
                            f"{r['min_subnet_test_acc_pct']:.1f} largest {r['max_subnet_test_acc_pct']:.1f} front "
                            f"{r['front_mean_test_acc_pct']:.1f} ({r['fme_epochs']:.1f} FME, {r['wall_s']:.0f} s)")
+    for data in datasets:  # a budget counts only where every method has a run (else it is listed as missing)
+        full = [b for b in grids[data] if all(any(r["data"] == data and r["method"] == m and r["budget"] == b and
+                                                  r["schedule"] == "equal" for r in runs) for m in methods)]
+        runs = [r for r in runs if r["data"] != data or r["schedule"] == "paper" or r["budget"] in full]
+        grids[data] = full
     headline: dict[str, float | int | str] = {"seeds": len(seeds), "space": args.space}
+    for data, names in unfinished.items():
+        headline[f"{data}_runs_not_finished"] = len(names)
     flats: dict[str, float] = {}
     summary: dict[str, dict] = {}
     for data in datasets:
@@ -338,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the front is picked on validation. ci95 = half-width of the 95% t-interval over seeds (for "
                     "the deltas: over seed-paired differences DεpS - best baseline). train_time_s is loop wall "
                     "time on a shared 2-core CPU, noisy.",
-           "headline": headline, "summary": summary, "runs": runs}
+           "unfinished_runs": unfinished, "headline": headline, "summary": summary, "runs": runs}
     (args.out_dir / "training_methods.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(headline, indent=1))
     return 0

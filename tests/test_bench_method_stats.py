@@ -48,6 +48,12 @@ def test_deltas_pair_seeds_against_the_best_baseline():
     assert d["smallest_ci95_points"] == pytest.approx(t.ppf(0.975, 2) * 1.0 / math.sqrt(3), abs=1e-3)
     assert d["largest_points"] == pytest.approx(0.0) and d["largest_ci95_points"] == pytest.approx(0.0)
     assert tm.deltas(runs, ["bignas", "ofa"], "equal", 8) == {}  # no DεpS: nothing to compare
+    # the papers' schedules: baselines' own runs against DεpS's equal-budget run (its own schedule)
+    paper = [_run("deps", s, 8, 80.0 + s) for s in (0, 1, 2)] + \
+        [_run("bignas", s, 8, 70.0 + 2 * s, schedule="paper") for s in (0, 1, 2)] + \
+        [_run("ofa", s, 8, 60.0, schedule="paper") for s in (0, 1, 2)] + [_run("bignas", 0, 8, 99.0)]
+    d = tm.deltas(paper, ["deps", "bignas", "ofa"], "paper", 8)
+    assert d["smallest_best_baseline"] == "bignas" and d["smallest_points"] == pytest.approx(9.0)
 
 
 def test_defense_verdict_needs_the_interval_to_exclude_zero():
