@@ -214,7 +214,7 @@ def plot(runs: list[dict], datasets: list[str], methods: list[str], flats: dict,
             if data in flats:
                 ax.axvline(flats[data], color="k", ls=":", lw=1)
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("budget: full-model-equivalent epochs (stars: paper schedules, at the FME they cost)")
+            ax.set_xlabel("FME budget (stars: papers' epochs, at their FME)")
             ax.set_ylabel("test top-1 (%)")
             ax.set_title(f"{data}: {title}")
             ax.grid(alpha=0.3)
