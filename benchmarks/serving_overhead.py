@@ -21,6 +21,11 @@
    On a virtual machine whose idle vCPUs are descheduled, the 5 ms gap of (2) makes every step after it run cold
    (an empty RPC: 0.75 ms back to back, 1.8 ms after 5 ms idle, on a nested-virtualised host); (4) shows the cost
    without that penalty, (2) with it.
+5. The HTTP/REST door (FastAPI on uvicorn, KServe v2 with Triton's binary tensor extension, as tritonclient.http
+   sends it) in the same runs: after each gRPC saturation block an HTTP one (httpx, `--concurrency` keep-alive
+   connections) with its own in-process replay, and in each light-load round an HTTP block gapped and back to back
+   (http.client on one keep-alive connection, prebuilt body). `http_minus_grpc_median_latency_ms` is what the HTTP
+   door costs over the gRPC door at light load.
 
     nice python benchmarks/serving_overhead.py            # shipped zoo
     nice python benchmarks/serving_overhead.py --zoo Z --checkpoint C
@@ -216,6 +221,73 @@ def direct_latency_ms(net, cfg, x: torch.Tensor, calls: int, gap_s: float = 0.00
     return np.array(out)
 
 
+def http_body(image: np.ndarray, min_accuracy: float | None, slo_ms: float) -> tuple[bytes, int]:
+    """An HTTP/REST inference body as tritonclient.http sends it (binary tensor extension in and out) and its JSON
+    header length."""
+    params: dict = {"slo_ms": slo_ms, "binary_data_output": True}
+    if min_accuracy is not None:
+        params["min_accuracy"] = min_accuracy
+    raw = image.astype(np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": list(image.shape),
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": params}).encode()
+    return header + raw, len(header)
+
+
+def http_sequential(port: int, calls: int, image: np.ndarray, min_accuracy: float, gap_s: float = 0.005
+                    ) -> np.ndarray:
+    """`loadtest.replayer.sequential` for the HTTP door: one call at a time on one keep-alive connection with a prebuilt
+    body (http.client: the least client code in the measured path, as the gRPC side uses a bare stub)."""
+    import http.client
+
+    body, header_length = http_body(image, min_accuracy, 10_000.0)
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    out = np.empty(calls)
+    for k in range(calls + 1):
+        t = time.perf_counter()
+        conn.request("POST", "/v2/models/superserve/infer", body, headers)
+        response = conn.getresponse()
+        response_body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {response_body[:200]!r}")
+        if k:  # the first call opens the connection
+            out[k - 1] = (time.perf_counter() - t) * 1e3
+        if gap_s > 0:
+            time.sleep(gap_s)
+    conn.close()
+    return out
+
+
+def http_saturate(port: int, concurrency: int, duration_s: float, image: np.ndarray) -> dict:
+    """`loadtest.replayer.saturate` for the HTTP door: `concurrency` calls always outstanding (httpx, one keep-alive
+    connection each) for `duration_s`."""
+    import asyncio
+
+    import httpx
+
+    body, header_length = http_body(image, None, 10_000.0)
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+
+    async def run() -> dict:
+        counts = {"calls": 0, "ok": 0, "errors": 0}
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
+            start = time.perf_counter()
+            end = start + duration_s
+
+            async def loop() -> None:
+                while time.perf_counter() < end:
+                    counts["calls"] += 1
+                    r = await client.post("/v2/models/superserve/infer", content=body, headers=headers)
+                    counts["ok" if r.status_code == 200 else "errors"] += 1
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+            counts["duration_s"] = time.perf_counter() - start
+        counts["throughput_qps"] = counts["ok"] / counts["duration_s"]
+        return counts
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
@@ -231,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     from supernet.checkpoint import load_checkpoint
 
     records = Path(tempfile.mkdtemp()) / "records.jsonl"
-    srv = Server(ServeConfig(port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
+    srv = Server(ServeConfig(port=0, http_port=0, metrics_port=None, zoo_path=args.zoo, checkpoint_path=args.checkpoint,
                              quiet=True, records_path=records,
                              engine=EngineConfig(default_slo_ms=10_000.0, queue_capacity=4096))).start()
     zoo = srv.zoo
@@ -244,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     per_round = max(1, args.light_calls // args.rounds)
     light, direct, empty, floor, ours = [], [], [], [], []
     b2b, b2b_direct, b2b_floor = [], [], []  # back to back: the next call as soon as the answer is in
+    http_light, http_b2b = [], []  # the HTTP door, same rounds
     floor_srv = None
     try:
         spec = ReplaySpec(url=url, slo_ms=10_000.0)
@@ -252,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         sample = torch.from_numpy(np.resize(images, (zoo.batch_sizes[-1], *images.shape[1:])))
         sats, raw_s, mix, seen = [], 0.0, [], 0
-        for _ in tqdm(range(args.sat_rounds), desc="saturation rounds", unit="round"):
+        http_sats, http_raw_s, http_mix = [], 0.0, []
+        for _ in tqdm(range(args.sat_rounds), desc="saturation rounds (gRPC, then HTTP)", unit="round"):
             sats.append(in_subprocess(saturate, spec, args.concurrency, args.duration_s / args.sat_rounds,
                                       images[:1]))
             time.sleep(0.5)  # the server writes its records every 0.1 s
@@ -262,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
             t_raw = run_in_process(net, zoo, ran, sample)
             raw_s += t_raw
             sats[-1]["ratio"] = sats[-1]["ok"] / sats[-1]["duration_s"] / (sum(b for _, b in ran) / t_raw)
+            # The same block through the HTTP door, and the in-process replay of the batches it ran.
+            http_sats.append(in_subprocess(http_saturate, srv.http_port, args.concurrency,
+                                           args.duration_s / args.sat_rounds, images[:1]))
+            time.sleep(0.5)
+            ran = batch_mix(records)[seen:]
+            seen += len(ran)
+            http_mix += ran
+            t_raw = run_in_process(net, zoo, ran, sample)
+            http_raw_s += t_raw
+            http_sats[-1]["ratio"] = (http_sats[-1]["ok"] / http_sats[-1]["duration_s"]
+                                      / (sum(b for _, b in ran) / t_raw))
         light_spec = replace(spec, min_accuracy=top.accuracy)
         request_bytes = _light_request(images[:1], top.accuracy)
         floor_srv = _FloorServer(srv, answer_bytes(url, request_bytes))
@@ -278,19 +363,34 @@ def main(argv: list[str] | None = None) -> int:
                 b2b.append(client.apply(sequential, (light_spec, per_round, images[:1], 0.0)))
                 b2b_direct.append(direct_latency_ms(net, top.config, torch.from_numpy(images[:1]), per_round, 0.0))
                 b2b_floor.append(client.apply(sequential, (floor_spec, per_round, images[:1], 0.0)))
+                http_light.append(client.apply(http_sequential, (srv.http_port, per_round, images[:1],
+                                                                 top.accuracy)))
+                http_b2b.append(client.apply(http_sequential, (srv.http_port, per_round, images[:1], top.accuracy,
+                                                               0.0)))
     finally:
         if floor_srv is not None:
             floor_srv.close()
         srv.stop()
     # The server's records of the light-load calls, in the order they ran (flushed on stop): per round, the gapped
     # block then the back-to-back block.
-    served = service_ms(records)[-(len(light) + len(b2b)) * per_round:]
-    blocks = np.split(served, 2 * len(light)) if len(served) == 2 * len(light) * per_round else None
-    paired = np.concatenate([g - s for g, s in zip(light, blocks[0::2])]) if blocks else np.array([np.nan])
-    b2b_paired = np.concatenate([g - s for g, s in zip(b2b, blocks[1::2])]) if blocks else np.array([np.nan])
+    # Per round: gRPC gapped, gRPC back to back, HTTP gapped (+1 connection-opening call), HTTP back to back (+1).
+    served = service_ms(records)[-(len(light) * (4 * per_round + 2)):]
+    rounds = np.split(served, len(light)) if len(served) == len(light) * (4 * per_round + 2) else None
+    paired = (np.concatenate([g - r[:per_round] for g, r in zip(light, rounds)]) if rounds
+              else np.array([np.nan]))
+    b2b_paired = (np.concatenate([g - r[per_round:2 * per_round] for g, r in zip(b2b, rounds)]) if rounds
+                  else np.array([np.nan]))
+    http_paired = (np.concatenate([g - r[2 * per_round + 1:3 * per_round + 1] for g, r in zip(http_light, rounds)])
+                   if rounds else np.array([np.nan]))
     light, direct, empty = np.concatenate(light), np.concatenate(direct), np.concatenate(empty)
     floor, ours = np.concatenate(floor), np.concatenate(ours)
     b2b, b2b_direct, b2b_floor = np.concatenate(b2b), np.concatenate(b2b_direct), np.concatenate(b2b_floor)
+    http_light, http_b2b = np.concatenate(http_light), np.concatenate(http_b2b)
+    http_sat = {"calls": sum(r["calls"] for r in http_sats), "ok": sum(r["ok"] for r in http_sats),
+                "errors": sum(r["errors"] for r in http_sats), "duration_s": sum(r["duration_s"] for r in http_sats),
+                "rounds": http_sats}
+    http_sat["throughput_qps"] = http_sat["ok"] / http_sat["duration_s"]
+    http_raw_qps = sum(b for _, b in http_mix) / http_raw_s
     served_images = sum(b for _, b in mix)
     raw_qps = served_images / raw_s
     sat = {"calls": sum(r["calls"] for r in sats), "ok": sum(r["ok"] for r in sats),
@@ -317,6 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         "added_median_latency_back_to_back_ms": round(float(np.median(b2b) - np.median(b2b_direct)), 3),
         "added_median_latency_back_to_back_paired_ms": round(float(np.median(b2b_paired)), 3),
         "grpc_floor_back_to_back_p50_ms": round(float(np.median(b2b_floor)), 3),
+        # The HTTP/REST door (FastAPI on uvicorn, binary tensor extension), in the same rounds and blocks.
+        "http_server_throughput_qps": round(http_sat["throughput_qps"], 1),
+        "http_throughput_ratio": round(http_sat["throughput_qps"] / http_raw_qps, 3),
+        "http_light_load_server_p50_ms": round(float(np.median(http_light)), 3),
+        "http_added_median_latency_ms": round(float(np.median(http_light) - np.median(direct)), 3),
+        "http_added_median_latency_paired_ms": round(float(np.median(http_paired)), 3),
+        "http_minus_grpc_median_latency_ms": round(float(np.median(http_light) - np.median(light)), 3),
+        "http_back_to_back_server_p50_ms": round(float(np.median(http_b2b)), 3),
+        "http_added_median_latency_back_to_back_ms": round(float(np.median(http_b2b) - np.median(b2b_direct)), 3),
     }
     result = {
         "command": "nice python benchmarks/serving_overhead.py" + (" " + " ".join(argv) if argv else
@@ -329,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                   "rounds": args.rounds},
         "headline": headline,
         "saturation": sat,
+        "http_saturation": http_sat,
         "targets": {"throughput_ratio_min": 0.85, "added_median_latency_ms_max": 1.0},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{headline['added_median_latency_back_to_back_ms']} ms (paired "
           f"{headline['added_median_latency_back_to_back_paired_ms']} ms; gRPC floor "
           f"{headline['grpc_floor_back_to_back_p50_ms']} ms)")
+    print(f"HTTP/REST door: saturation {headline['http_server_throughput_qps']} img/s -> "
+          f"{headline['http_throughput_ratio'] * 100:.1f}% of in-process (gRPC {headline['throughput_ratio'] * 100:.1f}%);"
+          f" light load p50 {headline['http_light_load_server_p50_ms']} ms -> added "
+          f"{headline['http_added_median_latency_ms']} ms (gRPC {headline['added_median_latency_ms']} ms; HTTP - gRPC "
+          f"{headline['http_minus_grpc_median_latency_ms']} ms); back to back added "
+          f"{headline['http_added_median_latency_back_to_back_ms']} ms")
     print(f"load average during the run: {result['host_load_avg_1min']:.1f} on {os.cpu_count()} cores; wrote {args.out}")
     return 0
 
