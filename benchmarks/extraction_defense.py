@@ -188,6 +188,7 @@ def _plot(loads: list[dict[str, Any]], defenses: list[dict[str, Any]], seeds: in
         ax.errorbar(xs, [r[key]["mean"] for r in loads], yerr=[r[key]["ci95"] for r in loads], fmt=style, capsize=3,
                     label=text)
     ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
     ax.set_xlabel("benign load (x the top subnet's batch-1 throughput)")
     ax.set_ylabel(f"label purity (%), mean and 95% CI of {seeds} seeds")
     ax.set_title("who answers the attacker's calls")
@@ -199,8 +200,9 @@ def _plot(loads: list[dict[str, Any]], defenses: list[dict[str, Any]], seeds: in
         ax.errorbar(xs, [r[key]["mean"] for r in loads], yerr=[r[key]["ci95"] for r in loads], fmt=style, capsize=3,
                     label=text)
     ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
     ax.set_xlabel("benign load (x the top subnet's batch-1 throughput)")
-    ax.set_ylabel("surrogate vs the victim (%)")
+    ax.set_ylabel(f"surrogate vs the victim (%), 95% CI of {seeds} seeds")
     ax.set_title("naive vs fingerprinted extraction of the victim")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -218,7 +220,7 @@ def _plot(loads: list[dict[str, Any]], defenses: list[dict[str, Any]], seeds: in
                         textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("goodput lost (% of benign requests not served within their hints)")
-    ax.set_ylabel("attack accuracy drop (points), 95% CI")
+    ax.set_ylabel("attack accuracy drop (points), 95% CI over seeds")
     ax.set_title("defenses: protection vs what they cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     png = RESULTS_DIR / "extraction_defense.png"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    _plot(load_summary, defense_summary, len(args.seeds), png)
+    _plot(load_summary, defense_summary, len(load_seeds), png)
     base_row = next(r for r in load_summary if r["load"] == args.load)
     ps = per_seed.values()
     headline: dict[str, Any] = {
