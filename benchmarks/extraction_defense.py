@@ -103,7 +103,7 @@ def _std(xs: list[float]) -> float:
 
 def _table(zoo: Any) -> list[dict[str, Any]]:
     """The serving table as the policy sees it (evaluation only): batch-1 p99 + 2 ms overhead, front membership."""
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
 
     view = ZooView.from_zoo(zoo, 2.0)
     return [{"subnet": e.subnet_id, "accuracy": e.accuracy, "budget_ms": round(view.budget_ms[i], 3),
@@ -237,7 +237,7 @@ def _task_key(t: dict[str, Any], common: dict[str, Any]) -> str:
 
 
 def _defense_maker(name: str, view: Any) -> Any:
-    from security.defense import MetricNoise, ParetoDefense
+    from superserve.hint_defense import MetricNoise, ParetoDefense
 
     return {"psml_noise": lambda v: MetricNoise(v, 20 * v, "gaussian"),
             "pareto": lambda v: ParetoDefense(view, v),
@@ -251,7 +251,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(zoo_path: str, ckpt_path: str) -> None:
     import torch
 
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
     from security.experiment import Setting
 
     torch.set_num_threads(1)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
     from security.experiment import Setting
 
     torch.set_num_threads(1)

@@ -122,7 +122,7 @@ from pathlib import Path
 import torch
 
 from superserve.zoo import HostFingerprint, Zoo
-from training.profiling import device_name, resolve_device
+from superserve.profiler import device_name, resolve_device
 
 work = Path(sys.argv[1])
 duration_s, native_rate, native_slo, ofa_rate, ofa_slo = sys.argv[2:7]

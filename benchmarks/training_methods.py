@@ -45,7 +45,7 @@ from supernet.config import SubnetConfig, SupernetSpace  # noqa: E402
 from supernet.network import SuperNet  # noqa: E402
 from superserve.zoo import pareto_front  # noqa: E402
 from training.calibrate import calibrate_subnets  # noqa: E402
-from training.data import load_dataset  # noqa: E402
+from superserve.data import load_dataset  # noqa: E402
 from training.schedule import METHODS, TrainConfig  # noqa: E402
 from training.steps import epochs_for_budget  # noqa: E402
 from training.trainer import evaluate, train  # noqa: E402

@@ -27,7 +27,10 @@ Modules
 -------
 - `fingerprint`: discover the responders, choose a small fingerprint set, pin a victim with (slo_ms, min_accuracy).
 - `extraction`: knockoff-style surrogate training, accuracy and fidelity, the naive and upper-bound baselines.
-- `defense`: hint transforms applied before selection (PSML noise; our Pareto-neighbour defense) and goodput.
 - `oracles`: the two serving paths the attack runs against (the real server; the simulator with benign load).
 - `experiment`: the attack end to end. Serving-side hardening lives in `superserve/server/security.py`.
+
+The defenses (hint transforms applied before selection: PSML noise, our Pareto-neighbour defense; and goodput) live
+in `superserve/hint_defense.py`, which imports neither the server nor this package: the server applies them, the
+attack code measures them, and neither imports the other.
 """

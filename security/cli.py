@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print("superserve security: --budget and --epochs must be >= 1", file=sys.stderr)
         return 2
     if getattr(args, "defense", None):
-        from security.defense import parse_defense_spec
+        from superserve.hint_defense import parse_defense_spec
 
         try:  # fail before the minute of set-up
             parse_defense_spec(args.defense)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             oracle.close()
     else:
-        from security.defense import parse_defense
+        from superserve.hint_defense import parse_defense
         from security.oracles import BenignWorkload, SimOracle
 
         try:

@@ -25,7 +25,7 @@ from security.oracles import AttackerData, subnet_predictions
 class Setting:
     zoo: Any
     net: Any
-    spec: Any  # the server's ModelSpec (how raw pixels become model input)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...], float]  # (mean, std, raw_max) the server applies
     data: AttackerData
     predictions: np.ndarray  # (K, N) subnet labels on the attacker's pool
     test: tuple[Any, np.ndarray, np.ndarray]  # (x in the attacker's preprocessing, true labels, victim labels)
@@ -38,14 +38,13 @@ class Setting:
         import torch
 
         from supernet.checkpoint import load_checkpoint
-        from superserve.server.app import model_spec
-        from superserve.server.codec import prepare_raw
+        from superserve.data import checkpoint_normalisation, load_dataset, prepare_pixels
         from superserve.zoo import Zoo
-        from training.data import load_dataset
 
         zoo = Zoo.load(zoo_path)
         net, ckpt = load_checkpoint(checkpoint_path)
-        spec = model_spec("superserve", zoo, ckpt.get("meta", {}), 64)
+        # the server's view of raw pixels (its model_spec and codec), computed here without importing the server
+        norm = checkpoint_normalisation(ckpt.get("meta", {}), zoo.dataset)
         dataset = ckpt.get("meta", {}).get("dataset") or zoo.dataset
         if dataset not in ("mnist5k", "digits"):
             dataset = "mnist5k"
@@ -56,7 +55,7 @@ class Setting:
         if cached is not None:
             preds = cached["pool"]
         else:  # minutes for a 12-subnet zoo on a busy CPU: cached per checkpoint, zoo and seed
-            preds = subnet_predictions(net, zoo, prepare_raw(torch.from_numpy(data.raw), spec))
+            preds = subnet_predictions(net, zoo, prepare_pixels(torch.from_numpy(data.raw), *norm, zoo.space.image_size))
         # every other image of the (stratified, shuffled) test split: 500 for MNIST-5k, to keep set-up short
         test_x, test_y = splits.test_x[::2], splits.test_y[::2].numpy()  # normalised like training (= the server)
         if cached is not None:
@@ -73,7 +72,7 @@ class Setting:
         k = victim
         if not 0 <= k < len(zoo.entries):
             raise ValueError(f"victim index {k} out of range for a zoo of {len(zoo.entries)}")
-        return cls(zoo, net, spec, data, preds, (attacker_view, test_y, by_subnet[k]), by_subnet, k, dataset)
+        return cls(zoo, net, norm, data, preds, (attacker_view, test_y, by_subnet[k]), by_subnet, k, dataset)
 
     def with_victim(self, k: int) -> "Setting":
         from dataclasses import replace
@@ -92,7 +91,7 @@ def pinnable_front(zoo: Any, overhead_ms: float = 2.0, min_ratio: float = 1.25) 
     latency correction rescales every subnet by its own observed factor, and two front neighbours a few per cent
     apart trade places during an attack (on this host the shipped zoo's d442-21d73665 and d443-d343b8bc, both
     93.4%, 6.53 vs 6.32 ms at start, swapped within seconds). Evaluation only: the attacker never reads the table."""
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
 
     view = ZooView.from_zoo(zoo, overhead_ms)
     front = sorted((int(i) for i in np.flatnonzero(view.front)), key=lambda i: view.budget_ms[i])
@@ -135,7 +134,7 @@ def run_attack(setting: Setting, oracle: Any, budget: int, seed: int, use_subnet
                            "discovery_queries": discovery_queries, "fingerprint_set_size": len(fp.fp_positions)}
     # the attacker's target: the responder at the victim's place in the Pareto order it discovered (responders
     # are the front subnets an idle server picks; the attacker wants "the middle one")
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
 
     front = sorted((int(i) for i in np.flatnonzero(ZooView.from_zoo(setting.zoo).front)),
                    key=lambda i: setting.zoo.entries[i].accuracy)

@@ -1,4 +1,4 @@
-"""Tests for training.data: real MNIST-5k, splits, the other loaders and their errors."""
+"""Tests for superserve.data: real MNIST-5k, splits, the other loaders and their errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import (
+from superserve.data import (
     DEFAULT_FRACTIONS,
     DataError,
     batches,
@@ -78,7 +78,7 @@ def test_mnist5k_splits_are_disjoint_and_cover_all_images(mnist):
 
 
 def test_split_is_deterministic_per_seed(mnist):
-    from training import data as data_module
+    from superserve import data as data_module
 
     # Reloading must stay cheap (tests and the zoo reload it often): the csv is parsed once per process, and a
     # reload reuses it (checked on the cache, not with a stopwatch on a shared host).
@@ -151,6 +151,28 @@ def test_prepare_reproduces_loaded_tensors_from_raw_pixels():
     assert s.prepare(raw[0]).shape == (1, 1, 28, 28)
     with pytest.raises(DataError, match="channel"):
         s.prepare(np.zeros((2, 3, 8, 8)))
+
+
+def test_server_codec_prepares_raw_pixels_like_prepare_pixels():
+    """The attack code reproduces the server's input with `prepare_pixels` (it may not import the server): the two
+    must agree, resized or not."""
+    from superserve.data import prepare_pixels
+    from superserve.server.codec import ModelSpec, prepare_raw
+
+    raw = torch.randint(0, 256, (3, 1, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for size in (20, 28):
+        spec = ModelSpec("m", "1", 1, size, 10, (0.13,), (0.31,), 255.0)
+        torch.testing.assert_close(prepare_pixels(raw, spec.mean, spec.std, spec.raw_max, size), prepare_raw(raw, spec))
+
+
+def test_checkpoint_normalisation_from_meta_or_the_dataset():
+    from superserve.data import checkpoint_normalisation
+
+    assert checkpoint_normalisation({"normalization": {"mean": [0.5], "std": [0.25], "raw_max": 16}}, "mnist5k") \
+        == ((0.5,), (0.25,), 16.0)
+    assert checkpoint_normalisation({"mean": [0.1], "std": [0.2]}, "mnist5k") == ((0.1,), (0.2,), 255.0)
+    digits = load_dataset("digits")  # no normalisation stored: recomputed from the meta's dataset, as training did
+    assert checkpoint_normalisation({"dataset": "digits"}, "mnist5k") == (digits.mean, digits.std, digits.raw_max)
 
 
 # --------------------------------------------------------------------------- batches / augmentation

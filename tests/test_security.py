@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import make_zoo
-from security.defense import MetricNoise, ParetoDefense, ZooView, goodput_fraction, parse_defense_spec
+from superserve.hint_defense import MetricNoise, ParetoDefense, ZooView, goodput_fraction, parse_defense_spec
 from superserve.records import RequestRecord
 
 import tritonclient.grpc as tc
@@ -328,7 +328,7 @@ def test_fingerprinting_pins_every_subnet_of_a_small_zoo(shown):
 def test_staircase_separates_close_neighbours_and_skips_dominated_subnets():
     """Five subnets, one dominated (slower and less accurate than another) and two 0.2 points / 5% apart: the
     responders are exactly the four front subnets, the close pair separated."""
-    from security.defense import ZooView
+    from superserve.hint_defense import ZooView
     from security.fingerprint import Fingerprinter
 
     acc, lat = (0.90, 0.93, 0.932, 0.92, 0.98), (1.0, 2.0, 2.2, 3.0, 6.0)  # subnet 3: dominated by 1 and 2
@@ -344,7 +344,7 @@ def test_pin_verification_picks_the_candidate_a_pin_shaped_defense_leaves_alone(
     """The Pareto defense with p = 1 moves every request whose hints admit exactly one subnet; the attacker's
     default pin (an accuracy hint excluding the faster subnets) is such a request, the loose candidate (SLO only)
     is not. Verification measures both and keeps the loose one, which an idle server still answers with the victim."""
-    from security.defense import ParetoDefense, ZooView
+    from superserve.hint_defense import ParetoDefense, ZooView
     from security.fingerprint import Fingerprinter
 
     zoo, oracle = _small_zoo_oracle(False, load=0.05)
@@ -401,7 +401,7 @@ def test_small_noise_adds_no_phantom_steps():
     the floor placed past the noise (and the merge of identical neighbours) find the four responders with at most
     one phantom step (it was 9 steps with "served once in 3"), and the responders nearest the middle subnets'
     accuracies pin them."""
-    from security.defense import MetricNoise
+    from superserve.hint_defense import MetricNoise
     from security.fingerprint import Fingerprinter
 
     zoo, oracle = _small_zoo_oracle(False, defense=MetricNoise(0.0025, 0.05, "gaussian"))

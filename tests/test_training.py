@@ -18,7 +18,7 @@ from supernet.checkpoint import CheckpointError, load_checkpoint, read_checkpoin
 from supernet.config import SubnetConfig, SupernetSpace
 from supernet.network import SuperNet
 from superserve.cli import main as cli_main
-from training.data import load_dataset
+from superserve.data import load_dataset
 from training.schedule import ConfigError, Schedule, TrainConfig
 from training.steps import MacRatio, epochs_for_budget, expected_cost_per_epoch, sample_subnets, sandwich_step
 from training.trainer import StopFlag, train

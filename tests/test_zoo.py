@@ -15,7 +15,7 @@ from supernet.network import SuperNet
 from superserve.cli import main as cli_main
 from superserve.zoo import HostFingerprint, Zoo, ZooError, pareto_front
 from training.calibrate import calibrate_subnets
-from training.profiling import ProfileConfig, monotone_violations, percentile_stats, profile_subnets
+from superserve.profiler import ProfileConfig, monotone_violations, percentile_stats, profile_subnets
 from training.search import Candidate, SearchConfig, select_front
 
 TINY = SupernetSpace(image_size=8, stem_width=8, stage_widths=(8, 16), stage_strides=(1, 2), head_width=16,
@@ -136,7 +136,7 @@ def test_build_writes_a_consistent_zoo_and_checkpoint(built):
     assert data["state_dict"]["head.weight"].dtype == torch.float16 and net.head.weight.dtype == torch.float32
     assert data["meta"]["normalization"]["raw_max"] == 16.0
     # the served weights are the float16 round trip, and the zoo's accuracy is reproducible from the checkpoint
-    from training.data import load_dataset
+    from superserve.data import load_dataset
     from training.trainer import evaluate
 
     splits = load_dataset("digits", seed=0)

@@ -18,7 +18,7 @@ import torch
 from supernet.checkpoint import CheckpointError, read_checkpoint
 from supernet.config import SupernetSpace
 from supernet.network import SuperNet
-from training.data import DataError, load_dataset
+from superserve.data import DataError, load_dataset
 from training.schedule import METHODS, MOMENTUM_HANDLING, ConfigError, TrainConfig
 from training.steps import epochs_for_budget
 from training.trainer import StopFlag, install_signal_handlers, train

@@ -24,7 +24,7 @@ from supernet.contract import ServableSupernet
 from supernet.norm import NormTable
 from superserve.zoo import pareto_front
 from training.calibrate import calibrate_subnet
-from training.data import DatasetSplits
+from superserve.data import DatasetSplits
 from training.trainer import evaluate
 
 

@@ -28,7 +28,7 @@ from supernet.config import SubnetConfig
 from supernet.network import SuperNet
 from supernet.norm import NormTable
 from training.calibrate import calibrate_subnets
-from training.data import DatasetSplits, batches
+from superserve.data import DatasetSplits, batches
 from training.schedule import Schedule, TrainConfig
 from training.steps import MacRatio, distill_step, sample_subnets, sandwich_step
 

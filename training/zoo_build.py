@@ -21,8 +21,8 @@ from supernet.contract import ServableSupernet
 from supernet.norm import NormTable
 from superserve.zoo import Zoo, ZooEntry
 from training.calibrate import calibrate_subnets
-from training.data import DatasetSplits, load_dataset
-from training.profiling import (ProfileConfig, host_fingerprint, monotone_violations, profile_subnets,
+from superserve.data import DatasetSplits, load_dataset
+from superserve.profiler import (ProfileConfig, host_fingerprint, monotone_violations, profile_subnets,
                                 resolve_device)
 from training.search import Candidate, SearchConfig, search, select_front
 from training.trainer import evaluate

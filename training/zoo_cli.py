@@ -20,8 +20,8 @@ import torch
 from supernet.checkpoint import CheckpointError
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
 from superserve.zoo import Zoo, ZooError
-from training.data import DataError
-from training.profiling import DEFAULT_BATCH_SIZES, ProfileConfig
+from superserve.data import DataError
+from superserve.profiler import DEFAULT_BATCH_SIZES, ProfileConfig
 from training.search import SearchConfig
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"superserve worker: checkpoint {args.checkpoint} does not exist (pass --checkpoint)", file=sys.stderr)
         return 2
     if args.device != "cpu":
-        from training.profiling import resolve_device
+        from superserve.profiler import resolve_device
 
         try:
             resolve_device(args.device)

@@ -70,7 +70,7 @@ class ClusterServer(Server):
         if cfg.security.hint_defense is not None:  # security (issue 7), as the embedded server applies it
             transform = cfg.security.hint_defense
             if isinstance(transform, str):
-                from security.defense import parse_defense
+                from superserve.hint_defense import parse_defense
 
                 transform = parse_defense(transform, zoo, cfg.rpc_overhead_ms)
             # The published zoo: each worker corrects its own latency table, which the front end does not see, so a

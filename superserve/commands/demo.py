@@ -127,7 +127,7 @@ def _digits(n: int) -> np.ndarray:  # noqa: F821 - numpy imported lazily by run(
     import numpy as np
 
     try:
-        from training.data import load_dataset
+        from superserve.data import load_dataset
 
         x = load_dataset("mnist5k").test_x.numpy()
     except Exception:  # noqa: BLE001 - the demo still shows scheduling without real digits

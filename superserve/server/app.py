@@ -28,7 +28,7 @@ from superserve.server.security import HintDefenseHook, SecurityConfig, Security
 from superserve.server.service import EntryInterceptor, InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
 from superserve.zoo import HostFingerprint, Zoo
-from training.profiling import device_name, resolve_device
+from superserve.profiler import device_name, resolve_device
 
 log = logging.getLogger("superserve.server")
 LATE_ARRIVAL_WINDOW_S = 0.2  # after draining, before gRPC stops: late calls get UNAVAILABLE, not CANCELLED
@@ -74,18 +74,10 @@ class ServeConfig:
 def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> ModelSpec:
     """How raw pixels become model input: the normalisation stored in the checkpoint meta (or, for checkpoints
     without it, recomputed from the named dataset exactly as training did)."""
-    space = zoo.space
-    norm = meta.get("normalization") or meta.get("data") or meta
-    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
-        mean, std, raw_max = norm["mean"], norm["std"], norm.get("raw_max", 255.0)
-    else:
-        from training.data import load_dataset
+    from superserve.data import checkpoint_normalisation
 
-        dataset = meta.get("dataset") or zoo.dataset
-        log.warning("checkpoint meta holds no normalisation; recomputing it from dataset %r", dataset)
-        splits = load_dataset(dataset)
-        mean, std, raw_max = splits.mean, splits.std, splits.raw_max
-    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    space = zoo.space
+    mean, std, raw_max = checkpoint_normalisation(meta, zoo.dataset)
     if len(mean) != space.in_channels or len(std) != space.in_channels:
         raise ValueError(f"normalisation has {len(mean)} channels, the supernet takes {space.in_channels}")
     return ModelSpec(name, "1", space.in_channels, space.image_size, space.num_classes, mean, std,
@@ -306,7 +298,7 @@ class Server:
         if cfg.security.hint_defense is not None:  # security (issue 7): noise on the requested metrics
             transform = cfg.security.hint_defense
             if isinstance(transform, str):  # a spec such as "noise:acc=0.01" or "pareto:p=0.3"
-                from security.defense import parse_defense
+                from superserve.hint_defense import parse_defense
 
                 transform = parse_defense(transform, zoo, cfg.rpc_overhead_ms)
             hook = HintDefenseHook(transform, cfg.engine.default_slo_ms,

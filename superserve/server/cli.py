@@ -133,7 +133,7 @@ def security_from_args(args: argparse.Namespace) -> dict:
     if args.max_message_bytes < 1024 or args.max_images < 1:
         raise SystemExit("--max-message-bytes must be >= 1024 and --max-images >= 1")
     if args.hint_defense is not None:
-        from security.defense import parse_defense_spec
+        from superserve.hint_defense import parse_defense_spec
 
         try:  # check the spec now; the transform is built once the zoo is loaded
             parse_defense_spec(args.hint_defense)

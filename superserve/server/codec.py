@@ -5,7 +5,7 @@ Inputs (exactly one per request; ModelMetadata declares all three):
   finite and within +-MAX_ABS_INPUT;
 - `IMAGE`  UINT8 [B, C, H, W] (or [B, H, W] for one channel): raw pixels in [0, raw_max], any H, W (resized to S);
 - `IMAGE_BYTES` BYTES [B]: encoded PNG or JPEG files, decoded with Pillow and converted to the model's channels.
-Raw pixels are prepared exactly as `training.data.DatasetSplits.prepare` prepares them: / raw_max, bilinear antialiased
+Raw pixels are prepared exactly as `superserve.data.DatasetSplits.prepare` prepares them: / raw_max, bilinear antialiased
 resize to S x S, (x - mean) / std per channel, with the statistics stored in the checkpoint's meta.
 
 Hostile input is bounded before it costs anything: `parse_request` checks structure, shapes and sizes from lengths

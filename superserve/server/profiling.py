@@ -5,7 +5,7 @@ of the speed catches the same fingerprint running at another speed: virtual mach
 ("AMD EPYC") over hosts whose forward passes differ by 2-4x (nested virtualisation, clock, neighbours), and a table
 off by that much makes every slack computation wrong.
 
-The measuring itself is `training.profiling.profile_subnets` (the same code `superserve zoo build/reprofile` uses,
+The measuring itself is `superserve.profiler.profile_subnets` (the same code `superserve zoo build/reprofile` uses,
 with a progress bar); this module only decides where the re-profiled copy lives: ~/.cache/superserve (or
 $SUPERSERVE_CACHE), keyed by the zoo file's bytes and this host's fingerprint, so the next start here is instant and the
 shipped zoo file is never modified.
@@ -66,8 +66,8 @@ def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor) -> SpeedCheck:
 
 def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True) -> Zoo:
     """The same zoo with latencies measured here, at `host.threads` torch threads, on the device `net` is on (CUDA:
-    synchronised per forward by `training.profiling.profile_cell`)."""
-    from training.profiling import profile_subnets
+    synchronised per forward by `superserve.profiler.profile_cell`)."""
+    from superserve.profiler import profile_subnets
 
     tables = profile_subnets(net, [e.config for e in zoo.entries], start_profile_config(zoo, host.threads),
                              progress=progress)
@@ -80,7 +80,7 @@ def start_profile_config(zoo: Zoo, threads: int) -> Any:
     cell (not 1 s). On a vCPU 7.8x slower than the shipped table's host the re-profile took 168 s instead of about
     210 s (most of it at batch 32 and 64, where one forward of the big subnets takes seconds), with the same medians
     (median ratio 1.00 over the 84 cells); online correction refines the table while serving."""
-    from training.profiling import ProfileConfig
+    from superserve.profiler import ProfileConfig
 
     return ProfileConfig(batch_sizes=zoo.batch_sizes, threads=threads, warmup=1, min_repeats=5, target_s=0.5)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """The re-profiling child: profile a zoo's subnets here and write the table (what `reprofile_in_subprocess`
     runs)."""
     from supernet.checkpoint import load_checkpoint
-    from training.profiling import device_name, resolve_device
+    from superserve.profiler import device_name, resolve_device
 
     p = argparse.ArgumentParser(description="re-profile a zoo's latency table on this host (background job of "
                                             "`superserve serve`)")

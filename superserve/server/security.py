@@ -14,7 +14,7 @@ no limits, plaintext). What each option does:
 - TLS (`tls_cert`, `tls_key`: PEM paths): the port is served with TLS only.
 - Message size limits and hiding `subnet_id`/`subnet_accuracy` are `ServeConfig.max_message_bytes`/`max_images` and
   `response_params` (flags `--max-message-bytes`, `--max-images`, `--no-response-params`).
-- Hint defense (`hint_defense`): a `security.defense.HintTransform` applied to each image's (slo_ms, min_accuracy)
+- Hint defense (`hint_defense`): a `superserve.hint_defense.HintTransform` applied to each image's (slo_ms, min_accuracy)
   before queueing (PSML-style noise or the Pareto-neighbour defense); see `security/defense.py`. Calls of B images are
   split into B single-image submissions so that every image draws its own noise (one draw per call would let a
   client bundle fingerprint inputs with each query and discard the calls the noise moved).
@@ -54,7 +54,7 @@ class SecurityConfig:
     max_inflight_per_tenant: int | None = None  # concurrent calls per tenant; None = unlimited
     tls_cert: Path | None = None  # PEM certificate chain
     tls_key: Path | None = None  # PEM private key
-    hint_defense: Any = None  # security.defense.HintTransform or None
+    hint_defense: Any = None  # superserve.hint_defense.HintTransform or None
     defense_seed: int | None = None  # seeds the defense's np.random.Generator (None = from the OS)
 
     def __post_init__(self) -> None:
@@ -380,7 +380,7 @@ class HintDefenseHook:
                 if zoo is not self._zoo_seen:
                     from dataclasses import replace
 
-                    from security.defense import ZooView
+                    from superserve.hint_defense import ZooView
 
                     self.transform = replace(self.transform, zoo=ZooView.from_zoo(zoo, self.overhead_ms))
                     self._zoo_seen = zoo

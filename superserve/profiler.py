@@ -4,6 +4,9 @@ Each (subnet, batch size) cell runs `warmup` untimed forwards, then timed forwar
 either `target_s` seconds have been spent or `max_repeats` are reached (cheap cells get many repeats, the max net at
 batch 64 a few). Inference mode, eval mode (served statistics), a fixed random input; torch intra-op threads are set
 for the measurement (1 by default: a serving worker owns one core) and restored afterwards.
+
+It lives beside the zoo, not in training/: the server re-profiles with it at start-up and `superserve zoo build`
+profiles with it, and the server does not import training/ (tests/test_layers.py).
 """
 
 from __future__ import annotations

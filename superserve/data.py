@@ -27,6 +27,9 @@ asked) and then normalised with a per-channel mean / std measured on the *train*
 only (no leakage from validation / test). ``y`` is int64 class indices. The statistics
 are stored in ``DatasetSplits`` so the server can prepare raw images identically
 (``DatasetSplits.prepare``).
+
+In superserve/, not training/: the server reads a checkpoint's normalisation and the demo real digits from here,
+and the server does not import training/ (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import logging
 import pickle
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -50,10 +54,14 @@ __all__ = [
     "DataError",
     "DatasetSplits",
     "batches",
+    "checkpoint_normalisation",
     "load_dataset",
+    "prepare_pixels",
     "random_shift",
     "stratified_split",
 ]
+
+log = logging.getLogger("superserve.data")
 
 DEFAULT_SPEC = "mnist5k"
 #: (train, validation, test) fractions of every class.
@@ -148,9 +156,7 @@ class DatasetSplits:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise DataError(f"expected raw images with {self.in_channels} channel(s) as NCHW, got shape "
                             f"{tuple(x.shape)}")
-        x = _to_unit(x, self.raw_max)
-        x = _resize(x, self.image_size)
-        return _normalise(x, self.mean, self.std)
+        return prepare_pixels(x, self.mean, self.std, self.raw_max, self.image_size)
 
 
 # --------------------------------------------------------------------------- public API
@@ -230,6 +236,27 @@ def load_dataset(
         num_classes=len(class_names), class_names=tuple(class_names), raw_max=raw_max,
         seed=seed, fractions=fracs, extra={**extra, "native_size": int(native)},
     )
+
+
+def prepare_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], raw_max: float,
+                   image_size: int) -> torch.Tensor:
+    """(N, C, H, W) raw pixels -> (N, C, S, S) model input: / raw_max, bilinear antialiased resize, per-channel
+    normalisation (the server's codec does the same arithmetic on its hot path)."""
+    return _normalise(_resize(_to_unit(x, raw_max), image_size), mean, std)
+
+
+def checkpoint_normalisation(meta: dict, dataset: str) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    """(mean, std, raw_max) a checkpoint's model expects: stored in its meta, or, for checkpoints without it,
+    recomputed from the named dataset (the meta's own `dataset` first) exactly as training did."""
+    norm = meta.get("normalization") or meta.get("data") or meta
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        mean, std, raw_max = norm["mean"], norm["std"], norm.get("raw_max", 255.0)
+    else:
+        dataset = meta.get("dataset") or dataset
+        log.warning("checkpoint meta holds no normalisation; recomputing it from dataset %r", dataset)
+        splits = load_dataset(dataset)
+        mean, std, raw_max = splits.mean, splits.std, splits.raw_max
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std), float(raw_max)
 
 
 def stratified_split(

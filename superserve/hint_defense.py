@@ -1,5 +1,8 @@
 """Defenses against fingerprinting: transforms of the requested metrics applied before selection, and goodput.
 
+Kept apart from the server and from the attack code (`security/`), importing neither: the server applies these
+transforms and the attack measures them, and neither of those imports the other (tests/test_layers.py).
+
 A `HintTransform` is a pure function `(slo_ms, min_accuracy, rng) -> (slo_ms', min_accuracy')` on arrays of shape
 (N,) (one entry per image), drawing only from the `np.random.Generator` it is handed. The server applies it per image
 before queueing (`superserve.server.security.HintDefenseHook`); the simulator sweeps apply it to every request of the
