@@ -23,6 +23,15 @@ def write_result(name: str, headline: dict[str, float | int | str], detail: dict
     return path
 
 
+def measured_model_load_ms() -> float | None:
+    """The model-load time benchmarks/actuation.py measured on this host (median, ms), if it has run. Benchmarks only:
+    nothing at run time reads benchmarks/results/ (the shipped default is superserve.defaults.INFAAS_SWITCH_MS)."""
+    try:
+        return float(json.loads((RESULTS_DIR / "actuation.json").read_text())["headline"]["load_standalone_median_ms"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def zoo_subnets(net) -> list:
     """The shipped zoo's subnets in zoo order (fastest first), or [] if the zoo is missing or for another space."""
     from superserve.defaults import DEFAULT_ZOO

@@ -40,10 +40,12 @@ from typing import Any
 from tqdm import tqdm
 
 from superserve.commands.experiment import plot, point_dicts, print_tables
-from superserve.experiments import TradeoffSetup, measured_model_load_ms, run_tradeoff
+from superserve.experiments import TradeoffSetup, run_tradeoff
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, PAPER_SLO_MS, describe, gpu_zoo, ofa_resnet50_zoo
 from superserve.synthetic import load_zoo
 from superserve.zoo import Zoo
+
+from _common import measured_model_load_ms  # benchmarks/ is sys.path[0] when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HEADLINE_LOAD = 2.0

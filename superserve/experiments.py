@@ -16,10 +16,8 @@ configurations differ in the hints the requests carry, `infaas_hint_mixes`). Clo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -30,19 +28,10 @@ from superserve.metrics import summarize
 from superserve.sim import SimConfig, simulate
 from superserve.zoo import Zoo
 
-ACTUATION_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "actuation.json"
 SYSTEMS = ("clipper+", "infaas")  # the systems SuperServe compares with, one configuration per subnet/hint mix
 BESIDE = ("clockwork",)  # run and reported beside the systems, never folded into their comparison
 ABLATIONS = ("maxacc", "maxbatch")
 MATCH_TOL = 0.003  # "equal accuracy": SlackFit's mean accuracy within 0.3 points of the baseline configuration's
-
-
-def measured_model_load_ms(path: Path = ACTUATION_RESULTS) -> float | None:
-    """The model-load time the actuation benchmark measured on this host (median, ms), if it has run."""
-    try:
-        return float(json.loads(path.read_text())["headline"]["load_standalone_median_ms"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
 
 
 def capacity_qps(zoo: Zoo, workers: int, slo_ms: float) -> float:

@@ -88,3 +88,17 @@ def test_cli_experiment_and_simulate_run(tmp_path: Path, capsys: pytest.CaptureF
                  "--out", str(tmp_path / "t.npy")]) == 0
     assert main(["trace", "info", str(tmp_path / "t.npy")]) == 0
     assert main(["trace", "info", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_experiment_switch_time_default_ships_with_the_package() -> None:
+    """INFaaS's model-load time defaults to a number inside the package (an installed wheel has no benchmarks/
+    results/), and --infaas-switch-ms overrides it."""
+    import argparse
+
+    from superserve.commands.experiment import add_arguments, setup_from_args
+    from superserve.defaults import INFAAS_SWITCH_MS
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert setup_from_args(parser.parse_args(["tradeoff"])).infaas_switch_ms == INFAAS_SWITCH_MS
+    assert setup_from_args(parser.parse_args(["tradeoff", "--infaas-switch-ms", "12.5"])).infaas_switch_ms == 12.5

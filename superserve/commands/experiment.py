@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from superserve.commands.simulate import add_zoo_arguments, zoo_from_args
-from superserve.experiments import TradeoffSetup, capacity_qps, lineup, measured_model_load_ms, run_tradeoff
+from superserve.defaults import INFAAS_SWITCH_MS
+from superserve.experiments import TradeoffSetup, capacity_qps, lineup, run_tradeoff
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, describe, gpu_profile, gpu_zoo
 from superserve.synthetic import load_zoo
 from superserve.zoo import Zoo, ZooError
@@ -36,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help=f"simulated workers (default {d.workers})")
     p.add_argument("--fixed-subnets", type=int, default=d.fixed_subnets,
                    help=f"subnets given a Clipper+/Clockwork/INFaaS instance (default {d.fixed_subnets})")
-    p.add_argument("--infaas-switch-ms", type=float, default=None,
-                   help="INFaaS model-load time (default: the actuation benchmark's measured median if "
-                        "benchmarks/results/actuation.json exists, else 5 ms)")
+    p.add_argument("--infaas-switch-ms", type=float, default=INFAAS_SWITCH_MS,
+                   help=f"INFaaS model-load time (default {INFAAS_SWITCH_MS:g} ms: benchmarks/actuation.py's median "
+                        f"on the host that built the shipped zoo)")
     p.add_argument("--no-gpu", action="store_true",
                    help=f"skip the GPU-model zoo (default: also run the zoo under --gpu-profile, {DEFAULT_GPU_PROFILE} "
                         f"unless given)")
@@ -54,9 +55,8 @@ def setup_from_args(args: argparse.Namespace) -> TradeoffSetup:
         loads = tuple(float(x) for x in args.loads.split(","))
     except ValueError:
         raise ValueError(f"--loads must be numbers separated by commas, got {args.loads!r}") from None
-    switch_ms = args.infaas_switch_ms if args.infaas_switch_ms is not None else measured_model_load_ms()
     return TradeoffSetup(tuple(t.strip() for t in args.traces.split(",") if t.strip()), loads, args.duration,
-                         args.slo_ms, args.workers, args.fixed_subnets, switch_ms, args.seed,
+                         args.slo_ms, args.workers, args.fixed_subnets, args.infaas_switch_ms, args.seed,
                          match_accuracy=not args.no_match)
 
 
