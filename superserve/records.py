@@ -10,21 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-# Status of a request at the end of a run.
-OK = "ok"  # served, finished by its deadline
-LATE = "late"  # served, finished after its deadline
-SHED = "shed"  # accepted, then dropped because no choice could meet its deadline
-REJECTED = "rejected"  # never queued (queue full, invalid input, accuracy hint no subnet meets)
-ERROR = "error"  # dispatched, but the worker failed it
-CANCELLED = "cancelled"  # withdrawn because the client cancelled the call or its gRPC deadline passed
-UNAVAILABLE = "unavailable"  # not served because capacity was lost (a dead worker, Redis gone); the client may retry
-STATUSES = (OK, LATE, SHED, REJECTED, ERROR, CANCELLED, UNAVAILABLE)
+from superserve.outcomes import Outcome
+
+# Status of a request at the end of a run: the shared `Outcome` enum (its members equal the strings in the files).
+OK, LATE, SHED, REJECTED = Outcome.OK, Outcome.LATE, Outcome.SHED, Outcome.REJECTED
+ERROR, CANCELLED, UNAVAILABLE = Outcome.ERROR, Outcome.CANCELLED, Outcome.UNAVAILABLE
+STATUSES = tuple(Outcome)  # the order is the int8 code of `RecordTable.status`: never reorder
 _CODE = {s: i for i, s in enumerate(STATUSES)}
 
 
@@ -105,7 +102,7 @@ class RecordTable:
         return out
 
     @classmethod
-    def from_records(cls, records: Sequence[RequestRecord]) -> "RecordTable":
+    def from_records(cls, records: Sequence[RequestRecord]) -> RecordTable:
         ids = tuple(sorted({r.subnet_id for r in records if r.subnet_id is not None}))
         index = {s: i for i, s in enumerate(ids)}
         nan = float("nan")

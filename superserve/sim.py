@@ -17,15 +17,17 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from policies.base import Policy, late_subnet
-from superserve.queue import EdfQueue, PushResult
+from policies.base import Policy
+from superserve.dispatch import Dispatch, DispatchCore
+from superserve.queue import EdfQueue
 from superserve.records import LATE, OK, REJECTED, SHED, STATUSES, RecordTable
-from superserve.types import BatchOutcome, Request, WorkerState
+from superserve.types import Request
 from superserve.zoo import Zoo
 
 _OK, _LATE, _SHED, _REJECTED = (STATUSES.index(s) for s in (OK, LATE, SHED, REJECTED))
@@ -115,8 +117,6 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     accuracy_of = [e.accuracy for e in zoo.entries]
     service = ServiceTimes(zoo, config.noise, np.random.default_rng(config.seed))
     switch_s = (policy.switch_ms if config.switch_ms is None else config.switch_ms) * 1e-3
-    max_batch = zoo.batch_sizes[-1]
-    limit = policy.snapshot_limit
 
     arrival_l = arrivals.tolist()
     deadline_l = (arrivals + slo * 1e-3).tolist()
@@ -129,85 +129,44 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     status_l = [_REJECTED] * n
 
     queue = EdfQueue(config.queue_capacity)
-    requests: list[Request | None] = [None] * n  # the queued/late Request objects, for the late backlog
-    workers = [WorkerState(w) for w in range(config.workers)]
-    idle = list(range(config.workers - 1, -1, -1))  # stack: worker 0 first
-    busy: list[tuple[float, int, int, int, tuple[int, ...], float]] = []  # (finish, seq, worker, subnet, ids, dispatch)
-    late_backlog: list[int] = []  # request ids reported infeasible, to serve late (late="serve")
-    serve_late = config.late == "serve"
-    state = policy.initial_state()
+    core = DispatchCore(zoo, policy, queue, config.workers, config.late)  # the scheduling the server runs too
+    idle = core.idle
+    shed = core.shed
+    busy: list[tuple[float, int, Dispatch]] = []  # (finish, seq, dispatch)
     seq = 0
     i = 0
     inf = math.inf
-
-    def dispatch(now: float, w: int, sidx: int, ids: Sequence[int]) -> None:
-        nonlocal seq
-        ws = workers[w]
-        sid = subnet_ids[sidx]
-        t = service(sidx, len(ids))
-        if ws.loaded_subnet_id != sid:
-            if ws.loaded_subnet_id is not None:  # warm start: the first subnet was loaded before the trace began
-                t += switch_s
-            workers[w] = replace(ws, loaded_subnet_id=sid)
-        heapq.heappush(busy, (now + t, seq, w, sidx, tuple(ids), now))
-        seq += 1
 
     while i < n or busy:
         next_arrival = arrival_l[i] if i < n else inf
         if busy and busy[0][0] <= next_arrival:
             now = busy[0][0]
             while busy and busy[0][0] == now:
-                fin, _, w, sidx, ids, disp = heapq.heappop(busy)
-                missed = 0
-                slo_min = inf
-                for rid in ids:
+                fin, _, d = heapq.heappop(busy)
+                on_time, _ = core.complete(d, fin)
+                disp, w, sidx = d.dispatch_s, d.slot, subnet_index[d.subnet_id]
+                for rid, ok in zip(d.request_ids, on_time):
                     dispatch_l[rid] = disp
                     finish_l[rid] = fin
                     subnet_l[rid] = sidx
                     worker_l[rid] = w
-                    dl = deadline_l[rid]
-                    if fin <= dl:
-                        status_l[rid] = _OK
-                    else:
-                        status_l[rid] = _LATE
-                        missed += 1
-                    if dl - arrival_l[rid] < slo_min:
-                        slo_min = dl - arrival_l[rid]
-                idle.append(w)
-                state = policy.observe(BatchOutcome(w, subnet_ids[sidx], len(ids), disp, fin, slo_min * 1e3,
-                                                    missed), state)
+                    status_l[rid] = _OK if ok else _LATE
         else:
             now = next_arrival
             while i < n and arrival_l[i] == now:
-                req = Request(i, now, deadline_l[i], hint_l[i])
-                if queue.push(req) is PushResult.OK:
-                    requests[i] = req
-                i += 1  # a rejected request keeps its REJECTED status
-        while idle and len(queue):
-            w = idle[-1]
-            decision, state = policy.decide(queue.snapshot(limit), now, workers[w], state)
-            if decision is None:
-                break
-            if decision.infeasible_ids:
-                queue.pop_ids(decision.infeasible_ids)
-                if serve_late:
-                    late_backlog.extend(decision.infeasible_ids)
-                else:
-                    for rid in decision.infeasible_ids:
-                        status_l[rid] = _SHED
-            if decision.request_ids:
-                queue.pop_ids(decision.request_ids)
-                idle.pop()
-                dispatch(now, w, subnet_index[decision.subnet_id], decision.request_ids)  # type: ignore[index]
-        while serve_late and idle and late_backlog:
-            chunk, late_backlog = late_backlog[:max_batch], late_backlog[max_batch:]
-            batch = [requests[rid] for rid in chunk]
-            sid = late_subnet(zoo, batch)  # type: ignore[arg-type]
-            if sid is None:  # hints no subnet meets: can never be served
-                for rid in chunk:
-                    status_l[rid] = _SHED
-                continue
-            dispatch(now, idle.pop(), subnet_index[sid], chunk)
+                queue.push(Request(i, now, deadline_l[i], hint_l[i]))  # a rejected one keeps its REJECTED status
+                i += 1
+        if idle and len(queue) or core.late:
+            for d in core.schedule(now):
+                t = service(subnet_index[d.subnet_id], len(d.request_ids))
+                if d.switched:
+                    t += switch_s
+                heapq.heappush(busy, (now + t, seq, d))
+                seq += 1
+            if shed:
+                for req in shed:
+                    status_l[req.request_id] = _SHED
+                shed.clear()
 
     subnet_arr = np.array(subnet_l, dtype=np.int32)
     acc_lookup = np.array(accuracy_of + [nan])
