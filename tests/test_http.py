@@ -247,11 +247,11 @@ def test_a_disconnected_client_withdraws_its_queued_images(serving_assets, monke
     opened, entered, computed = threading.Event(), threading.Event(), []
     real = workers.run_batch
 
-    def gated(net, configs, batch_id, subnet_id, inputs, worker_id):
+    def gated(net, configs, batch_id, subnet_id, inputs, worker_id, *device):
         entered.set()
         opened.wait(120)
         computed.append(inputs.shape[0])
-        return real(net, configs, batch_id, subnet_id, inputs, worker_id)
+        return real(net, configs, batch_id, subnet_id, inputs, worker_id, *device)
     monkeypatch.setattr(workers, "run_batch", gated)
     srv = start_fixture_server(serving_assets, http_port=0, engine=EngineConfig(default_slo_ms=SLO_MS))
     url = f"http://127.0.0.1:{srv.http_port}/v2/models/{MODEL}/infer"

@@ -53,17 +53,6 @@ def test_serve_refuses_cuda_at_start(no_cuda, serving_assets):
                            reprofile="never", device="cuda")).start()
 
 
-def test_serve_with_cuda_and_worker_processes_is_refused_before_loading(monkeypatch, serving_assets):
-    from superserve.server.app import Server, ServeConfig
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU host
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    zoo, ckpt = serving_assets
-    with pytest.raises(ValueError, match="embedded worker threads"):
-        Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True,
-                           reprofile="never", device="cuda", workers=2)).start()
-
-
 def test_worker_refuses_cuda_at_start(no_cuda, serving_assets, capsys):
     _, ckpt = serving_assets
     argv = ["worker", "--backend", "redis://127.0.0.1:1", "--checkpoint", str(ckpt), "--device", "cuda"]

@@ -177,11 +177,11 @@ class _Gate:
         self.open, self.computed, self.entered = threading.Event(), [], threading.Event()
         real = workers.run_batch
 
-        def gated(net, configs, batch_id, subnet_id, inputs, worker_id):
+        def gated(net, configs, batch_id, subnet_id, inputs, worker_id, *device):
             self.entered.set()
             self.open.wait(120)
             self.computed.append(inputs.shape[0])
-            return real(net, configs, batch_id, subnet_id, inputs, worker_id)
+            return real(net, configs, batch_id, subnet_id, inputs, worker_id, *device)
         monkeypatch.setattr(workers, "run_batch", gated)
 
 

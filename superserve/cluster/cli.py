@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "%(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
-                        help="where this worker runs the model: cpu (default). cuda is checked at start (a clear "
-                             "error without CUDA) but not served yet: the cluster worker keeps the model on the CPU")
+                        help="where this worker runs the model: cpu, cuda or cuda:N (its own copy of the weights "
+                             "and its own CUDA context there; without CUDA it is an error at start; default: "
+                             "%(default)s)")
     parser.add_argument("--heartbeat-ttl-s", type=int, default=3,
                         help="a worker silent this long is declared dead and its requests re-queued "
                              "(default: %(default)s)")
@@ -46,16 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).is_file():
         print(f"superserve worker: checkpoint {args.checkpoint} does not exist (pass --checkpoint)", file=sys.stderr)
         return 2
-    if args.device != "cpu":
-        from superserve.profiler import resolve_device
+    from superserve.profiler import resolve_device
 
-        try:
-            resolve_device(args.device)
-        except ValueError as exc:
-            print(f"superserve worker: {exc}", file=sys.stderr)
-            return 2
-        print(f"superserve worker: --device {args.device}: the cluster worker does not place the model on a GPU yet "
-              f"(serve on one GPU with `superserve serve --device {args.device}`)", file=sys.stderr)
+    try:
+        resolve_device(args.device)  # before waiting for a front end: a wrong --device must not wait to be told
+    except ValueError as exc:
+        print(f"superserve worker: {exc}", file=sys.stderr)
         return 2
     if args.threads < 1 or args.heartbeat_ttl_s < 1:
         print("superserve worker: --threads and --heartbeat-ttl-s must be >= 1", file=sys.stderr)
@@ -63,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from superserve.cluster.worker import ClusterWorker, WorkerConfig
 
     config = WorkerConfig(Path(args.checkpoint), args.namespace, args.threads, args.heartbeat_ttl_s,
-                          correction_interval_s=None if args.no_correction else 0.25)
+                          correction_interval_s=None if args.no_correction else 0.25, device=args.device)
     try:
         worker = ClusterWorker(url, config)
     except BackendError as exc:
@@ -80,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     worker.register()
     print(f"superserve worker {worker.worker_id}: serving {len(worker.zoo.entries)} subnets (policy "
-          f"{worker.published.policy}) from {url.display}", flush=True)
+          f"{worker.published.policy}) from {url.display} on {worker.host.device}", flush=True)
     worker.serve()
     print(f"superserve worker {worker.worker_id}: stopped after {worker.batches} batches", file=sys.stderr,
           flush=True)

@@ -32,9 +32,9 @@ from policies.base import Policy, make_policy
 from superserve.cluster.redis_queue import (ClusterConfig, Keys, RedisURL, Scripts, connect, encode_reply,
                                             parse_member, wall_clock)
 from superserve.server.profile_correction import ProfileCorrector
-from superserve.server.workers import run_batch
+from superserve.server.workers import process_device, run_batch, synchronize
 from superserve.types import BatchOutcome, QueueSnapshot, Request, WorkerState
-from superserve.zoo import Zoo
+from superserve.zoo import HostFingerprint, Zoo
 
 log = logging.getLogger("superserve.cluster.worker")
 
@@ -50,11 +50,18 @@ class WorkerConfig:
     max_attempts: int = 3
     grace_s: float = 2.0
     correction_interval_s: float | None = 0.25  # rebuild the policy from corrected latencies; None = off
+    device: str = "cpu"  # cpu, cuda or cuda:N: where this worker's copy of the model runs
 
 
 class ClusterWorker:
     def __init__(self, url: RedisURL, config: WorkerConfig) -> None:
+        from superserve.profiler import device_name
+
         self.url, self.config = url, config
+        self.device = process_device(config.device)  # CUDA asked for and absent: a clear error before anything else
+        if self.device.type == "cuda":  # this process's one CUDA context, on this GPU only
+            torch.cuda.set_device(self.device)
+        self.host = HostFingerprint.current(device=device_name(self.device), threads=config.threads)
         self.keys = Keys(config.namespace)
         self.client = connect(url)  # BackendError when Redis is not there
         self.scripts = Scripts(self.client, self.keys)
@@ -89,7 +96,7 @@ class ClusterWorker:
         zoo = Zoo.from_dict(published.zoo)
         if self._net is None:
             torch.set_num_threads(self.config.threads)
-            self._net, _ = load_checkpoint(self.config.checkpoint)
+            self._net, _ = load_checkpoint(self.config.checkpoint, map_location=self.device)  # weights moved once
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in self._net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {self.config.checkpoint} has no SubnetNorm statistics for the published "
@@ -98,9 +105,16 @@ class ClusterWorker:
         self.published = published
         self.configs = {e.subnet_id: e.config for e in zoo.entries}
         self.sample_shape = (zoo.space.in_channels, zoo.space.image_size, zoo.space.image_size)
+        sample = torch.zeros((1, *self.sample_shape), device=self.device)
         with torch.inference_mode():
             for cfg in self.configs.values():
-                self._net(torch.zeros((1, *self.sample_shape)), cfg)
+                self._net(sample, cfg)
+        synchronize(self.device)
+        if not zoo.host_matches(self.host):  # e.g. a front end's CPU table and this worker on a GPU
+            log.warning("the published latency table was profiled on %s (%s, %d thread(s)); this worker runs on %s "
+                        "(%s, %d thread(s)): its decisions start from that table and rely on online correction",
+                        zoo.host.device, zoo.host.processor, zoo.host.threads, self.host.device,
+                        self.host.processor, self.host.threads)
         self.policy: Policy = self._make_policy(zoo)
         self.state = self.policy.initial_state()
         self.corrector = ProfileCorrector(zoo) if self.config.correction_interval_s else None
@@ -114,7 +128,7 @@ class ClusterWorker:
         k = self.keys
         self.worker_id = int(self.client.incr(k.worker_seq))
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "started_s": time.time()})
+                           "started_s": time.time(), "device": self.host.device})
         pipe = self.client.pipeline(transaction=False)
         pipe.set(k.heartbeat(self.worker_id), info, ex=self.config.heartbeat_ttl_s)
         pipe.sadd(k.workers, self.worker_id)
@@ -240,7 +254,7 @@ class ClusterWorker:
     def _execute(self, wid: int, subnet_id: str, rids: list[int], fes: list[bytes], inputs: torch.Tensor,
                  requests: dict[int, Request], dispatch_s: float) -> None:
         k, cfg = self.keys, self.config
-        result = run_batch(self._net, self.configs, self.batches, subnet_id, inputs, wid)
+        result = run_batch(self._net, self.configs, self.batches, subnet_id, inputs, wid, self.device)
         self.batches += 1
         finish = wall_clock()
         args: list[Any] = [k.prefix, cfg.reply_ttl_s, len(rids)]

@@ -45,6 +45,9 @@ class ServeConfig:
     model_name: str = "superserve"
     zoo_path: Path = DEFAULT_ZOO
     checkpoint_path: Path = DEFAULT_CHECKPOINT
+    # A plain exported model (TorchScript model.pt + model.json; plain_model.py) served as a one-subnet zoo instead
+    # of zoo_path/checkpoint_path; the repository sets it for such model directories.
+    plain_model_dir: Path | None = None
     policy: str = "slackfit"
     policy_params: dict[str, Any] = field(default_factory=dict)
     # Budgeted by the policy on top of each batch's profiled latency (its `overhead_ms`, unless policy_params sets
@@ -67,7 +70,7 @@ class ServeConfig:
     gil_switch_interval_s: float | None = None
     security: SecurityConfig = SecurityConfig()  # API keys, rate limits, TLS, hint defense (all off by default)
     # cpu, cuda or cuda:N: where the model, the speed check and a re-profile run; the host fingerprint names the GPU.
-    # CUDA serves through the embedded worker threads only, for now (`OnDevice`); --workers N refuses it at start.
+    # With workers > 0 every worker process loads its own copy onto it (its own CUDA context).
     device: str = "cpu"
 
 
@@ -82,18 +85,6 @@ def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> Mo
         raise ValueError(f"normalisation has {len(mean)} channels, the supernet takes {space.in_channels}")
     return ModelSpec(name, "1", space.in_channels, space.image_size, space.num_classes, mean, std,
                      float(raw_max), max_images)
-
-
-class OnDevice:
-    """A model on a GPU behind the worker pools' CPU interface: each batch is copied to the device and the logits
-    back (the copy back waits for the GPU, so a worker's compute time covers the kernels). Interim, until the worker
-    pools place batches on the device themselves."""
-
-    def __init__(self, net: Any, device: torch.device) -> None:
-        self.net, self.device = net, device
-
-    def __call__(self, x: torch.Tensor, subnet: Any) -> torch.Tensor:
-        return self.net(x.to(self.device), subnet).cpu()
 
 
 def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = True) -> Zoo:
@@ -245,9 +236,8 @@ class Server:
 
         cfg = self.config
         device = resolve_device(cfg.device)  # a clear error at start when CUDA is asked for and absent
-        if device.type != "cpu" and cfg.workers > 0:
-            raise ValueError(f"--device {cfg.device} serves with the embedded worker threads (--workers 0); worker "
-                             f"processes load the model on the CPU")
+        if cfg.plain_model_dir is not None:
+            return self._load_plain_model(device)
         net, data = load_checkpoint(cfg.checkpoint_path, map_location=device)
         space = net.space
         sample = torch.zeros(1, space.in_channels, space.image_size, space.image_size, device=device)
@@ -257,6 +247,22 @@ class Server:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
                              f"{', '.join(missing)}: calibrate them (superserve zoo) or use the matching zoo")
         return net, zoo, model_spec(cfg.model_name, zoo, data.get("meta", {}), cfg.max_images)
+
+    def _load_plain_model(self, device: torch.device) -> tuple[Any, Zoo, ModelSpec]:
+        """A plain exported model as a one-subnet zoo (plain_model.py): its table measured here once, then cached."""
+        from superserve.server.plain_model import load_plain_model
+
+        cfg = self.config
+        if cfg.workers > 0:
+            raise ValueError(f"{cfg.plain_model_dir}: a plain exported model serves on embedded worker threads "
+                             f"(--workers 0); worker processes load supernet checkpoints")
+        net, zoo, decl, cached, reused = load_plain_model(Path(cfg.plain_model_dir), device, cfg.threads_per_worker,
+                                                          self._say)
+        self.zoo = zoo
+        self.table = LiveTable("cached" if reused else "reprofiled", str(cached), 1.0)
+        self._warmed = not reused  # profiling ran the model at every batch size just now
+        meta = {"normalization": {"mean": list(decl.mean), "std": list(decl.std), "raw_max": decl.raw_max}}
+        return net, zoo, model_spec(cfg.model_name, zoo, meta, cfg.max_images)
 
     def start(self) -> "Server":
         t_start = time.perf_counter()
@@ -279,16 +285,18 @@ class Server:
         self.records = records
         configs = {e.subnet_id: e.config for e in zoo.entries}
         sample_shape = (1, spec.in_channels, spec.image_size, spec.image_size)
+        device = next(net.parameters()).device
         if cfg.workers > 0:
             self.pool: Any = ProcessWorkerPool(Path(cfg.checkpoint_path), configs, cfg.workers,
                                                cfg.threads_per_worker, self.engine.on_result, sample_shape,
                                                on_worker_down=self.engine.worker_down,
-                                               on_worker_up=self.engine.worker_up)
+                                               on_worker_up=self.engine.worker_up, device=cfg.device)
+            if device.type == "cuda":  # this process's copy served the speed check only: give its memory back
+                del net
+                torch.cuda.empty_cache()
         else:
-            device = next(net.parameters()).device
-            model = net if device.type == "cpu" else OnDevice(net, device)
-            self.pool = ThreadWorkerPool(model, configs, cfg.embedded_workers, cfg.threads_per_worker,
-                                         self.engine.on_result)
+            self.pool = ThreadWorkerPool(net, configs, cfg.embedded_workers, cfg.threads_per_worker,
+                                         self.engine.on_result, device=device)
             if not self._warmed:  # the speed check ran every subnet already
                 self.pool.warm_up(torch.zeros(sample_shape))
         self.engine.start(self.pool)

@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1, help="torch intra-op threads per worker")
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda or cuda:N: where the model runs (its speed check and any re-profile too; the "
-                             "host fingerprint then names the GPU). CUDA needs --workers 0 for now; without CUDA "
-                             "it is an error at start (default: %(default)s)")
+                             "host fingerprint then names the GPU). With --workers N each worker process holds its "
+                             "own copy there; without CUDA it is an error at start (default: %(default)s)")
     parser.add_argument("--default-slo-ms", type=float, default=100.0,
                         help="latency SLO of requests without an slo_ms parameter (default: %(default)s)")
     parser.add_argument("--late", choices=("shed", "serve"), default="shed",

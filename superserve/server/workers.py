@@ -9,6 +9,11 @@ thread, `close()`):
   numpy arrays through a multiprocessing queue per worker (a (64, 1, 28, 28) batch is 200 kB), results through a
   pipe per worker.
 
+Devices (`device`, default cpu): the weights go to the device once per pool (per process: each spawned process
+creates its own CUDA context), a batch goes there in `run_batch` and its probabilities come back to the CPU before
+they leave it, with the device synchronised before the batch's time is read. Everything that crosses a queue or a
+pipe is a CPU array.
+
 Supervision (`ProcessWorkerPool`): one monitor thread waits on every worker's result pipe and process sentinel at
 once, so a worker that dies (killed, out of memory, a crash in a native library) is noticed the moment it exits, not
 by a timeout that steady load keeps postponing. The pool then tells the engine (`on_worker_down`: nothing more is
@@ -27,9 +32,10 @@ import queue as queue_mod
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +43,7 @@ import torch
 from supernet.config import SubnetConfig
 
 log = logging.getLogger("superserve.workers")
+CPU = torch.device("cpu")
 RESTART_BACKOFF_S = 0.5  # first delay before replacing a worker that died soon after starting
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker up this long that dies is replaced at once (no backoff)
@@ -67,14 +74,24 @@ class BatchResult:
 ResultCallback = Callable[[BatchResult], None]
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on `device` (CUDA runs them asynchronously; a clock read before this would time
+    only the launches). A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_batch(net: Any, configs: Mapping[str, SubnetConfig], batch_id: int, subnet_id: str, inputs: torch.Tensor,
-              worker_id: int) -> BatchResult:
-    """The forward pass shared by both pools; never raises (the engine must hear about every batch)."""
+              worker_id: int, device: torch.device = CPU) -> BatchResult:
+    """The forward pass shared by both pools and the cluster worker; never raises (the engine must hear about every
+    batch). `net` lives on `device`; `inputs` arrive on the CPU and go there, the probabilities come back as a CPU
+    array. `compute_s` covers both copies and the forward, synchronised: what the batch cost this worker."""
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            logits = net(inputs, configs[subnet_id])  # (B, num_classes)
-            probs = torch.softmax(logits, dim=1).numpy()
+            logits = net(inputs.to(device), configs[subnet_id])  # (B, num_classes)
+            probs = torch.softmax(logits, dim=1).cpu().numpy()
+        synchronize(device)
         if probs.shape[0] != inputs.shape[0]:
             raise RuntimeError(f"model returned {probs.shape[0]} rows for a batch of {inputs.shape[0]}")
         if not np.isfinite(probs).all():  # never answer NaN probabilities (and class 0) as a success
@@ -85,14 +102,16 @@ def run_batch(net: Any, configs: Mapping[str, SubnetConfig], batch_id: int, subn
 
 
 class ThreadWorkerPool:
-    """`count` worker threads in this process sharing `net`."""
+    """`count` worker threads in this process sharing `net`, which lives on `device` (the threads then share its one
+    CUDA context and stream: their kernels queue one after another)."""
 
     def __init__(self, net: Any, configs: Mapping[str, SubnetConfig], count: int, threads_per_worker: int,
-                 on_result: ResultCallback, **_supervision: Any) -> None:
+                 on_result: ResultCallback, device: torch.device | str = CPU, **_supervision: Any) -> None:
         if count < 1:
             raise ValueError(f"need at least one worker, got {count}")
         torch.set_num_threads(threads_per_worker)  # process-wide: the intra-op pool all worker threads share
         self.size = count
+        self.device = torch.device(device)
         self._net, self._configs, self._on_result = net, dict(configs), on_result
         self._inboxes: list[queue_mod.SimpleQueue[Batch | None]] = [queue_mod.SimpleQueue() for _ in range(count)]
         self._threads = [threading.Thread(target=self._loop, args=(w,), name=f"superserve-worker-{w}", daemon=True)
@@ -102,9 +121,11 @@ class ThreadWorkerPool:
 
     def warm_up(self, sample: torch.Tensor) -> None:
         """Run every subnet once so that the first real batch does not pay for allocator warm-up."""
-        for cfg in self._configs.values():
-            with torch.inference_mode():
+        sample = sample.to(self.device)
+        with torch.inference_mode():
+            for cfg in self._configs.values():
                 self._net(sample, cfg)
+        synchronize(self.device)
 
     def submit(self, worker_id: int, batch: Batch) -> None:
         self._inboxes[worker_id].put(batch)
@@ -115,10 +136,11 @@ class ThreadWorkerPool:
             batch = inbox.get()
             if batch is None:
                 return
-            result = run_batch(self._net, self._configs, batch.batch_id, batch.subnet_id, batch.inputs, worker_id)
+            result = run_batch(self._net, self._configs, batch.batch_id, batch.subnet_id, batch.inputs, worker_id,
+                               self.device)
             try:
                 self._on_result(result)
-            except Exception:  # noqa: BLE001 - a bug in a callback must not silently lose this worker
+            except Exception:
                 log.exception("worker %d: handling the result of batch %d failed", worker_id, batch.batch_id)
 
     def close(self) -> None:
@@ -128,35 +150,53 @@ class ThreadWorkerPool:
             t.join(timeout=10)
 
 
+def process_device(device: str) -> torch.device:
+    """`device` checked in the process that will use it, with CUDA's index made explicit (`cuda` = the current GPU)."""
+    from superserve.profiler import resolve_device
+
+    dev = resolve_device(device)  # a clear error when CUDA is asked for and absent
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def _process_main(worker_id: int, checkpoint: str, config_dicts: dict[str, dict], threads: int,
-                  sample_shape: tuple[int, ...], inbox: Any, conn: Any) -> None:
-    """Entry point of a worker process: load its own supernet copy, then serve batches until None arrives."""
+                  sample_shape: tuple[int, ...], device: str, inbox: Any, conn: Any) -> None:
+    """Entry point of a worker process: load its own supernet copy onto `device` (once), then serve batches until
+    None arrives. Batches arrive and results leave as CPU arrays; `run_batch` does the copies."""
     try:
         torch.set_num_threads(threads)
+        from superserve.profiler import device_name
+
         from supernet.checkpoint import load_checkpoint
 
-        net, _ = load_checkpoint(checkpoint)
+        dev = process_device(device)
+        if dev.type == "cuda":  # this process's one CUDA context, on its GPU only (created here: spawned, not forked)
+            torch.cuda.set_device(dev)
+        net, _ = load_checkpoint(checkpoint, map_location=dev)
         configs = {sid: SubnetConfig.from_dict(d) for sid, d in config_dicts.items()}
+        sample = torch.zeros(sample_shape, device=dev)
         with torch.inference_mode():
             for cfg in configs.values():
-                net(torch.zeros(sample_shape), cfg)
+                net(sample, cfg)
+        synchronize(dev)  # ready means warmed up, not kernels still queued
     except Exception:  # noqa: BLE001 - the parent reports it and stops
         conn.send(("failed", worker_id, traceback.format_exc()))
         return
-    conn.send(("ready", worker_id, os.getpid()))
+    conn.send(("ready", worker_id, (os.getpid(), str(dev), device_name(dev))))
     while True:
         item = inbox.get()
         if item is None:
             return
         batch_id, subnet_id, array = item
-        result = run_batch(net, configs, batch_id, subnet_id, torch.from_numpy(array), worker_id)
+        result = run_batch(net, configs, batch_id, subnet_id, torch.from_numpy(array), worker_id, dev)
         conn.send(("result", worker_id, result))
 
 
 class _Slot:
     """One worker: its process, its own batch queue and result pipe, and its batches in flight."""
 
-    __slots__ = ("proc", "inbox", "conn", "up", "inflight", "started_s", "failures", "restart_at_s", "down_told")
+    __slots__ = ("conn", "down_told", "failures", "inbox", "inflight", "proc", "restart_at_s", "started_s", "up")
 
     def __init__(self) -> None:
         self.proc: Any = None
@@ -171,21 +211,30 @@ class _Slot:
 
 
 class ProcessWorkerPool:
-    """`count` worker processes, each holding one copy of the supernet loaded from `checkpoint`, supervised."""
+    """`count` worker processes, each holding one copy of the supernet loaded from `checkpoint` onto `device`,
+    supervised. On a GPU every process has its own CUDA context and weights on that one device (N copies); without
+    MPS the GPU time-slices between the processes' kernels rather than overlapping them."""
 
     def __init__(self, checkpoint: Path, configs: Mapping[str, SubnetConfig], count: int, threads_per_worker: int,
                  on_result: ResultCallback, sample_shape: tuple[int, ...], start_timeout_s: float = 120.0,
                  on_worker_down: Callable[[int], None] | None = None,
-                 on_worker_up: Callable[[int], None] | None = None) -> None:
+                 on_worker_up: Callable[[int], None] | None = None, device: str = "cpu") -> None:
+        from superserve.profiler import resolve_device
+
         if count < 1:
             raise ValueError(f"need at least one worker process, got {count}")
-        self._ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and gRPC state
+        resolve_device(device)  # refuse CUDA without CUDA here, before any process starts (each checks again)
+        # spawn, not fork: fork would copy the parent's torch threads and gRPC state, and a CUDA context cannot
+        # cross a fork (the parent may hold one from its speed check); each child creates its own.
+        self._ctx = mp.get_context("spawn")
         self.size = count
+        self.device = device
+        self.worker_devices: list[str | None] = [None] * count  # where each process says it loaded (cpu, cuda:0)
         self._on_result = on_result
         self._on_down = on_worker_down or (lambda w: None)
         self._on_up = on_worker_up or (lambda w: None)
         self._args = (str(checkpoint), {sid: cfg.to_dict() for sid, cfg in configs.items()}, threads_per_worker,
-                      sample_shape)
+                      sample_shape, device)
         self._lock = threading.Lock()
         self._closing = False
         self.restarts = 0
@@ -199,7 +248,9 @@ class ProcessWorkerPool:
                 if slot.conn.poll(max(0.1, deadline - time.monotonic())):
                     kind, _, detail = slot.conn.recv()
                     if kind == "failed":
-                        failure = f"worker process {w} failed to start:\n{detail}"
+                        failure = f"worker process {w} failed to start: {detail.strip().splitlines()[-1]}\n{detail}"
+                    else:
+                        self.worker_devices[w] = detail[1]
                 else:
                     failure = f"worker processes did not start within {start_timeout_s:g} s"
             except (EOFError, OSError):
@@ -294,8 +345,9 @@ class ProcessWorkerPool:
             with self._lock:
                 slot.up = True
                 slot.down_told = False
+            self.worker_devices[w] = payload[1]
             self.restarts += 1
-            log.warning("worker %d replaced (pid %s)", w, payload)
+            log.warning("worker %d replaced (pid %s, on %s: %s)", w, *payload)
             self._on_up(w)
         elif kind == "failed":
             log.error("replacement of worker %d failed to start:\n%s", w, payload)
