@@ -3,6 +3,8 @@ behind the one gRPC door and the one HTTP door.
 
 Models come from a repository directory in Triton's spirit (`--model-repository DIR`: every `DIR/<name>/` holding
 `zoo.json` and a supernet checkpoint, `supernet.pt` or the one `*.pt` there) or from repeated `--model NAME=DIR`.
+A directory holding `model.json` instead is a plain exported model (TorchScript `model.pt`, as Triton's PyTorch
+backend takes it; plain_model.py): a one-subnet zoo beside the supernets, served, listed, loaded and unloaded alike.
 Each model is a whole `Server` without a transport (`Server.start_model`): its own EDF queue and engine, its policy,
 its worker pool, its spot check and background re-profile, its records file. `ModelRouter` is the servicer both doors
 see: it routes every call by model name and answers the repository extension (index, load, unload).
@@ -13,7 +15,7 @@ fail. `load` of a loaded model is a no-op; `unload` drains the model (its admitt
 calls to an unloaded model get NOT_FOUND. Metrics: each model's registry, every series labelled `model=<name>`, on
 the one /metrics endpoint.
 
-Not done: a plain exported model (no supernet) as a one-subnet zoo; per-model versions beyond "1".
+Not done: per-model versions beyond "1".
 """
 
 from __future__ import annotations
@@ -40,12 +42,26 @@ class ModelSource:
     directory: Path
 
     @property
+    def plain(self) -> bool:
+        """A plain exported model (model.json + model.pt), not a supernet and its zoo."""
+        from superserve.server.plain_model import is_plain_model
+
+        return is_plain_model(self.directory)
+
+    @property
     def zoo_path(self) -> Path:
-        return self.directory / "zoo.json"
+        from superserve.server.plain_model import DECLARATION_FILE
+
+        return self.directory / (DECLARATION_FILE if self.plain else "zoo.json")
 
     @property
     def checkpoint_path(self) -> Path:
-        """`supernet.pt`, else the one `*.pt` of the directory (ValueError naming the problem)."""
+        """`supernet.pt`, else the one `*.pt` of the directory (ValueError naming the problem); a plain model's
+        `model.pt`."""
+        from superserve.server.plain_model import MODEL_FILE
+
+        if self.plain:
+            return self.directory / MODEL_FILE
         default = self.directory / "supernet.pt"
         if default.is_file():
             return default
@@ -60,7 +76,8 @@ def parse_model_flag(text: str) -> ModelSource:
     """`NAME=DIR` -> ModelSource (ValueError saying what is wrong)."""
     name, sep, directory = text.partition("=")
     if not sep or not name or not directory:
-        raise ValueError(f"--model {text!r}: expected NAME=DIR (a directory with zoo.json and supernet.pt)")
+        raise ValueError(f"--model {text!r}: expected NAME=DIR (a directory with zoo.json and supernet.pt, or a plain "
+                         f"model's model.json and model.pt)")
     return ModelSource(name, Path(directory))
 
 
@@ -210,7 +227,7 @@ class RepositoryServer(Server):
                                                     f"{Path(cfg.records_path).suffix}"))
         return replace(cfg, model_name=source.name, zoo_path=source.zoo_path,
                        checkpoint_path=source.checkpoint_path, records_path=records, port=0, metrics_port=None,
-                       http_port=None)
+                       http_port=None, plain_model_dir=source.directory if source.plain else None)
 
     def load(self, name: str) -> None:
         """Load model `name` (a no-op if loaded); Refused(NOT_FOUND) for a name not in the repository,
