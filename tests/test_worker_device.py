@@ -277,3 +277,46 @@ def test_gpu_cluster_worker_loads_onto_the_gpu(serving_assets):
         assert worker.device.type == "cuda" and worker.host.device == torch.cuda.get_device_name(worker.device)
     finally:
         rs.kill()
+
+
+def test_superserve_worker_cli_with_an_explicit_device_serves_a_call(serving_assets):
+    """README: `superserve worker --backend redis://... --device ...` beside `superserve serve --backend ...` (here
+    the front end in this process): it says which device it serves on, and answers a tritonclient call."""
+    import subprocess
+    import sys
+
+    import tritonclient.grpc as tc
+    from test_cluster import REDIS, ROOT, RedisServer, wait_for
+
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    from superserve.cluster.server import ClusterServer
+    from superserve.server.app import ServeConfig
+    from superserve.server.engine import EngineConfig
+
+    zoo, ckpt = serving_assets
+    rs = RedisServer()
+    rs.start()
+    worker = subprocess.Popen([sys.executable, "-m", "superserve.cli", "worker", "--backend", rs.url, "--checkpoint",
+                               str(ckpt), "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        server = ClusterServer(ServeConfig(port=0, metrics_port=None, zoo_path=zoo, checkpoint_path=ckpt, quiet=True,
+                                           reprofile="never", engine=EngineConfig(default_slo_ms=600_000.0)),
+                               rs.url).start()
+        line = worker.stdout.readline()  # printed once it has loaded and registered
+        assert "serving 3 subnets (policy slackfit) from " in line and line.rstrip().endswith(" on cpu"), line
+        wait_for(lambda: server.engine.accepting, 30, "the front end to see the worker")
+        client = tc.InferenceServerClient(f"127.0.0.1:{server.port}")
+        inp = tc.InferInput("INPUT", [1, 1, 28, 28], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+        out = client.infer("superserve", [inp]).as_numpy("PROBABILITIES")
+        client.close()
+        assert out.shape[0] == 1 and abs(float(out.sum()) - 1.0) < 1e-4
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+        if server is not None:
+            server.stop(drain_timeout_s=5)
+        rs.kill()
