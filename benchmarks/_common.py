@@ -1,13 +1,20 @@
-"""Shared bits of the benchmark scripts: the exact command line, result writing, the subnets to use."""
+"""Shared bits of the benchmark scripts: the exact command line, result writing, the subnets to use, free ports, and
+starting / stopping the processes a benchmark runs beside it (servers, workers, redis-server)."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -70,3 +77,79 @@ def load_supernet():
         return net, str(DEFAULT_CHECKPOINT)
     return SuperNet().eval(), "untrained default supernet (no shipped checkpoint yet)"
 
+
+
+# --- peer processes -------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it; another process may still take it before it is bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, period_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(period_s)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen | None], timeout_s: float = 30.0, sig: int = signal.SIGTERM,
+                   group: bool = False) -> float:
+    """Signal every process still running (resumed first: a benchmark may have paused it with SIGSTOP), wait up to
+    `timeout_s` for each, then SIGKILL what is left: with `group`, the whole process group of a process started with
+    `start_new_session=True` (a peer's children, e.g. Ray's actors or Triton's stub). Returns the seconds taken."""
+    t0 = time.perf_counter()
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        if group:
+            try:  # leftovers of its own session only
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        elif p.poll() is None:
+            p.kill()
+        p.wait()
+    return time.perf_counter() - t0
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    return path
+
+
+def start_redis(port: int, wait_s: float = 10.0) -> subprocess.Popen:
+    """A throwaway redis-server on 127.0.0.1:`port` (no persistence), once it answers PING."""
+    import redis
+
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_timeout=2)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited with {proc.returncode}")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(up, wait_s, f"redis-server on port {port}")
+    except BaseException:
+        stop_processes([proc], sig=signal.SIGKILL)
+        raise
+    finally:
+        client.close()
+    return proc

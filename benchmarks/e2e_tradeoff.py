@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS_DIR, command_line  # noqa: E402
+from _common import RESULTS_DIR, command_line, stop_processes  # noqa: E402
 from superserve.server.app import frozen_host_zoo  # noqa: E402
 
 from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
@@ -86,12 +86,7 @@ def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path,
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_processes([proc], timeout_s=30)
 
 
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:

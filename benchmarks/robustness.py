@@ -33,22 +33,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import free_port, stop_processes, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     def __init__(self, *extra: str, records: Path | None = None) -> None:
-        self.port, self.metrics_port = _free_port(), _free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         args = [sys.executable, "-m", "superserve.cli", "serve", "--port", str(self.port), "--metrics-port",
                 str(self.metrics_port), "--reprofile", "never", *extra]
         if records is not None:
@@ -79,12 +71,7 @@ class _Server:
         return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_processes([self.proc], timeout_s=60)
 
 
 class _LiveProbe(threading.Thread):

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,7 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_result  # noqa: E402
+from benchmarks._common import (free_port, redis_server_binary, start_redis, stop_processes, wait_for,  # noqa: E402
+                                write_result)
 
 STALL_S = 8.0
 FAULTS = ("worker_kill", "redis_restart", "redis_stall", "frontend_kill")
@@ -58,29 +57,13 @@ _CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnec
                  ("grpc.max_reconnect_backoff_ms", 500)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
 class _Cluster:
     """Our own redis-server, front end and workers (processes), restartable; `close()` ends them all."""
 
     def __init__(self, slo_ms: float, checkpoint: Path, zoo: Path) -> None:
         import redis
 
-        self.redis_bin = shutil.which("redis-server")
-        if self.redis_bin is None:
-            raise SystemExit("redis-server is not installed")
+        redis_server_binary()  # fail before starting anything when it is missing
         self.redis_port, self.fe_port = free_port(), free_port()
         self.url = f"redis://127.0.0.1:{self.redis_port}"
         self.slo_ms, self.checkpoint, self.zoo = slo_ms, checkpoint, zoo
@@ -89,19 +72,8 @@ class _Cluster:
         self.workers: list[subprocess.Popen] = []
         self.r = redis.Redis(port=self.redis_port, socket_timeout=2)
 
-    def start_redis(self) -> None:
-        import redis
-
-        self.redis = subprocess.Popen([self.redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                       "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                return bool(self.r.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 10, "redis-server to start")
+    def start_redis(self) -> None:  # on the same port each time: a restart is one of the faults
+        self.redis = start_redis(self.redis_port)
 
     def start_frontend(self) -> None:
         self.frontend = subprocess.Popen(
@@ -124,20 +96,8 @@ class _Cluster:
             return 0
 
     def close(self) -> None:
-        procs = [p for p in [self.frontend, *self.workers] if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if self.redis is not None and self.redis.poll() is None:
-            self.redis.send_signal(signal.SIGCONT)
-            self.redis.kill()
-            self.redis.wait()
+        stop_processes([self.frontend, *self.workers], timeout_s=30)
+        stop_processes([self.redis], sig=signal.SIGKILL)
 
 
 def _ready(port: int) -> bool:

@@ -16,8 +16,6 @@ sim    (benchmarks/results/scaleout_sim.json): SlackFit in the simulator with 1,
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_result  # noqa: E402
+from benchmarks._common import free_port, redis_server_binary, start_redis, stop_processes, write_result  # noqa: E402
 from loadtest import traces  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- simulator ------------------------------------------------------------------------------------------------------
@@ -104,9 +96,7 @@ def run_serve(args: argparse.Namespace, zoo_path: Path, ckpt: Path) -> None:
     from superserve.server.app import Server, ServeConfig
     from superserve.server.engine import EngineConfig
 
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("redis-server is not installed")
+    redis_server_binary()  # fail before the embedded runs when it is missing
     images = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
     slackfit = ServeConfig(port=0, metrics_port=None, zoo_path=zoo_path, checkpoint_path=ckpt, quiet=True,
                            reprofile="never", engine=EngineConfig(default_slo_ms=args.slo_ms))
@@ -124,11 +114,9 @@ def run_serve(args: argparse.Namespace, zoo_path: Path, ckpt: Path) -> None:
         print(name, results[name], flush=True)
     rate = results["embedded"]["trace_rate_qps"]  # the same trace for every mode
     port = free_port()
-    redis_proc = subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis_proc = start_redis(port)
     url = f"redis://127.0.0.1:{port}"
     try:
-        time.sleep(0.3)
         for n, config, name in ((1, slackfit, "redis_1w"), (2, slackfit, "redis_2w"), (1, fixed, "redis_1w_fixed")):
             server = ClusterServer(config, url).start()
             workers = [subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "superserve.cli", "worker",
@@ -143,14 +131,11 @@ def run_serve(args: argparse.Namespace, zoo_path: Path, ckpt: Path) -> None:
                     time.sleep(0.2)
                 results[name] = measure(f"127.0.0.1:{server.port}", images, args, rate, name.endswith("fixed"))
             finally:
-                for w in workers:
-                    w.terminate()
-                for w in workers:
-                    w.wait(timeout=30)
+                stop_processes(workers, timeout_s=30)
                 server.stop()
             print(name, results[name], flush=True)
     finally:
-        redis_proc.terminate()
+        stop_processes([redis_proc])
     e, r1, r2 = results["embedded"], results["redis_1w"], results["redis_2w"]
     headline = {
         "embedded_throughput_qps": round(e["throughput_qps"], 1),

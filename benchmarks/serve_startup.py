@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import free_port, stop_processes  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def first_answer_s(zoo: Path, checkpoint: Path, cache: Path, wait_swap_s: float = 0.0) -> dict:
@@ -86,8 +80,7 @@ def first_answer_s(zoo: Path, checkpoint: Path, cache: Path, wait_swap_s: float 
             swapped = next((t for t, text in lines if "re-profiled latency table live" in text), None)
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_processes([proc], timeout_s=60)
         reader.join(5)
     table = ("scaled, re-profiled in the background" if any("re-profiling in the background" in t for _, t in lines)
              else "as given")

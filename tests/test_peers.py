@@ -1,5 +1,6 @@
-"""benchmarks/peers.py without the peers: which subnets and batch sizes the peers get, the 'at equal' comparison and
-headline, the table, the [peers] extra, and the model the peer servers run (export of a zoo subnet, torch only).
+"""benchmarks/peers.py (running the peers) and peers_report.py (reporting them) without the peers: which subnets and
+batch sizes the peers get, the 'at equal' comparison and headline, the table, the [peers] extra, and the model the
+peer servers run (export of a zoo subnet, torch only).
 Nothing here needs PyTriton or Ray; the tests that would use them skip when they are absent."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import peers  # noqa: E402
+import peers_report  # noqa: E402
 
 
 def row(config: str, system: str, att: float, acc: float | None, trace: str = "gamma:8", **kw) -> dict:
@@ -85,14 +87,14 @@ def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
             row("ray[mid,b8]", "ray", 0.10, 0.926, role="mid"),
             row("superserve[slackfit]", "superserve", 0.99, 0.95, trace="azure"),
             row("ray[top,b4]", "ray", 0.995, 0.976, trace="azure")]
-    c = peers.trace_comparison(rows, "gamma:8")
+    c = peers_report.trace_comparison(rows, "gamma:8")
     assert c["best_peer_config"] == "triton[mid,b8,timeout]"
     # Peers at accuracy >= 0.93 - 0.0005: between (0.926, 0.40) and (0.976, 0.20), linearly.
     expect = 0.40 + (0.20 - 0.40) * (0.9295 - 0.926) / (0.976 - 0.926)
     assert c["peer_attainment_at_equal_accuracy"] == pytest.approx(expect)
     assert c["attainment_gain_x_at_equal_accuracy"] == pytest.approx(0.90 / expect)
     assert c["accuracy_gain_points_at_equal_attainment"] is None  # no peer attains 0.9
-    h = peers.headline(rows, ["gamma:8", "azure"], {"superserve[slackfit]": 1.2, "triton[top,b4]": 5.0,
+    h = peers_report.headline(rows, ["gamma:8", "azure"], {"superserve[slackfit]": 1.2, "triton[top,b4]": 5.0,
                                                    "triton[mid,b8,timeout]": 4.0, "ray[top,b4]": 11.0}, "gamma:8")
     assert h["superserve_slo_attainment_frac_gamma_cv2_8"] == 0.9
     assert h["best_peer_most_accurate_subnet_slo_attainment_frac_gamma_cv2_8"] == 0.2
@@ -104,12 +106,12 @@ def test_comparison_and_headline_at_equal_accuracy_and_attainment() -> None:
     # azure: the peer attains more and is more accurate: superserve loses on both sides, and it says so.
     assert h["attainment_gain_x_at_equal_accuracy_azure"] == round(0.99 / 0.995, 3)
     assert h["accuracy_gain_points_at_equal_attainment_azure"] == round(100 * (0.95 - 0.976), 2)
-    h2 = peers.headline(rows, ["gamma:8", "azure"], {}, "azure")
+    h2 = peers_report.headline(rows, ["gamma:8", "azure"], {}, "azure")
     assert h2["target_attainment_2x_at_equal_accuracy_met_azure"] == "no"
     assert h2["target_higher_accuracy_at_equal_attainment_met_azure"] == "no"
     assert h["startup_s_triton_median"] == 5.0 and h["startup_s_ray_median"] == 11.0
     assert all(isinstance(v, (int, float, str)) or v is None for v in h.values())  # flat
-    assert peers.trace_comparison(rows, "poisson") is None
+    assert peers_report.trace_comparison(rows, "poisson") is None
 
 
 def test_superserve_at_each_peer_subnet_accuracy() -> None:
@@ -122,7 +124,7 @@ def test_superserve_at_each_peer_subnet_accuracy() -> None:
             row("triton[mid,b8]", "triton", 0.40, 0.926, role="mid"),
             row("ray[mid,b8]", "ray", 0.20, 0.926, role="mid"),
             row("triton[low,b8]", "triton", 0.98, 0.85, role="extra")]
-    c = peers.trace_comparison(rows, "gamma:8")
+    c = peers_report.trace_comparison(rows, "gamma:8")
     assert c["superserve_slo_attainment"] == 0.95  # plain SlackFit, not a floor run
     ap = c["at_peer_accuracy"]
     assert ap["most accurate"]["superserve_config"] == "superserve[slackfit,acc>=97.6%]"
@@ -131,22 +133,22 @@ def test_superserve_at_each_peer_subnet_accuracy() -> None:
     # the extra peer (85%) is less accurate than every superserve run: the best of them, plain SlackFit, counts
     assert ap["extra"]["superserve_config"] == "superserve[slackfit]"
     assert ap["extra"]["attainment_gain_x"] == pytest.approx(0.95 / 0.98)
-    h = peers.headline(rows, ["gamma:8"], {}, "gamma:8")
+    h = peers_report.headline(rows, ["gamma:8"], {}, "gamma:8")
     assert h["attainment_gain_x_at_most_accurate_subnet_accuracy_gamma_cv2_8"] == 5.0
     assert h["superserve_slo_attainment_frac_at_mid_subnet_accuracy_gamma_cv2_8"] == 0.7
     assert h["superserve_mean_accuracy_pct_at_mid_subnet_accuracy_gamma_cv2_8"] == 93.0
     assert h["attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8"] == round(0.95 / 0.98, 3)
     assert h["target_attainment_2x_at_each_peer_subnet_accuracy_met_gamma_cv2_8"] == "no"
     # without the extra peer the least gain is the mid subnet's 1.75x: still short of 2x
-    h2 = peers.headline(rows[:-1], ["gamma:8"], {}, "gamma:8")
+    h2 = peers_report.headline(rows[:-1], ["gamma:8"], {}, "gamma:8")
     assert h2["attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8"] == 1.75
     # a peer that attains nothing: an infinite gain, written "inf" in the flat headline
     zero = [r if r["config"] != "triton[mid,b8]" else {**r, "slo_attainment": 0.0} for r in rows[:-2]]
-    h3 = peers.headline(zero, ["gamma:8"], {}, "gamma:8")
+    h3 = peers_report.headline(zero, ["gamma:8"], {}, "gamma:8")
     assert h3["attainment_gain_x_at_mid_subnet_accuracy_gamma_cv2_8"] == "inf"
     assert h3["target_attainment_2x_at_each_peer_subnet_accuracy_met_gamma_cv2_8"] == "yes"  # 5x and inf
     # no superserve run as accurate as the peer: no gain at that accuracy, and no verdict on it
-    h4 = peers.headline([r for r in rows if r["config"] != "superserve[slackfit,acc>=97.6%]"], ["gamma:8"], {},
+    h4 = peers_report.headline([r for r in rows if r["config"] != "superserve[slackfit,acc>=97.6%]"], ["gamma:8"], {},
                         "gamma:8")
     assert "attainment_gain_x_at_most_accurate_subnet_accuracy_gamma_cv2_8" not in h4
     assert "attainment_gain_x_at_each_peer_subnet_accuracy_min_gamma_cv2_8" not in h4
@@ -154,23 +156,36 @@ def test_superserve_at_each_peer_subnet_accuracy() -> None:
 
 
 def test_runs_are_trace_at_load() -> None:
-    assert peers.run_name("gamma:8", 2.0) == "gamma:8@2" and peers.trace_of("gamma:8@2") == "gamma:8"
-    assert peers.run_key("gamma:8@1.5") == "gamma_cv2_8_load_1p5" and peers.run_key("azure") == "azure"
+    assert peers_report.run_name("gamma:8", 2.0) == "gamma:8@2" and peers_report.trace_of("gamma:8@2") == "gamma:8"
+    assert peers_report.run_key("gamma:8@1.5") == "gamma_cv2_8_load_1p5" and peers_report.run_key("azure") == "azure"
     rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93, run="gamma:8@2"),
             row("ray[top,b4]", "ray", 0.3, 0.976, run="gamma:8@2"),
             row("superserve[slackfit]", "superserve", 1.0, 0.97, run="gamma:8@1"),
             row("ray[top,b4]", "ray", 0.9, 0.976, run="gamma:8@1")]
-    h = peers.headline(rows, ["gamma:8@1", "gamma:8@2"], {}, "gamma:8")
+    h = peers_report.headline(rows, ["gamma:8@1", "gamma:8@2"], {}, "gamma:8")
     assert h["attainment_gain_x_at_equal_accuracy_gamma_cv2_8_load_2"] == 3.0
     assert h["target_attainment_2x_at_equal_accuracy_met_gamma_cv2_8_load_2"] == "yes"
     assert h["target_attainment_2x_at_equal_accuracy_met_gamma_cv2_8_load_1"] == "no"  # 1.11x
-    assert peers.trace_comparison(rows, "gamma:8@1")["best_peer_config"] == "ray[top,b4]"
+    assert peers_report.trace_comparison(rows, "gamma:8@1")["best_peer_config"] == "ray[top,b4]"
+
+
+def test_printed_comparison_names_superserve_the_best_peer_and_the_gains(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93, run="gamma:8@2"),
+            row("ray[top,b4]", "ray", 0.3, 0.976, run="gamma:8@2", role="most accurate"),
+            row("superserve[slackfit,acc>=97.6%]", "superserve", 0.6, 0.977, run="gamma:8@2",
+                role=peers_report.FLOOR_PREFIX + "most accurate", min_accuracy=0.976)]
+    peers_report.print_comparisons(rows, ["gamma:8@2", "azure@1"])  # azure@1 has no rows: nothing printed for it
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gamma:8@2: superserve 90.0% at 93.00%; best peer ray[top,b4] 30.0%")
+    assert out[1] == ("  at the most accurate subnet's accuracy (97.60%): superserve[slackfit,acc>=97.6%] 60.0% at "
+                      "97.70% vs ray[top,b4] 30.0%: 2.00x")
+    assert len(out) == 2
 
 
 def test_table_lists_every_row_and_handles_nothing_served() -> None:
     rows = [row("superserve[slackfit]", "superserve", 0.9, 0.93, saturation_qps=812.4),
             row("ray[top,b4]", "ray", 0.0, None)]
-    text = peers.format_table(rows, {"superserve[slackfit]": 1.3})
+    text = peers_report.format_table(rows, {"superserve[slackfit]": 1.3})
     lines = text.splitlines()
     assert len(lines) == 4 and lines[2].split()[1] == "superserve[slackfit]" and lines[2].endswith("1.3 s      812")
     fields = lines[3].split()
