@@ -100,8 +100,12 @@ def main(argv=None) -> int:
             net(x1, small), net(x1, other)
         for _ in range(args.latency_repeats):
             net(x1, other)
-            t = time.perf_counter(); net(x1, small); after_other.append(time.perf_counter() - t)
-            t = time.perf_counter(); net(x1, small); after_self.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            net(x1, small)
+            after_other.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            net(x1, small)
+            after_self.append(time.perf_counter() - t)
     # Paired differences: a load spike hits both calls of a pair alike, so the median pair difference is robust.
     penalty_us = statistics.median(np.subtract(after_other, after_self)) * 1e6
 
@@ -137,10 +141,16 @@ def main(argv=None) -> int:
             for subnet, out in ((big, lat_big), (small, lat_small)):
                 net(x1, subnet)
                 for _ in range(20):
-                    t = time.perf_counter(); net(x1, subnet); out.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    net(x1, subnet)
+                    out.append(time.perf_counter() - t)
         for _ in range(args.latency_repeats):
-            t = time.perf_counter(); net(x1, big); mixed_big.append(time.perf_counter() - t)
-            t = time.perf_counter(); net(x1, small); mixed_small.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            net(x1, big)
+            mixed_big.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            net(x1, small)
+            mixed_small.append(time.perf_counter() - t)
 
     switch_med, switch_p99 = statistics.median(switch_us), pct(switch_us, 99)
     load_med, load_p99 = statistics.median(load_ms), pct(load_ms, 99)

@@ -80,7 +80,7 @@ def format_report(report: Any, label: str = "") -> str:
         f"  latency         p50 {s.p50_latency_ms:.1f} ms, p99 {s.p99_latency_ms:.1f} ms (from the scheduled send)",
         f"  send lag        p50 {c['send_lag_p50_ms']:.2f} ms, p99 {c['send_lag_p99_ms']:.2f} ms, max "
         f"{c['send_lag_max_ms']:.2f} ms; client CPU {100 * c['client_cpu_fraction']:.0f}% of a core",
-        f"  client side     " + ", ".join(f"{k[:-6]} {v}" for k, v in c.items() if k.endswith("_count") and v),
+        "  client side     " + ", ".join(f"{k[:-6]} {v}" for k, v in c.items() if k.endswith("_count") and v),
     ]
     for msg in report.error_messages():
         lines.append(f"  error           {msg}")

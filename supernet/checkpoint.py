@@ -117,8 +117,8 @@ def load_checkpoint(path: str | os.PathLike[str], space: SupernetSpace | None = 
     net.norm_table = table
     net.to(map_location)
     if str(map_location) != "cpu":
-        net.norm_table = NormTable({sid: {i: (m.to(map_location), v.to(map_location)) for i, (m, v) in l.items()}
-                                    for sid, l in table.stats.items()})
+        net.norm_table = NormTable({sid: {i: (m.to(map_location), v.to(map_location)) for i, (m, v) in layers.items()}
+                                    for sid, layers in table.stats.items()})
     return net.eval(), data
 
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from superserve.records import LATE, OK, REJECTED, SHED, RecordTable, RequestRecord
+from superserve.records import LATE, REJECTED, SHED, RecordTable, RequestRecord
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ heartbeat expiring, Redis killed and restarted, a front end SIGKILLed with work 
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-import redis  # noqa: E402 - required dependencies: a missing one is a broken install, not a skip
 import tritonclient.grpc as tc  # noqa: E402
 
 from test_cluster import (REDIS, SLO_MS, RedisServer, fp32_input, images, start_worker,  # noqa: E402
