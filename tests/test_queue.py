@@ -85,3 +85,34 @@ def test_random_operations_match_a_sorted_reference() -> None:
                 del ref[r.request_id]
         assert len(q) == len(ref)
     assert q.drain() == sorted(ref.values(), key=lambda r: (r.deadline_s, r.request_id)) and len(q) == 0
+
+
+def test_deadline_ordered_pushes_mixed_with_a_shorter_slo_class_match_a_sorted_reference() -> None:
+    # Two SLO classes arriving in time order: each class's deadlines are increasing (the O(1) tail), and the short
+    # class overtakes the long one (the heap and the front). Random removals make stale entries to skip and compact.
+    rng = random.Random(11)
+    q = EdfQueue(front_max=4)
+    ref: dict[int, Request] = {}
+    now = 0.0
+    for rid in range(6000):
+        now += rng.expovariate(1000.0)
+        r = Request(rid, now, now + rng.choice([0.036, 0.036, 0.036, 0.010]))
+        assert q.push(r) is PushResult.OK
+        ref[rid] = r
+        op = rng.random()
+        if op < 0.2:
+            k = rng.randint(1, 40)
+            expected = sorted(ref.values(), key=lambda r: (r.deadline_s, r.request_id))[:k]
+            assert list(q.snapshot(k).requests) == expected
+            take = [r.request_id for r in expected[:rng.randint(1, k)]]
+            if rng.random() < 0.3:  # not the head's prefix: the slow path
+                take = rng.sample(sorted(ref), min(len(ref), 5))
+            q.pop_ids(take)
+            for i in take:
+                del ref[i]
+        elif op < 0.25 and len(ref) > 50:
+            for i in rng.sample(sorted(ref), 30):  # removed from deep in the queue: stale in the tail or heap
+                q.pop_ids([i])
+                del ref[i]
+        assert len(q) == len(ref)
+    assert q.drain() == sorted(ref.values(), key=lambda r: (r.deadline_s, r.request_id))
