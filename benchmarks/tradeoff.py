@@ -18,9 +18,13 @@ the others its 40-minute burst window is compressed into the run's duration (`az
 the most accurate subnet sustains (superserve.experiments.capacity_qps). Clockwork-style and the ablations (MaxAcc,
 MaxBatch) are in the detail, beside the systems. The headline is at load 2 (HEADLINE_LOAD); every load is in the
 detail. `..._interpolated_vs_all` is the older, secondary figure: against the interpolated frontier of every other
-configuration.
+configuration. Paced loads other than the headline's get their own headline keys, suffixed `_load4` etc.
 
     nice -n 10 python benchmarks/tradeoff.py [--jobs 2] [--paced-loads 0.5,1,2,4]
+
+`--reuse results/tradeoff.json` takes the (zoo, trace, load) units an earlier run measured (same durations) from
+that file's detail instead of running them again, and records which units came from which command: the paced Azure
+units take minutes to hours each (load 8: 13.7 M requests x ~20 configurations).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from superserve.commands.experiment import plot, point_dicts, print_tables
-from superserve.experiments import TradeoffSetup, run_tradeoff
+from superserve.experiments import Point, TradeoffSetup, run_tradeoff
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, PAPER_SLO_MS, describe, gpu_zoo, ofa_resnet50_zoo
 from superserve.synthetic import load_zoo
 from superserve.zoo import Zoo
@@ -75,6 +79,21 @@ def setup_for(key: str, args: argparse.Namespace) -> TradeoffSetup:
     return TradeoffSetup(duration_s=args.gpu_duration, workers=1, infaas_switch_ms=switch, slo_ms=PAPER_SLO_MS)
 
 
+def units_from_report(report: dict[str, Any], duration_s: float, gpu_duration_s: float
+                      ) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    """The (zoo, trace, load) results an earlier tradeoff.json holds, with its points as Points again, for the zoos
+    whose trace duration matches (units measured at another duration are not the same experiment)."""
+    out: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for key, zoo_detail in report.get("detail", {}).items():
+        want = duration_s if key == "cpu" else gpu_duration_s
+        if zoo_detail["setup"]["duration_s"] != want:
+            continue
+        for r in zoo_detail["results"]:
+            unit = {**r, "points": [Point(**p) for p in r["points"]], "matched": [Point(**p) for p in r["matched"]]}
+            out.setdefault((key, r["trace"], float(r["load"])), []).append(unit)
+    return out
+
+
 def run_unit(unit: tuple[str, str, float, argparse.Namespace]) -> tuple[str, str, float, list[dict[str, Any]], float]:
     key, trace, load, args = unit
     zoo, _ = zoo_for(key)
@@ -96,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
     parser.add_argument("--cache", default="tradeoff_cache",
                         help="where finished (zoo, trace, load) units are kept between runs (default ./tradeoff_cache)")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="where tradeoff.json and the PNGs go")
+    parser.add_argument("--reuse", default=None,
+                        help="an earlier tradeoff.json: units it holds (same durations) are taken from it, not run")
     args = parser.parse_args(argv)
     loads = tuple(float(x) for x in args.loads.split(","))
     paced_loads = loads if args.paced_loads is None else tuple(float(x) for x in args.paced_loads.split(","))
@@ -119,7 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         if cached(u).is_file():
             key, trace, load, results, seconds = pickle.loads(cached(u).read_bytes())
             done[(key, trace, load)], wall[f"{key}/{trace}/{load:g}"] = results, seconds
-    todo = [u for u in units if not cached(u).is_file()]
+    reused: dict[str, Any] = {}
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        old_units = units_from_report(earlier, args.duration, args.gpu_duration)
+        taken = [u for u in units if u[:3] not in done and u[:3] in old_units]
+        for u in taken:
+            name = f"{u[0]}/{u[1]}/{u[2]:g}"
+            done[u[:3]] = old_units[u[:3]]
+            if name in earlier.get("wall_s", {}):
+                wall[name] = earlier["wall_s"][name]
+        reused = {"command": earlier.get("command"), "host": earlier.get("host"),
+                  "units": sorted(f"{u[0]}/{u[1]}/{u[2]:g}" for u in taken)}
+    todo = [u for u in units if u[:3] not in done]
     with Pool(args.jobs) as pool, tqdm(total=len(todo), desc="(zoo, trace, load)", file=sys.stderr) as bar:
         for out in pool.imap_unordered(run_unit, todo):
             key, trace, load, results, seconds = out
@@ -129,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.update()
     headline: dict[str, float | int | None] = {}
     detail: dict[str, Any] = {}
-    RESULTS.mkdir(exist_ok=True)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for key in zoo_keys:
         zoo, label = zoo_for(key)
         setup = dataclasses.replace(setup_for(key, args), traces=traces_of[key], loads=loads)
@@ -137,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(key, label, zoo, dataclasses.replace(setup, loads=tuple(
             x for x in loads if any(r["load"] == x for r in results))), results)
         plot_setup = dataclasses.replace(setup, loads=tuple(sorted({r["load"] for r in results})))
-        plot(key, label, plot_setup, results, RESULTS / f"tradeoff_{key}.png")
+        plot(key, label, plot_setup, results, out_dir / f"tradeoff_{key}.png")
         for r in results:
-            if r["load"] != HEADLINE_LOAD:
+            if r["load"] != HEADLINE_LOAD and not r["trace"].endswith("-paced"):
                 continue
-            t = trace_key(r["trace"])
+            # The paced trace's other loads (the real-pacing runs are few and long) get their own keys.
+            t = trace_key(r["trace"]) + ("" if r["load"] == HEADLINE_LOAD else f"_load{r['load']:g}")
             for versus in ("clipper", "infaas"):
                 c = r[f"vs_{versus}"]
                 g1, g2 = c["accuracy_gain_points"], c["attainment_gain_x"]
@@ -168,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
            "host": f"{platform.node()}: {platform.processor() or platform.machine()}, shared 2-core VM",
            "headline_load": HEADLINE_LOAD, "paced_loads": paced_loads, "infaas_switch_ms": measured_model_load_ms(),
            "headline": headline, "paper": {"accuracy_gain_points": 4.67, "attainment_gain_x": 2.85},
-           "best_over_loads": best, "wall_s": wall, "detail": detail}
-    (RESULTS / "tradeoff.json").write_text(json.dumps(out, indent=1, default=str))
+           "best_over_loads": best, "wall_s": wall, "reused": reused, "detail": detail}
+    (out_dir / "tradeoff.json").write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps(headline, indent=1))
     return 0
 
