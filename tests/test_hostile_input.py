@@ -141,6 +141,7 @@ def server_process(serving_assets):
 MEMORY_BOUND_MB = 300  # growth of the server's RSS over a whole fuzz run (measured: see benchmarks/robustness.json)
 
 
+@pytest.mark.slow  # 6,500 calls to a live server process (~20 s); the cases below cover each family quickly
 def test_fuzz_thousands_of_malformed_requests_interleaved_with_good_ones(server_process):
     proc, port = server_process
     ps = psutil.Process(proc.pid)

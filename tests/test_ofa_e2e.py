@@ -44,6 +44,10 @@ def _image_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
     return root
 
 
+# Both tests share a zoo build of about 10 s plus a served OFA network: end to end, so marked slow.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("ofa_e2e")
