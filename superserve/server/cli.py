@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sec.add_argument("--hint-defense", default=None,
                      help="anti-fingerprinting transform of each image's hints before selection: "
                           "'noise:acc=0.01,slo=0.2,dist=gaussian' (PSML) or 'pareto:p=0.3,q=0' (ours; see "
-                          "security/defense.py)")
+                          "superserve/hint_defense.py)")
     sec.add_argument("--defense-seed", type=int, default=None, help="seed of the defense's random generator")
 
 

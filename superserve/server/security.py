@@ -14,8 +14,8 @@ no limits, plaintext). What each option does:
 - TLS (`tls_cert`, `tls_key`: PEM paths): the port is served with TLS only.
 - Message size limits and hiding `subnet_id`/`subnet_accuracy` are `ServeConfig.max_message_bytes`/`max_images` and
   `response_params` (flags `--max-message-bytes`, `--max-images`, `--no-response-params`).
-- Hint defense (`hint_defense`): a `superserve.hint_defense.HintTransform` applied to each image's (slo_ms, min_accuracy)
-  before queueing (PSML-style noise or the Pareto-neighbour defense); see `security/defense.py`. Calls of B images are
+- Hint defense (`hint_defense`): a `superserve.hint_defense.HintTransform` applied to each image's
+  (slo_ms, min_accuracy) before queueing (PSML-style noise or the Pareto-neighbour defense). Calls of B images are
   split into B single-image submissions so that every image draws its own noise (one draw per call would let a
   client bundle fingerprint inputs with each query and discard the calls the noise moved).
 """
