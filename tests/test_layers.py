@@ -16,11 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("superserve", "supernet", "policies", "training", "security", "loadtest")  # what the wheel ships
 
-# The torch-free core: what the simulator, the policies and the records need. `dispatch` and `outcomes` (the shared
-# scheduling step and request outcomes) join it when they exist; `hint_defense` is here because both the server and
-# the attack code import it, so it may import neither.
+# The torch-free core: what the simulator, the policies and the records need, and the simulator itself (it predicts
+# what the server does without a model). `dispatch` and `outcomes` (the shared scheduling step and request outcomes)
+# join it when they exist; `hint_defense` is here because both the server and the attack code import it, so it may
+# import neither.
 CORE = ("superserve/types.py", "superserve/zoo.py", "superserve/records.py", "superserve/queue.py",
-        "superserve/metrics.py", "superserve/hint_defense.py", "policies/")
+        "superserve/metrics.py", "superserve/sim.py", "superserve/hint_defense.py", "policies/")
 CORE_IF_PRESENT = ("superserve/dispatch.py", "superserve/outcomes.py")
 HEAVY = ("torch", "torchvision", "grpc", "tritonclient")  # what the core must import without
 
@@ -42,7 +43,8 @@ RULES = (
     Rule("the core imports no higher layer, and neither torch nor grpc", core_sources(),
          forbidden=("superserve", "supernet", "training", "security", "benchmarks", "loadtest", *HEAVY),
          allowed=("superserve.types", "superserve.zoo", "superserve.records", "superserve.queue",
-                  "superserve.metrics", "superserve.outcomes", "superserve.dispatch", "supernet.config"),
+                  "superserve.metrics", "superserve.sim", "superserve.outcomes", "superserve.dispatch",
+                  "superserve.hint_defense", "supernet.config"),
          why="supernet.config is pure Python: the subnet configuration the zoo's entries carry"),
     Rule("superserve/ does not import training/, the attack code or benchmarks/", ("superserve/",),
          forbidden=("training", "security", "benchmarks"),
@@ -169,8 +171,9 @@ def test_the_checker_catches_forbidden_imports(tmp_path: Path) -> None:
 
 
 def test_core_imports_without_torch_or_grpc() -> None:
-    """The core imports, and SlackFit decides on the shipped zoo, in a process where importing torch, torchvision,
-    grpc or tritonclient raises ImportError (a `sys.meta_path` blocker installed before anything else)."""
+    """The core imports, SlackFit decides on the shipped zoo and the simulator replays a trace with it, in a process
+    where importing torch, torchvision, grpc or tritonclient raises ImportError (a `sys.meta_path` blocker installed
+    before anything else)."""
     modules = sorted({".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
                       for p in files_of(core_sources())})
     script = textwrap.dedent(f"""
@@ -201,6 +204,14 @@ def test_core_imports_without_torch_or_grpc() -> None:
         snapshot = QueueSnapshot((Request(0, 0.0, 0.1),), 1)
         decision, _ = policy.decide(snapshot, 0.0, WorkerState(0), policy.initial_state())
         print("decision", decision.request_ids)
+        import numpy as np
+
+        from superserve.metrics import summarize
+        from superserve.sim import SimConfig, simulate
+
+        arrivals = np.sort(np.random.default_rng(0).uniform(0.0, 1.0, 200))
+        summary = summarize(simulate(arrivals, policy, 100.0, config=SimConfig(workers=2)))
+        print("simulated", summary.requests)
         print("torch_version", HostFingerprint.current().torch_version)
         print("imported", len({modules!r}))
     """)
@@ -208,5 +219,5 @@ def test_core_imports_without_torch_or_grpc() -> None:
                          timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
-    assert "decision (0,)" in run.stdout and "torch_version none" in run.stdout
+    assert "decision (0,)" in run.stdout and "simulated 200" in run.stdout and "torch_version none" in run.stdout
     assert f"imported {len(modules)}" in run.stdout and len(modules) >= 9
