@@ -95,6 +95,32 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, period_
         time.sleep(period_s)
 
 
+def grpc_ready(port: int, timeout_s: float = 2.0) -> bool:
+    """Whether the Open Inference Protocol server on 127.0.0.1:`port` says it is ready (False while not listening)."""
+    import tritonclient.grpc as tc
+
+    try:
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            return bool(client.is_server_ready(client_timeout=timeout_s))
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - not listening yet (or already gone): not ready
+        return False
+
+
+def wait_server_ready(proc: subprocess.Popen, port: int, timeout_s: float, what: str = "the server") -> None:
+    """Until `proc`'s gRPC port says ready; a clear error with its stderr (when piped) if it exits first."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            err = proc.communicate()[1] if proc.stderr is not None else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready: {(err or '')[-2000:]}")
+        return grpc_ready(port)
+
+    wait_for(ready, timeout_s, f"{what} to become ready", period_s=0.1)
+
+
 def stop_processes(procs: Iterable[subprocess.Popen | None], timeout_s: float = 30.0, sig: int = signal.SIGTERM,
                    group: bool = False) -> float:
     """Signal every process still running (resumed first: a benchmark may have paused it with SIGSTOP), wait up to

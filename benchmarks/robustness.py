@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, stop_processes, write_result  # noqa: E402
+from _common import free_port, stop_processes, wait_server_ready, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,22 +46,7 @@ class _Server:
         if records is not None:
             args += ["--records", str(records)]
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        import tritonclient.grpc as tc
-
-        client = tc.InferenceServerClient(f"127.0.0.1:{self.port}")
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("server failed to start: " + self.proc.communicate()[1][-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready in 300 s")
-            time.sleep(0.1)
-        client.close()
+        wait_server_ready(self.proc, self.port, 300)
 
     def metric(self, name: str) -> float | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:

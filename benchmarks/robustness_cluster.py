@@ -45,8 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (free_port, redis_server_binary, start_redis, stop_processes, wait_for,  # noqa: E402
-                                write_result)
+from benchmarks._common import (free_port, grpc_ready, redis_server_binary, start_redis, stop_processes,  # noqa: E402
+                                wait_for, write_result)
 
 STALL_S = 8.0
 FAULTS = ("worker_kill", "redis_restart", "redis_stall", "frontend_kill")
@@ -98,19 +98,6 @@ class _Cluster:
     def close(self) -> None:
         stop_processes([self.frontend, *self.workers], timeout_s=30)
         stop_processes([self.redis], sig=signal.SIGKILL)
-
-
-def _ready(port: int) -> bool:
-    import tritonclient.grpc as tc
-
-    try:
-        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
-        try:
-            return bool(client.is_server_ready(client_timeout=2))
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - not listening yet
-        return False
 
 
 class _Load:
@@ -227,7 +214,7 @@ def measure_cluster_faults(seconds_per_fault: float = 12.0, seed: int = 0, rate_
         for _ in range(2):
             cl.start_worker()
         wait_for(lambda: cl.live_workers() == 2, 180, "two workers to register")
-        wait_for(lambda: _ready(cl.fe_port), 180, "the front end to be ready")
+        wait_for(lambda: grpc_ready(cl.fe_port), 180, "the front end to be ready")
         load = _Load(cl.fe_port, rate_qps, slo_ms, seed).start()
         time.sleep(2.0)  # steady state before the first fault
         for name in tqdm(FAULTS, desc="faults", disable=not progress):
@@ -261,7 +248,7 @@ def measure_cluster_faults(seconds_per_fault: float = 12.0, seed: int = 0, rate_
                 cl.start_worker()
                 wait_for(lambda: cl.live_workers() == 2, 180, "the replacement worker to register")
             if name == "frontend_kill":
-                wait_for(lambda: _ready(cl.fe_port), 180, "the new front end to be ready")
+                wait_for(lambda: grpc_ready(cl.fe_port), 180, "the new front end to be ready")
                 time.sleep(2.0)  # its first answers
         load.stop()  # waits for the last answers (at most the client's timeout): then "lost" means never answered
         starts = [w[1] for w in windows[1:]] + [float("inf")]

@@ -1,5 +1,6 @@
 """benchmarks/_common.py's process helpers, which every benchmark that starts servers, workers or redis-server uses:
-free ports, stopping processes (graceful, then killed; paused ones resumed; a peer's whole session), redis-server."""
+free ports, a server's readiness, stopping processes (graceful, then killed; paused ones resumed; a peer's whole
+session), redis-server."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import free_port, start_redis, stop_processes, wait_for  # noqa: E402
+from benchmarks._common import (free_port, grpc_ready, start_redis, stop_processes, wait_for,  # noqa: E402
+                                wait_server_ready)
 
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
               "time.sleep(60)"
@@ -91,3 +93,22 @@ def test_start_redis_answers_and_stops() -> None:
         while time.monotonic() < deadline:
             redis.Redis(port=port, socket_connect_timeout=0.5).ping()
             time.sleep(0.05)
+
+
+def test_wait_server_ready_on_a_real_server_and_on_one_that_dies(serving_assets) -> None:
+    zoo, checkpoint = serving_assets
+    port = free_port()
+    assert not grpc_ready(port)  # nothing listens yet
+    proc = subprocess.Popen([sys.executable, "-m", "superserve.cli", "serve", "--port", str(port), "--metrics-port",
+                             "-1", "--http-port", "-1", "--zoo", str(zoo), "--checkpoint", str(checkpoint),
+                             "--reprofile", "never"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_server_ready(proc, port, 120)
+        assert grpc_ready(port)
+    finally:
+        stop_processes([proc], timeout_s=30)
+    assert proc.returncode == 0  # SIGTERM: a graceful drain, not a kill
+    dead = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('no model here'); sys.exit(3)"],
+                            stderr=subprocess.PIPE, text=True)
+    with pytest.raises(RuntimeError, match="exited with 3 before it was ready: no model here"):
+        wait_server_ready(dead, free_port(), 30, "the test server")
