@@ -127,11 +127,16 @@ class DispatchCore:
                     self.late[req.request_id] = req
             else:
                 self.shed.extend(gone)
-        if not decision.request_ids:
-            return None
         if batch is None:
-            batch = self.queue.pop_ids(decision.request_ids)
-        return self._dispatch(slot, decision.subnet_id, decision.request_ids, batch, now,  # type: ignore[arg-type]
+            if not decision.request_ids:
+                return None
+            ids = decision.request_ids
+            batch = self.queue.pop_ids(ids)
+        else:  # what the claim got (requests whose caller is gone are dropped there)
+            if not batch:
+                return None
+            ids = tuple([r.request_id for r in batch])
+        return self._dispatch(slot, decision.subnet_id, ids, batch, now,  # type: ignore[arg-type]
                               decision.expected_latency_ms)
 
     def step(self, slot: int, now: float) -> Dispatch | None | bool:

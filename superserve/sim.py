@@ -9,7 +9,12 @@ warm, so a worker's first subnet is free.
 
 Requests the policy reports infeasible are shed (`late="shed"`, the default) or kept in a late backlog that workers
 serve, on the fastest subnet meeting their accuracy hints, whenever the policy has nothing else for them
-(`late="serve"`). Every request ends with exactly one record.
+(`late="serve"`); a late request whose hint no subnet meets is shed. Every request ends with exactly one record.
+
+The scheduling (decide, shed or back-log, pop, dispatch; completion and `policy.observe`) is the dispatch core's
+(`superserve.dispatch.DispatchCore`), the one the server and the cluster workers run; this module adds only the
+simulated clock, the trace's arrivals and the service-time model (`tests/test_parity.py` holds the two to the same
+batches).
 """
 
 from __future__ import annotations
@@ -140,17 +145,17 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     while i < n or busy:
         next_arrival = arrival_l[i] if i < n else inf
         if busy and busy[0][0] <= next_arrival:
-            now = busy[0][0]
-            while busy and busy[0][0] == now:
-                fin, _, d = heapq.heappop(busy)
-                on_time, _ = core.complete(d, fin)
-                disp, w, sidx = d.dispatch_s, d.slot, subnet_index[d.subnet_id]
-                for rid, ok in zip(d.request_ids, on_time):
-                    dispatch_l[rid] = disp
-                    finish_l[rid] = fin
-                    subnet_l[rid] = sidx
-                    worker_l[rid] = w
-                    status_l[rid] = _OK if ok else _LATE
+            # One completion per event, even when two batches finish at the same instant: the server hears of its
+            # batches one at a time and schedules after each (`Engine.on_result`), so the simulator does too.
+            now, _, d = heapq.heappop(busy)
+            on_time, _ = core.complete(d, now)
+            disp, w, sidx = d.dispatch_s, d.slot, subnet_index[d.subnet_id]
+            for rid, ok in zip(d.request_ids, on_time):
+                dispatch_l[rid] = disp
+                finish_l[rid] = now
+                subnet_l[rid] = sidx
+                worker_l[rid] = w
+                status_l[rid] = _OK if ok else _LATE
         else:
             now = next_arrival
             while i < n and arrival_l[i] == now:

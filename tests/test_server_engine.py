@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pytest
 import torch
 
 from helpers import make_zoo
 from policies.base import make_policy
-from superserve.server.codec import InvalidRequest
+from superserve.outcomes import Reason, Refused
 from superserve.server.engine import Engine, EngineConfig
 from superserve.server.profile_correction import CorrectionConfig, ProfileCorrector
 from superserve.server.workers import BatchResult
@@ -96,12 +95,12 @@ def test_queue_full_and_unreachable_hint_are_refused_without_answer():
     answers = []
     call(engine, answers, 0.0)  # dispatched at once
     call(engine, answers, 1.0, images=4)  # fills the queue
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(Refused) as err:
         call(engine, answers, 2.0)
-    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    with pytest.raises(InvalidRequest) as err:
+    assert err.value.reason == Reason.BUSY
+    with pytest.raises(Refused) as err:
         call(engine, answers, 3.0, min_accuracy=0.99)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.reason == Reason.INVALID
     while pool.batches:
         pool.finish()
     assert sorted(v for v, _ in answers) == [0.0, 1.0]
@@ -133,9 +132,9 @@ def test_drain_answers_admitted_calls_and_refuses_new_ones():
     drainer.start()
     while engine.accepting:  # the drain has begun (flips `accepting` first, under the engine's lock)
         drainer.join(0.001)
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(Refused) as err:
         call(engine, answers, 3.0)
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.reason == Reason.UNAVAILABLE
     assert drainer.is_alive() and not drained  # two admitted calls are still unanswered: the drain waits
     while pool.batches or len(answers) < 2:
         if pool.batches:

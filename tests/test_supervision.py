@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from helpers import start_fixture_server
 from superserve.records import CANCELLED, UNAVAILABLE
-from superserve.server.codec import InvalidRequest
+from superserve.outcomes import Reason, Refused
 from superserve.server.engine import CallResult
 from superserve.server.security import LimitExceeded, SecurityConfig, SecurityInterceptor
 from superserve.server.workers import BatchResult
@@ -106,9 +105,9 @@ def test_no_worker_up_refuses_calls_and_fails_the_queue_unavailable():
     engine.worker_down(0)
     assert not engine.serving
     assert [(v, r.outcome) for v, r in answers] == [(2.0, UNAVAILABLE)]
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(Refused) as err:
         call(engine, answers, 3.0)
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.reason == Reason.UNAVAILABLE
     _lose(pool, engine)
     assert [(v, r.outcome) for v, r in answers] == [(2.0, UNAVAILABLE), (1.0, UNAVAILABLE)]
     engine.worker_up(0)

@@ -1,12 +1,13 @@
 """A front end of the Redis cluster: the same gRPC servicer and codec as the embedded server, with `RedisEngine` in
 place of the in-process engine.
 
-`RedisEngine` keeps the engine's contract: `submit(inputs, slo_ms, min_accuracy, on_done, arrival_s) -> cancel`,
-raising InvalidRequest only for refusals that need no I/O (an accuracy hint above the best subnet, shutting down,
-Redis known to be unreachable, the front end's own send backlog full); `on_done` runs exactly once per admitted call;
-`cancel()` withdraws a call; `drain`, `accepting`, `clock`. The queue is Redis's: each image becomes one request in
-the global EDF zset, workers anywhere decide and compute, and the answers come back on this front end's reply list,
-read by one thread that completes the calls.
+`RedisEngine` keeps the engine's contract (`superserve.server.engine_api.ServingEngine`): `submit(inputs, slo_ms,
+min_accuracy, on_done, arrival_s) -> cancel`, raising `Refused` only for refusals that need no I/O (an accuracy hint
+above the best subnet, shutting down, Redis known to be unreachable, the front end's own send backlog full);
+`on_done` runs exactly once per admitted call; `cancel()` withdraws a call; `drain`, `accepting`, `serving`,
+`clock`. A call's per-image answers are collected by the same `CallTracker` the embedded engine uses. The queue is
+Redis's: each image becomes one request in the global EDF zset, workers anywhere decide and compute, and the answers
+come back on this front end's reply list, read by one thread that completes the calls.
 
 No Redis I/O ever runs on the caller's thread (the servicer's asyncio event loop): `submit` only checks, books the
 call and appends it to a bounded backlog; one sender thread writes the backlog to Redis (ENQUEUE scripts, pipelined)
@@ -43,15 +44,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import grpc
 import numpy as np
-import torch
 
 from superserve.cluster.redis_queue import (DEFAULT_NAMESPACE, ID_BLOCK, ClusterConfig, Keys, RedisURL, Reply,
                                             Scripts, connect, decode_reply, member)
+from superserve.dispatch import CallResult, CallTracker, shed_message
+from superserve.outcomes import Reason, Refused
 from superserve.records import CANCELLED, ERROR, LATE, OK, REJECTED, SHED, UNAVAILABLE, RequestRecord
-from superserve.server.codec import InvalidRequest
-from superserve.server.engine import CallResult, EngineConfig
+from superserve.server.engine import EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.zoo import Zoo
 
@@ -87,21 +87,13 @@ class FrontendConfig:
         return self.heartbeat_s + 2 * self.redis_timeout_s + 0.1
 
 
-class _Call:
-    __slots__ = ("rows", "subnets", "pending", "done", "on_done", "arrival_s", "deadline_s", "late", "rids",
-                 "min_accuracy", "payload", "n", "queued")
+class _Call(CallTracker):
+    __slots__ = ("deadline_s", "min_accuracy", "payload", "queued")
 
     def __init__(self, n: int, on_done: Callable[[CallResult], None], arrival_s: float, deadline_s: float,
                  min_accuracy: float, payload: np.ndarray) -> None:
-        self.n = n
-        self.rows: list[np.ndarray | None] = [None] * n
-        self.subnets = [""] * n
-        self.pending = n
-        self.done = False
-        self.on_done = on_done
-        self.arrival_s, self.deadline_s = arrival_s, deadline_s  # front-end clock, seconds
-        self.late = False
-        self.rids: tuple[int, ...] = ()  # allocated by the sender thread
+        super().__init__(n, arrival_s, on_done)  # arrival and deadline: front-end clock, seconds
+        self.deadline_s = deadline_s  # its rids are allocated by the sender thread
         self.min_accuracy = min_accuracy
         self.payload: np.ndarray | None = payload  # (B, C, S, S) float32 until written to Redis
         self.queued = False  # ENQUEUE may have put its images in Redis (so a failure must withdraw them)
@@ -194,6 +186,11 @@ class RedisEngine:
         return self._accepting and self._connected and self.workers_seen > 0
 
     @property
+    def serving(self) -> bool:
+        """Redis reachable and at least one worker registered (as last seen by the heartbeat)."""
+        return self._connected and self.workers_seen > 0
+
+    @property
     def connected(self) -> bool:
         return self._connected
 
@@ -226,23 +223,21 @@ class RedisEngine:
         self._reader_client.close()
 
     # --- the engine contract --------------------------------------------------------------------------------------
-    def submit(self, inputs: torch.Tensor, slo_ms: float | None, min_accuracy: float,
+    def submit(self, inputs: Any, slo_ms: float | None, min_accuracy: float,
                on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> Callable[[], bool]:
         """Admit one call of B images: no Redis I/O here (the sender thread writes it). Returns `cancel`. Raises
-        InvalidRequest when refused at once (nothing queued, on_done not run); outcomes found out later (queue full:
+        Refused when refused at once (nothing queued, on_done not run); outcomes found out later (queue full:
         REJECTED, no worker or Redis lost: UNAVAILABLE) come through `on_done`."""
         n = inputs.shape[0]
         if min_accuracy > self._max_accuracy + 1e-12:
-            raise InvalidRequest(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"min_accuracy {min_accuracy:g} exceeds the most accurate subnet "
-                                 f"({self._max_accuracy:.4f}); no subnet can serve it")
+            raise Refused(Reason.INVALID, f"min_accuracy {min_accuracy:g} exceeds the most accurate subnet "
+                                          f"({self._max_accuracy:.4f}); no subnet can serve it")
         slo_s = (self.config.default_slo_ms if slo_ms is None else slo_ms) * 1e-3
         if not self._accepting:
-            raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            raise Refused(Reason.UNAVAILABLE, "server is shutting down")
         if not self._connected:
-            raise InvalidRequest(grpc.StatusCode.UNAVAILABLE,
-                                 f"Redis at {self.url.display} is unreachable (no answer within "
-                                 f"{2 * self.cluster.redis_timeout_s:g} s); reconnecting, retry later")
+            raise Refused(Reason.UNAVAILABLE, f"Redis at {self.url.display} is unreachable (no answer within "
+                                              f"{2 * self.cluster.redis_timeout_s:g} s); reconnecting, retry later")
         now = self.clock()
         arrival = now if arrival_s is None else min(arrival_s, now)
         x = np.ascontiguousarray(inputs.numpy(), dtype=np.float32)  # (B, C, S, S)
@@ -259,9 +254,8 @@ class RedisEngine:
                 self._work_cv.notify()
         if full:
             self._reject_record(now, slo_s, min_accuracy, n)
-            raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                 f"this front end has {backlog} images not yet written to Redis (its limit is "
-                                 f"{self.cluster.max_backlog_images}): Redis is slow; retry later")
+            raise Refused(Reason.BUSY, f"this front end has {backlog} images not yet written to Redis (its limit is "
+                                       f"{self.cluster.max_backlog_images}): Redis is slow; retry later")
         return lambda: self._cancel(call)
 
     def _cancel(self, call: _Call) -> bool:
@@ -431,16 +425,12 @@ class RedisEngine:
                 if call.done:
                     continue
                 if rep.status in (OK, LATE):
-                    call.rows[index] = rep.row
-                    call.subnets[index] = rep.subnet_id
-                    call.late |= rep.status == LATE
-                    call.pending -= 1
-                    if call.pending == 0:
-                        answers.append(self._finish_locked(call, LATE if call.late else OK, "", now))
+                    if call.add(index, rep.row, rep.subnet_id, self._accuracy.get(rep.subnet_id, math.nan),
+                                rep.status == OK):
+                        answers.append(self._finish_locked(call, OK, "", now))
                 elif rep.status == SHED:
                     answers.append(self._finish_locked(
-                        call, SHED, f"cannot meet the deadline (SLO {(call.deadline_s - call.arrival_s) * 1e3:.1f} "
-                                    "ms) with any subnet allowed by its accuracy hint; shed", now))
+                        call, SHED, shed_message((call.deadline_s - call.arrival_s) * 1e3), now))
                 elif rep.status == UNAVAILABLE:
                     answers.append(self._finish_locked(call, UNAVAILABLE, rep.message, now))
                 else:
@@ -457,10 +447,8 @@ class RedisEngine:
         self._calls.pop(id(call), None)
         if not self._calls:
             self._idle_cv.notify_all()
-        if outcome in (OK, LATE):
-            accuracy = min(self._accuracy.get(s, math.nan) for s in call.subnets)
-            return call, CallResult(outcome, np.stack(call.rows), tuple(call.subnets), accuracy, "",  # type: ignore
-                                    now - call.arrival_s)
+        if outcome in (OK, LATE):  # every image served: ok, or late if any image was
+            return call, call.result(now)
         unanswered: list[int] = []
         for rid in call.rids:
             entry = self._items.pop(rid, None)
@@ -475,7 +463,7 @@ class RedisEngine:
             status = outcome if outcome in (SHED, ERROR, CANCELLED, UNAVAILABLE, REJECTED) else ERROR
             self.records.write([RequestRecord(rid, call.arrival_s - self.t0, call.deadline_s - self.t0, status,
                                               min_accuracy=call.min_accuracy) for rid in unanswered])
-        return call, CallResult(outcome, None, (), math.nan, message, now - call.arrival_s)
+        return call, call.fail(outcome, message, now)
 
     def _fail_all_locked(self, outcome: str, message: str) -> list[tuple[_Call, CallResult]]:
         now = self.clock()

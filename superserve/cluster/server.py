@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from policies.base import make_policy
 from superserve.cluster.frontend import FrontendConfig, RedisEngine
@@ -63,7 +62,7 @@ class ClusterServer(Server):
         published = ClusterConfig(zoo.to_dict(), cfg.policy, params, cfg.model_name)
         self.metrics = ServerMetrics(spec.name, spec.version)
         self.records = RecordWriter(cfg.records_path) if cfg.records_path else None
-        self.engine: Any = RedisEngine(zoo, self.backend, published, cfg.engine, self.cluster, self.metrics,
+        self.engine: RedisEngine = RedisEngine(zoo, self.backend, published, cfg.engine, self.cluster, self.metrics,
                                        self.records).start()
         self.pool = self.engine  # Server.stop() closes the "pool": the engine's threads and keys
         hook = None

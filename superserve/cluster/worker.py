@@ -1,11 +1,14 @@
 """A worker of the Redis cluster: pull from the global EDF queue, decide with the policy, compute, answer.
 
-Per dispatch, exactly as the embedded engine and the simulator drive the policy: read the EDF head (the policy's
-`snapshot_limit` requests and the queue length), `policy.decide(snapshot, now, this worker, state)`, then CLAIM the
-decision atomically (all of the batch or none: when another worker took part of it, decide again on a fresh
-snapshot), run it with the same `run_batch` as the embedded workers, and COMPLETE (a reply per request to its front
-end, only for requests still leased to this worker). The policy state and the online profile correction are this
-worker's own: its latency is what its host measures.
+Per dispatch, with the dispatch core the embedded engine and the simulator run (`superserve.dispatch`): read the EDF
+head (the policy's `snapshot_limit` requests and the queue length), the core's decision for this worker, then CLAIM
+the decision atomically (all of the batch or none: when another worker took part of it, decide again on a fresh
+snapshot; infeasible requests are shed in the same script, which answers them), the core's `take` (the policy's state
+committed, the worker busy on its subnet), run it with the same `run_batch` as the embedded workers, the core's
+completion (ok/late per request, `policy.observe`, the profile correction), and COMPLETE (a reply per request to its
+front end, only for requests still leased to this worker). The policy state and the online profile correction are
+this worker's own: its latency is what its host measures; the policy is rebuilt from the corrected table every
+`correction_interval_s`, the correction relaxing toward the table meanwhile, as in the embedded engine.
 
 A heartbeat thread keeps the registration alive (key with TTL), extends the lease on claimed requests, reaps dead
 workers, and notices a new zoo/policy published by a front end. Redis errors anywhere: back off and retry; a batch
@@ -31,9 +34,11 @@ import torch
 from policies.base import Policy, make_policy
 from superserve.cluster.redis_queue import (ClusterConfig, Keys, RedisURL, Scripts, connect, encode_reply,
                                             parse_member, wall_clock)
+from superserve.dispatch import Dispatch, DispatchCore
+from superserve.outcomes import Outcome
 from superserve.server.profile_correction import ProfileCorrector
 from superserve.server.workers import process_device, run_batch, synchronize
-from superserve.types import BatchOutcome, QueueSnapshot, Request, WorkerState
+from superserve.types import QueueSnapshot, Request, WorkerState
 from superserve.zoo import HostFingerprint, Zoo
 
 log = logging.getLogger("superserve.cluster.worker")
@@ -115,11 +120,19 @@ class ClusterWorker:
                         "(%s, %d thread(s)): its decisions start from that table and rely on online correction",
                         zoo.host.device, zoo.host.processor, zoo.host.threads, self.host.device,
                         self.host.processor, self.host.threads)
-        self.policy: Policy = self._make_policy(zoo)
-        self.state = self.policy.initial_state()
-        self.corrector = ProfileCorrector(zoo) if self.config.correction_interval_s else None
+        self.install_scheduler(zoo)
+
+    def install_scheduler(self, zoo: Zoo) -> None:
+        """A fresh dispatch core for `zoo` and the published policy (its state and the correction start afresh)."""
+        corrector = ProfileCorrector(zoo) if self.config.correction_interval_s else None
+        # The queue is Redis's: the core gets each snapshot from `step` and the claimed batch from CLAIM.
+        self.core = DispatchCore(zoo, self._make_policy(zoo), _NoLocalQueue(), 1, "shed", corrector,
+                                 worker_ids=[self.worker_id])
         self._last_correction = time.monotonic()
-        self.loaded_subnet: str | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy
 
     def _make_policy(self, zoo: Zoo) -> Policy:
         return make_policy(self.published.policy, zoo, **self.published.policy_params)
@@ -214,7 +227,8 @@ class ClusterWorker:
         """One dispatch: snapshot, decide, claim, execute, complete (or wait for work)."""
         k, cfg = self.keys, self.config
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(k.queue, 0, self.policy.snapshot_limit - 1, withscores=True)
+        core = self.core
+        pipe.zrange(k.queue, 0, core.policy.snapshot_limit - 1, withscores=True)
         pipe.zcard(k.queue)
         head, queued = pipe.execute()
         if not head:
@@ -229,7 +243,9 @@ class ClusterWorker:
             requests.append(Request(rid, arrival, deadline, min_acc))
         snapshot = QueueSnapshot(tuple(requests), int(queued))
         wid = self.worker_id
-        decision, state = self.policy.decide(snapshot, now, WorkerState(wid, self.loaded_subnet), self.state)
+        if core.workers[0].worker_id != wid:  # registered again under a new id: the policy sees this one
+            core.workers[0] = WorkerState(wid, core.workers[0].loaded_subnet_id)
+        decision, state = core.decide(0, now, snapshot)
         if decision is None:
             self.client.blpop([k.wake], timeout=0.01)
             return
@@ -240,31 +256,32 @@ class ClusterWorker:
                                        len(infeasible), *infeasible])
         if not int(out[0]):  # another worker took part of the batch: decide again on a fresh snapshot
             return
-        self.state = state
         got = out[3:]
         rids = [int(got[i]) for i in range(0, len(got), 3)]
-        if not rids:
+        by_id = {r.request_id: r for r in requests}
+        d = core.take(0, decision, state, now, batch=[by_id[r] for r in rids],
+                      infeasible=[by_id[r] for r in decision.infeasible_ids])
+        core.shed.clear()  # CLAIM answered them (a "shed" reply each, to their front ends)
+        if d is None:
             return
         fes = [got[i + 1] for i in range(0, len(got), 3)]
         x = np.frombuffer(b"".join(got[i + 2] for i in range(0, len(got), 3)), dtype=np.float32)
         inputs = torch.from_numpy(x.reshape(len(rids), *self.sample_shape).copy())  # (B, C, S, S)
-        by_id = {r.request_id: r for r in requests}
-        self._execute(wid, decision.subnet_id, rids, fes, inputs, by_id, now)  # type: ignore[arg-type]
+        self._execute(wid, d, fes, inputs)
 
-    def _execute(self, wid: int, subnet_id: str, rids: list[int], fes: list[bytes], inputs: torch.Tensor,
-                 requests: dict[int, Request], dispatch_s: float) -> None:
+    def _execute(self, wid: int, d: Dispatch, fes: list[bytes], inputs: torch.Tensor) -> None:
         k, cfg = self.keys, self.config
+        subnet_id, rids, dispatch_s = d.subnet_id, d.request_ids, d.dispatch_s
         result = run_batch(self._net, self.configs, self.batches, subnet_id, inputs, wid, self.device)
         self.batches += 1
         finish = wall_clock()
+        on_time, _ = self.core.complete(d, finish, failed=result.error is not None)
         args: list[Any] = [k.prefix, cfg.reply_ttl_s, len(rids)]
-        missed = 0
         for j, rid in enumerate(rids):
             if result.error is not None:
-                status, row, msg = "error", None, result.error
+                status, row, msg = Outcome.ERROR, None, result.error
             else:
-                status, row, msg = ("ok" if finish <= requests[rid].deadline_s else "late"), result.probabilities[j], ""
-            missed += status != "ok"
+                status, row, msg = (Outcome.OK if on_time[j] else Outcome.LATE), result.probabilities[j], ""
             args += [rid, fes[j], status, encode_reply(rid, status, subnet_id if row is not None else "", wid,
                                                        dispatch_s, finish, row, msg.replace("|", "/"))]
         args += [int(result.compute_s * 1e6), subnet_id]
@@ -273,23 +290,35 @@ class ClusterWorker:
             self.stale_batches += 1
             log.warning("batch %d: %d of %d answers not delivered (lease lost: re-dispatched elsewhere)",
                         self.batches, len(rids) - delivered, len(rids))
-        self.loaded_subnet = subnet_id
-        min_slo_ms = min(requests[r].slo_ms for r in rids)
-        self.state = self.policy.observe(BatchOutcome(wid, subnet_id, len(rids), dispatch_s, finish, min_slo_ms,
-                                                      missed), self.state)
-        if self.corrector is not None and result.error is None:
-            self.corrector.observe(subnet_id, len(rids), finish - dispatch_s)
+        if self.core.corrector is not None and result.error is None:
             self._maybe_correct()
 
     def _maybe_correct(self) -> None:
-        assert self.corrector is not None and self.config.correction_interval_s
+        assert self.config.correction_interval_s
         now = time.monotonic()
-        if now - self._last_correction < self.config.correction_interval_s:
+        elapsed = now - self._last_correction
+        if elapsed < self.config.correction_interval_s:
             return
         self._last_correction = now
-        zoo = self.corrector.corrected_zoo()
+        zoo = self.core.corrected_zoo(elapsed)
         if zoo is not None:
-            policy = self._make_policy(zoo)
-            if type(policy) is not type(self.policy):
-                self.state = policy.initial_state()
-            self.policy = policy
+            self.core.install_policy(self._make_policy(zoo))
+
+
+class _NoLocalQueue:
+    """The core's queue in a cluster worker: empty here, the queue is Redis's (`step` reads it and CLAIMs from it)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, request_id: int) -> bool:
+        return False
+
+    def snapshot(self, limit: int) -> QueueSnapshot:
+        return QueueSnapshot((), 0)
+
+    def pop_ids(self, request_ids: Any) -> list[Request]:
+        raise KeyError("the cluster's queue is Redis's: CLAIM takes the requests")
+
+    def drain(self) -> list[Request]:
+        return []

@@ -19,60 +19,31 @@ from typing import Any
 
 import grpc
 
-from superserve.records import CANCELLED, LATE, OK, REJECTED, SHED
-from superserve.records import UNAVAILABLE as LOST
+from superserve.dispatch import CallResult
+from superserve.outcomes import Outcome, Reason, Refusal, Refused, reason_of_outcome  # noqa: F401 - re-exported
 from superserve.server.codec import DecodedInputs, InvalidRequest, ModelSpec, parse_request, show
-from superserve.server.engine import CallResult
+from superserve.server.engine_api import ServingEngine
 from superserve.server.offload import InputOffload
 from superserve.server.security import submit_per_image
 
-# Why a call was answered without a result. Each door maps these to its own status.
-NOT_FOUND = "not_found"  # unknown model or version
-INVALID = "invalid"  # malformed tensor, parameter or body
-TOO_LARGE = "too_large"  # the message or body is over the size limit
-BUSY = "busy"  # queue full, rate limited, in-flight cap, too many large inputs being decoded
-DEADLINE = "deadline"  # shed: no subnet can meet the deadline
-UNAVAILABLE = "unavailable"  # shutting down, or the capacity that held the call was lost
-CANCELLED_BY_CLIENT = "cancelled"
-UNAUTHENTICATED = "unauthenticated"
-INTERNAL = "internal"
+# Why a call was answered without a result: `superserve.outcomes.Reason`, re-exported under the names the doors use.
+# Each door maps these to its own status.
+NOT_FOUND, INVALID, TOO_LARGE, BUSY = Reason.NOT_FOUND, Reason.INVALID, Reason.TOO_LARGE, Reason.BUSY
+DEADLINE, UNAVAILABLE, CANCELLED_BY_CLIENT = Reason.DEADLINE, Reason.UNAVAILABLE, Reason.CANCELLED
+UNAUTHENTICATED, INTERNAL = Reason.UNAUTHENTICATED, Reason.INTERNAL
 
 GRPC_STATUS = {NOT_FOUND: grpc.StatusCode.NOT_FOUND, INVALID: grpc.StatusCode.INVALID_ARGUMENT,
                TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
                DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED, UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
                CANCELLED_BY_CLIENT: grpc.StatusCode.CANCELLED, UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
                INTERNAL: grpc.StatusCode.INTERNAL}
-# codec and engine raise InvalidRequest with a gRPC code (their historical interface); read back as reasons here.
+# The codec and the offload raise InvalidRequest with a gRPC code (their historical interface); read back as reasons
+# here. The engines raise Refused with a reason.
 _REASON_OF_CODE = {grpc.StatusCode.INVALID_ARGUMENT: INVALID, grpc.StatusCode.RESOURCE_EXHAUSTED: BUSY,
                    grpc.StatusCode.UNAVAILABLE: UNAVAILABLE, grpc.StatusCode.NOT_FOUND: NOT_FOUND}
-# Failed engine outcomes -> reason; anything else is INTERNAL. LOST: the capacity that held the call was lost (a
-# worker process died, Redis is gone or stalled); REJECTED: refused after submission (a Redis queue found full).
-_REASON_OF_OUTCOME = {SHED: DEADLINE, LOST: UNAVAILABLE, REJECTED: BUSY, CANCELLED: CANCELLED_BY_CLIENT}
 
 
-@dataclass(frozen=True)
-class Refusal:
-    reason: str  # one of the reasons above
-    message: str  # for the client: says what was wrong
-
-
-class Refused(Exception):
-    """A call answered with `refusal` instead of a result."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.refusal = Refusal(reason, message)
-
-    @property
-    def reason(self) -> str:
-        return self.refusal.reason
-
-    @property
-    def message(self) -> str:
-        return self.refusal.message
-
-
-def reason_of(exc: InvalidRequest) -> str:
+def reason_of(exc: InvalidRequest) -> Reason:
     return _REASON_OF_CODE.get(exc.code, INTERNAL)
 
 
@@ -89,7 +60,7 @@ class RequestPath:
     """Model lookup, parsing, off-loop input work, submission and the wait for the answer. Use from one event loop
     (the offload's admission counter is touched only there)."""
 
-    def __init__(self, spec: ModelSpec, engine: Any, metrics: Any, offload: InputOffload,
+    def __init__(self, spec: ModelSpec, engine: ServingEngine, metrics: Any, offload: InputOffload,
                  hint_hook: Any = None) -> None:
         self.spec, self.engine, self.metrics, self.offload = spec, engine, metrics, offload
         self.hint_hook = hint_hook  # security: a HintDefenseHook transforming each image's hints (None = off)
@@ -101,9 +72,9 @@ class RequestPath:
             raise Refused(NOT_FOUND, f"model {show(name)} has no version {show(version)}; available: "
                                      f"{self.spec.version}")
 
-    def count_refused(self, exc: InvalidRequest) -> None:
+    def count_refused(self, reason: Reason) -> None:
         if self.metrics is not None:
-            self.metrics.call_done("invalid" if exc.code == grpc.StatusCode.INVALID_ARGUMENT else "rejected", 0.0)
+            self.metrics.call_done("invalid" if reason == INVALID else "rejected", 0.0)
 
     async def infer(self, request: Any, arrival_s: float) -> Answer:
         """One call start to end (`request`: a ModelInferRequest); raises Refused. Cancelling the awaiting task
@@ -125,8 +96,11 @@ class RequestPath:
                 slo, acc = self.hint_hook(images.shape[0], decoded.hints.slo_ms, decoded.hints.min_accuracy)
                 cancel = submit_per_image(self.engine, images, slo, acc, on_done, arrival_s)
         except InvalidRequest as exc:
-            self.count_refused(exc)
+            self.count_refused(reason_of(exc))
             raise Refused(reason_of(exc), exc.message) from None
+        except Refused as exc:  # the engine's refusals (queue full, shutting down, no worker, hint too high)
+            self.count_refused(exc.reason)
+            raise
         try:
             result = await asyncio.shield(answer)
         except asyncio.CancelledError:
@@ -136,8 +110,8 @@ class RequestPath:
                 cancel()
                 await asyncio.shield(answer)
             raise
-        if result.outcome not in (OK, LATE):
-            raise Refused(_REASON_OF_OUTCOME.get(result.outcome, INTERNAL), result.message)
+        if not Outcome(result.outcome).served:
+            raise Refused(reason_of_outcome(result.outcome), result.message)
         return Answer(request.id, decoded.outputs, result)
 
 

@@ -1,15 +1,21 @@
 """The router: a global EDF queue, the policy invoked whenever a worker is free, every call completed exactly once.
 
-It drives the policy exactly as `superserve.sim` does, so the simulator's prediction for a trace is comparable with
-what the server does on it: each image of a call is one `Request` in the `EdfQueue`; whenever a worker is free and the
-queue is not empty (on an arrival, and after each batch completes) `policy.decide(snapshot, now, worker, state)`
-picks a (subnet, batch); requests it reports infeasible are shed at once (answered DEADLINE_EXCEEDED) or, with
-`late="serve"`, kept in a backlog that idle workers serve on the fastest subnet meeting their accuracy hints; every
-finished batch is fed back to `policy.observe` and to the online profile correction.
+The scheduling is the dispatch core's (`superserve.dispatch.DispatchCore`), the one the simulator and the cluster
+worker run too, so the simulator's prediction for a trace is what the server does with it: each image of a call is one
+`Request` in the `EdfQueue`; whenever a worker is free and the queue is not empty (on an arrival, and after each batch
+completes) the core runs `policy.decide(snapshot, now, worker, state)`; requests it reports infeasible are shed at
+once (answered with the DEADLINE reason) or, with `late="serve"`, kept in a back-log that idle workers serve on the
+fastest subnet meeting their accuracy hints; every finished batch goes through the core's completion (outcomes,
+`policy.observe`, the online profile correction). This module adds what only a live server has: the lock, the calls
+(`CallTracker`) and their payloads, the worker pool, records and metrics, and the refresher that rebuilds the policy
+from corrected latencies.
 
 Threads: protocol handlers call `submit`, pool threads call `on_result`; both take one lock, do the bookkeeping and
 scheduling (microseconds), and hand batches to workers and answers to callers after releasing it. A call's
-`on_done` runs exactly once: the `_Call.done` flag is set under the lock before any answer is handed out.
+`on_done` runs exactly once: the call's `done` flag is set under the lock before any answer is handed out.
+
+Refusals are values: `submit` raises `superserve.outcomes.Refused(reason, message)`; the doors map the reason to
+their status. No grpc here, and no torch at import (only a multi-image batch stacks tensors).
 
 `submit` returns the call's `cancel`: its queued images leave the queue uncomputed, and `on_done` gets CANCELLED once
 no image of the call is left in a worker. The pool reports a worker it lost (`worker_down`: its batch is answered
@@ -20,27 +26,29 @@ UNAVAILABLE and `serving` is False (readiness says so).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-import grpc
-import numpy as np
-import torch
-
-from policies.base import Policy, late_subnet
+from policies.base import Policy
+from superserve.dispatch import CallResult, CallTracker, Dispatch, DispatchCore, shed_message
+from superserve.outcomes import Outcome, Reason, Refused
 from superserve.queue import EdfQueue
-from superserve.records import CANCELLED, ERROR, LATE, OK, REJECTED, SHED, UNAVAILABLE, RequestRecord
-from superserve.server.codec import InvalidRequest
+from superserve.records import RequestRecord
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.profile_correction import ProfileCorrector
-from superserve.server.workers import Batch, BatchResult
-from superserve.types import BatchOutcome, Request, WorkerState
+from superserve.types import Request
 from superserve.zoo import Zoo
 
+if TYPE_CHECKING:
+    from superserve.server.workers import Batch, BatchResult
+
 log = logging.getLogger("superserve.engine")
+__all__ = ["CallResult", "Engine", "EngineConfig"]  # CallResult: superserve.dispatch's, re-exported
+OK, LATE, SHED, REJECTED = Outcome.OK, Outcome.LATE, Outcome.SHED, Outcome.REJECTED
+ERROR, CANCELLED, UNAVAILABLE = Outcome.ERROR, Outcome.CANCELLED, Outcome.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -57,41 +65,21 @@ class EngineConfig:
             raise ValueError("default_slo_ms must be > 0 and queue_capacity >= 1")
 
 
-@dataclass(frozen=True, eq=False)
-class CallResult:
-    """The one answer to a protocol call."""
+class _Call(CallTracker):
+    __slots__ = ("cancelled", "inputs")
 
-    outcome: str  # records status: ok / late (served) or shed / error (failed)
-    probabilities: np.ndarray | None  # (B, num_classes) when served
-    subnet_ids: tuple[str, ...]  # the subnet that served each image (empty when failed)
-    accuracy: float  # the lowest profiled accuracy among them (NaN when failed)
-    message: str  # why it failed ("" when served)
-    latency_s: float  # from submit to answer
-
-
-class _Call:
-    __slots__ = ("inputs", "rows", "subnets", "pending", "done", "on_done", "arrival_s", "late", "rids", "cancelled")
-
-    def __init__(self, inputs: torch.Tensor, on_done: Callable[[CallResult], None], arrival_s: float) -> None:
-        self.inputs = inputs  # (B, C, S, S)
-        self.rows: list[np.ndarray | None] = [None] * inputs.shape[0]
-        self.subnets: list[str] = [""] * inputs.shape[0]
-        self.pending = inputs.shape[0]
-        self.done = False
-        self.on_done = on_done
-        self.arrival_s = arrival_s
-        self.late = False
-        self.rids: tuple[int, ...] = ()
+    def __init__(self, inputs: Any, on_done: Callable[[CallResult], None], arrival_s: float) -> None:
+        super().__init__(inputs.shape[0], arrival_s, on_done)
+        self.inputs = inputs  # (B, C, S, S) torch tensor
         self.cancelled = False
 
 
 class _Item:
-    __slots__ = ("call", "index", "request", "dispatch_s", "worker_id")
+    __slots__ = ("call", "dispatched", "index", "request")
 
     def __init__(self, call: _Call, index: int, request: Request) -> None:
         self.call, self.index, self.request = call, index, request
-        self.dispatch_s: float | None = None
-        self.worker_id: int | None = None
+        self.dispatched = False
 
 
 class Engine:
@@ -101,40 +89,45 @@ class Engine:
         self.zoo = zoo
         self.config = config
         self._policy_factory = policy_factory
-        self.policy = policy_factory(zoo)
-        self._state = self.policy.initial_state()
+        self._policy0 = policy_factory(zoo)  # the core is built in start(), when the pool's size is known
         self._accuracy = {e.subnet_id: e.accuracy for e in zoo.entries}
         self._max_accuracy = max(self._accuracy.values())
-        self._max_batch = zoo.batch_sizes[-1]
         self.metrics, self.records, self.clock = metrics, records, clock
         self.t0 = clock()  # records are seconds since the engine started
         self._lock = threading.Lock()
         self._idle_cv = threading.Condition(self._lock)
         self._queue = EdfQueue(config.queue_capacity)
-        self._items: dict[int, _Item] = {}  # queued, backlogged or in-flight images
-        self._inflight: dict[int, tuple[int, str, tuple[int, ...], float]] = {}  # batch -> (worker, subnet, ids, t)
-        self._late: list[int] = []
+        self.core: DispatchCore | None = None
+        self._items: dict[int, _Item] = {}  # queued, back-logged or in-flight images
+        self._inflight: dict[int, Dispatch] = {}  # batch id -> its dispatch
         self._next_rid = 0
         self._next_batch = 0
         self._accepting = True
         self._pool: Any = None
-        self._workers: list[WorkerState] = []
-        self._idle: list[int] = []
-        self._down: set[int] = set()  # workers the pool lost and is replacing
-        self.corrector = ProfileCorrector(zoo) if config.correction_interval_s else None
+        self._corrector = ProfileCorrector(zoo) if config.correction_interval_s else None
         self._table_generation = 0  # bumped by replace_table: a correction built from an older table is dropped
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy if self.core is not None else self._policy0
+
+    @property
+    def corrector(self) -> ProfileCorrector | None:
+        return self._corrector
+
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self, pool: Any) -> None:
         """Attach a worker pool whose results arrive at `on_result`, and start the correction refresher."""
+        from superserve.server.workers import Batch  # torch: only once a pool exists
+
+        self._batch_type = Batch
         self._pool = pool
-        self._workers = [WorkerState(w) for w in range(pool.size)]
+        self.core = DispatchCore(self.zoo, self._policy0, self._queue, pool.size, self.config.late, self._corrector)
         if self.metrics is not None:
             self.metrics.set_workers_up(pool.size)
-        self._idle = list(range(pool.size - 1, -1, -1))  # a stack: worker 0 first, like the simulator
-        if self.corrector is not None:
+        if self._corrector is not None:
             self._refresher = threading.Thread(target=self._refresh_loop, name="superserve-correction", daemon=True)
             self._refresher.start()
 
@@ -155,68 +148,65 @@ class Engine:
     @property
     def serving(self) -> bool:
         """At least one worker is up (False while the pool replaces every worker it lost)."""
-        return not self._workers or len(self._down) < len(self._workers)
+        return self.core is None or self.core.workers_up > 0
 
     @property
     def workers_up(self) -> int:
-        return len(self._workers) - len(self._down)
+        return 0 if self.core is None else self.core.workers_up
 
     # --- worker supervision (called by the pool) ------------------------------------------------------------------
     def worker_down(self, worker_id: int) -> None:
         """The pool lost `worker_id` (its process died) and is replacing it; its in-flight batch is reported
         through `on_result` with `lost=True`. When no worker is left, queued calls are answered UNAVAILABLE."""
+        core = self.core
+        assert core is not None
         with self._lock:
-            self._down.add(worker_id)
-            if worker_id in self._idle:
-                self._idle.remove(worker_id)
+            core.worker_down(worker_id)
             answers = [] if self.serving else self._fail_queued_locked(
                 UNAVAILABLE, "no worker is available (every worker process died; replacements are starting)")
-        log.error("worker %d lost; %d of %d workers up", worker_id, self.workers_up, len(self._workers))
+        log.error("worker %d lost; %d of %d workers up", worker_id, self.workers_up, len(core.workers))
         if self.metrics is not None:
             self.metrics.set_workers_up(self.workers_up)
         self._fire(answers, [])
 
     def worker_up(self, worker_id: int) -> None:
         """The replacement of `worker_id` is ready: dispatch to it again."""
+        core = self.core
+        assert core is not None
         with self._lock:
-            if worker_id not in self._down:
+            if not core.worker_up(worker_id):
                 return
-            self._down.discard(worker_id)
-            busy = any(w == worker_id for w, *_ in self._inflight.values())
-            if not busy and worker_id not in self._idle:
-                self._idle.append(worker_id)
             dispatches, answers = self._schedule_locked(self.clock())
-        log.warning("worker %d is back; %d of %d workers up", worker_id, self.workers_up, len(self._workers))
+        log.warning("worker %d is back; %d of %d workers up", worker_id, self.workers_up, len(core.workers))
         if self.metrics is not None:
             self.metrics.set_workers_up(self.workers_up)
             self.metrics.worker_restarted()
         self._fire(answers, dispatches)
 
     # --- the two entry points -------------------------------------------------------------------------------------
-    def submit(self, inputs: torch.Tensor, slo_ms: float | None, min_accuracy: float,
+    def submit(self, inputs: Any, slo_ms: float | None, min_accuracy: float,
                on_done: Callable[[CallResult], None], arrival_s: float | None = None) -> Callable[[], bool]:
-        """Queue one call of B images. Raises InvalidRequest when it is refused (nothing queued, on_done not run).
-        Returns the call's `cancel()` (True if the call was still unanswered).
+        """Queue one call of B images (`inputs`: a (B, C, S, S) tensor). Raises Refused when it is refused (nothing
+        queued, on_done not run). Returns the call's `cancel()` (True if the call was still unanswered).
 
         `arrival_s` (engine clock) is when the call reached the server, before decoding; the deadline counts from it.
         """
         batch = inputs.shape[0]
         if min_accuracy > self._max_accuracy + 1e-12:
-            raise InvalidRequest(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"min_accuracy {min_accuracy:g} exceeds the most accurate subnet "
-                                 f"({self._max_accuracy:.4f}); no subnet can serve it")
+            raise Refused(Reason.INVALID, f"min_accuracy {min_accuracy:g} exceeds the most accurate subnet "
+                                          f"({self._max_accuracy:.4f}); no subnet can serve it")
         slo_s = (self.config.default_slo_ms if slo_ms is None else slo_ms) * 1e-3
         with self._lock:
             now = self.clock()
             if not self._accepting:
-                raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                raise Refused(Reason.UNAVAILABLE, "server is shutting down")
             if not self.serving:
-                raise InvalidRequest(grpc.StatusCode.UNAVAILABLE, "no worker is available (every worker process died; "
-                                     "replacements are starting); retry")
+                raise Refused(Reason.UNAVAILABLE, "no worker is available (every worker process died; replacements "
+                                                  "are starting); retry")
             if len(self._queue) + batch > self.config.queue_capacity:
                 self._reject_record(now, slo_s, min_accuracy, batch)
-                raise InvalidRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                     f"queue full ({len(self._queue)} of {self.config.queue_capacity} images queued)")
+                raise Refused(Reason.BUSY, f"queue full ({len(self._queue)} of {self.config.queue_capacity} images "
+                                           "queued)")
             arrival = now if arrival_s is None else min(arrival_s, now)
             call = _Call(inputs, on_done, arrival)
             rids = tuple(range(self._next_rid, self._next_rid + batch))
@@ -238,19 +228,10 @@ class Engine:
                 return False
             call.cancelled = True
             now = self.clock()
-            queued = [rid for rid in call.rids if rid in self._queue]
-            records = []
-            for req in self._queue.pop_ids(queued):
-                self._items.pop(req.request_id)
-                records.append(self._record(req, CANCELLED))
-            for rid in call.rids:  # the back-log (late="serve"): not in the queue, not dispatched
-                item = self._items.get(rid)
-                if item is not None and item.dispatch_s is None:
-                    del self._items[rid]
-                    records.append(self._record(item.request, CANCELLED))
+            records = self._withdraw_locked(call, CANCELLED)
             answers = []
             if not any(rid in self._items for rid in call.rids):
-                answers.append(self._finish_call_locked(call, CANCELLED, "cancelled by the client", now))
+                answers.append((call, call.fail(CANCELLED, "cancelled by the client", now)))
             if self.metrics is not None:
                 self.metrics.set_queue_depth(len(self._queue))
             if not self._items:
@@ -262,22 +243,27 @@ class Engine:
 
     def on_result(self, result: BatchResult) -> None:
         """A worker finished a batch (called from a pool thread)."""
+        core = self.core
+        assert core is not None
         with self._lock:
             now = self.clock()
-            worker_id, subnet_id, rids, dispatch_s = self._inflight.pop(result.batch_id)
+            d = self._inflight.pop(result.batch_id)
+            worker_id, subnet_id, rids, dispatch_s = d.slot, d.subnet_id, d.request_ids, d.dispatch_s
             probs, error = result.probabilities, result.error
             if error is None and (probs is None or probs.shape[0] != len(rids)):
                 error = f"worker returned {None if probs is None else probs.shape[0]} rows for {len(rids)} requests"
                 log.error("batch %d: %s", result.batch_id, error)
-            answers, records, met, queued_s, min_slo_s = [], [], 0, 0.0, math.inf
+            on_time, _ = core.complete(d, now, failed=error is not None)
+            answers: list[tuple[_Call, CallResult]] = []
+            records: list[RequestRecord] = []
+            failed = (UNAVAILABLE if result.lost else ERROR) if error is not None else None
+            queued_s, met = 0.0, 0
             accuracy = self._accuracy[subnet_id]
             for k, rid in enumerate(rids):
                 item = self._items.pop(rid)
                 req, call = item.request, item.call
                 queued_s += dispatch_s - req.arrival_s
-                min_slo_s = min(min_slo_s, req.deadline_s - req.arrival_s)
-                on_time = now <= req.deadline_s
-                status = (UNAVAILABLE if result.lost else ERROR) if error is not None else (OK if on_time else LATE)
+                status = failed or (OK if on_time[k] else LATE)
                 met += status == OK
                 if self.records is not None:
                     records.append(self._record(req, status, dispatch_s, now, subnet_id, worker_id))
@@ -285,29 +271,14 @@ class Engine:
                     continue
                 if call.cancelled:  # computed before the cancel could withdraw it: answered once all are back
                     if not any(r in self._items for r in call.rids):
-                        answers.append(self._finish_call_locked(call, CANCELLED, "cancelled by the client", now))
+                        answers.append((call, call.fail(CANCELLED, "cancelled by the client", now)))
                     continue
-                if error is not None and result.lost:
-                    answers.append(self._finish_call_locked(call, UNAVAILABLE, f"{error}; retry", now))
+                if failed is not None:
+                    message = f"{error}; retry" if result.lost else f"inference failed: {error}"
+                    answers.append(self._fail_call_locked(call, failed, message, now, records))
                     continue
-                if error is not None:
-                    answers.append(self._finish_call_locked(call, ERROR, f"inference failed: {error}", now))
-                    continue
-                call.rows[item.index] = probs[k]  # type: ignore[index]
-                call.subnets[item.index] = subnet_id
-                call.late |= not on_time
-                call.pending -= 1
-                if call.pending == 0:
-                    answers.append(self._finish_call_locked(call, LATE if call.late else OK, "", now))
-            if self._workers[worker_id].loaded_subnet_id != subnet_id:  # replace() costs tens of us: only on a switch
-                self._workers[worker_id] = replace(self._workers[worker_id], loaded_subnet_id=subnet_id)
-            if worker_id not in self._down:
-                self._idle.append(worker_id)
-            outcome = BatchOutcome(worker_id, subnet_id, len(rids), dispatch_s, now, min_slo_s * 1e3,
-                                   len(rids) - met)
-            self._state = self.policy.observe(outcome, self._state)
-            if self.corrector is not None and error is None:
-                self.corrector.observe(subnet_id, len(rids), now - dispatch_s)
+                if call.add(item.index, probs[k], subnet_id, accuracy, on_time[k]):  # type: ignore[index]
+                    answers.append((call, call.result(now)))
             dispatches, more = self._schedule_locked(now)
             answers += more
             if not self._items:
@@ -320,96 +291,79 @@ class Engine:
 
     # --- scheduling (lock held) -----------------------------------------------------------------------------------
     def _schedule_locked(self, now: float) -> tuple[list[tuple[int, Batch]], list[tuple[_Call, CallResult]]]:
-        dispatches: list[tuple[int, Batch]] = []
+        core = self.core
+        assert core is not None
+        dispatches = [(d.slot, self._batch_locked(d)) for d in core.schedule(now)]
         answers: list[tuple[_Call, CallResult]] = []
-        records: list[RequestRecord] = []
-        queue, policy = self._queue, self.policy
-        while self._idle and len(queue):
-            w = self._idle[-1]
-            decision, self._state = policy.decide(queue.snapshot(policy.snapshot_limit), now, self._workers[w],
-                                                  self._state)
-            if decision is None:
-                break
-            if decision.infeasible_ids:
-                queue.pop_ids(decision.infeasible_ids)
-                if self.config.late == "serve":
-                    self._late.extend(decision.infeasible_ids)
-                else:
-                    for rid in decision.infeasible_ids:
-                        item = self._items.pop(rid)
-                        records.append(self._record(item.request, SHED))
-                        if not item.call.done:
-                            answers.append(self._finish_call_locked(
-                                item.call, SHED, "cannot meet the deadline (SLO "
-                                f"{item.request.slo_ms:.1f} ms) with any subnet allowed by its accuracy hint; shed",
-                                now))
-            if decision.request_ids:
-                queue.pop_ids(decision.request_ids)
-                self._idle.pop()
-                dispatches.append((w, self._dispatch_locked(w, decision.subnet_id, decision.request_ids, now)))
-        while self._late and self._idle:
-            chunk, self._late = self._late[:self._max_batch], self._late[self._max_batch:]
-            chunk = [rid for rid in chunk if rid in self._items]
-            if not chunk:
-                continue
-            sid = late_subnet(self.zoo, [self._items[rid].request for rid in chunk])
-            assert sid is not None  # submit refuses hints no subnet meets
-            w = self._idle.pop()
-            dispatches.append((w, self._dispatch_locked(w, sid, tuple(chunk), now)))
+        if core.shed:
+            records: list[RequestRecord] = []
+            for req in core.shed:
+                item = self._items.pop(req.request_id, None)
+                if item is None:  # withdrawn with a call that failed just before
+                    continue
+                records.append(self._record(req, SHED))
+                if not item.call.done:
+                    answers.append(self._fail_call_locked(item.call, SHED, shed_message(req.slo_ms), now, records))
+            core.shed.clear()
+            if records and self.records is not None:
+                self.records.write(records)
         if self.metrics is not None:
-            self.metrics.set_queue_depth(len(queue))
-        if records and self.records is not None:
-            self.records.write(records)
+            self.metrics.set_queue_depth(len(self._queue))
         if not self._items:
             self._idle_cv.notify_all()
         return dispatches, answers
 
-    def _dispatch_locked(self, worker_id: int, subnet_id: str, rids: tuple[int, ...], now: float) -> Batch:
-        items = [self._items[rid] for rid in rids]
+    def _batch_locked(self, d: Dispatch) -> Batch:
+        items = [self._items[rid] for rid in d.request_ids]
         for item in items:
-            item.dispatch_s, item.worker_id = now, worker_id
+            item.dispatched = True
         batch_id = self._next_batch
         self._next_batch += 1
-        self._inflight[batch_id] = (worker_id, subnet_id, rids, now)
+        self._inflight[batch_id] = d
         if len(items) == 1:  # the common light-load case: the call's own tensor (or a view of its row), no copy
             call, index = items[0].call, items[0].index
             inputs = call.inputs if call.inputs.shape[0] == 1 else call.inputs[index:index + 1]
-            return Batch(batch_id, subnet_id, rids, inputs)
-        return Batch(batch_id, subnet_id, rids, torch.stack([item.call.inputs[item.index] for item in items]))
+            return self._batch_type(batch_id, d.subnet_id, d.request_ids, inputs)
+        import torch
 
-    def _finish_call_locked(self, call: _Call, outcome: str, message: str, now: float) -> tuple[_Call, CallResult]:
-        call.done = True
-        if outcome in (OK, LATE):
-            rows = call.rows
-            probs = rows[0][None] if len(rows) == 1 else np.stack(rows)  # type: ignore[index, arg-type]
-            accuracy = min(self._accuracy[s] for s in call.subnets)
-            result = CallResult(outcome, probs, tuple(call.subnets), accuracy, "", now - call.arrival_s)
-        else:
-            # Its other images may still be queued: take them out so no worker spends time on a failed call.
-            queued = [rid for rid in call.rids if rid in self._queue]
-            for rid in self._queue.pop_ids(queued):
-                self._items.pop(rid.request_id)
-            result = CallResult(outcome, None, (), math.nan, message, now - call.arrival_s)
-        return call, result
+        return self._batch_type(batch_id, d.subnet_id, d.request_ids,
+                                torch.stack([item.call.inputs[item.index] for item in items]))
 
-    def _fail_queued_locked(self, outcome: str, message: str) -> list[tuple[_Call, CallResult]]:
-        """Answer every call that has an image waiting (queued or back-logged) with `outcome`."""
+    def _withdraw_locked(self, call: _Call, status: Outcome) -> list[RequestRecord]:
+        """Take the call's images that no worker holds out of the queue and the back-log; their records."""
+        left = [rid for rid in call.rids if rid in self._items and not self._items[rid].dispatched]
+        if not left:
+            return []
+        self.core.withdraw(left)  # type: ignore[union-attr]
+        return [self._record(self._items.pop(rid).request, status) for rid in left]
+
+    def _fail_call_locked(self, call: _Call, outcome: Outcome, message: str, now: float,
+                          records: list[RequestRecord]) -> tuple[_Call, CallResult]:
+        """Answer `call` with a failure; its images still waiting leave the queue (no worker spends time on a failed
+        call) and are recorded with the call's outcome."""
+        records += self._withdraw_locked(call, outcome)
+        return call, call.fail(outcome, message, now)
+
+    def _fail_queued_locked(self, outcome: Outcome, message: str) -> list[tuple[_Call, CallResult]]:
+        """Answer every call that has an image waiting (queued or back-logged) with `outcome` (no worker is left)."""
         now = self.clock()
-        answers = []
+        answers, records = [], []
         for item in list(self._items.values()):
-            if not item.call.done and item.dispatch_s is None:
-                answers.append(self._finish_call_locked(item.call, outcome, message, now))
-        for rid in [rid for rid, item in self._items.items() if item.dispatch_s is None]:
-            del self._items[rid]
-        self._late = []
+            if not item.call.done and not item.dispatched:
+                answers.append(self._fail_call_locked(item.call, outcome, message, now, records))
+        self.core.withdraw_all()  # type: ignore[union-attr]
+        for rid in [rid for rid, item in self._items.items() if not item.dispatched]:
+            records.append(self._record(self._items.pop(rid).request, outcome))
+        if records and self.records is not None:
+            self.records.write(records)
         return answers
 
     def _fail_all_locked(self, message: str) -> list[tuple[_Call, CallResult]]:
         now = self.clock()
         answers = []
         for item in list(self._items.values()):
-            if not item.call.done and item.dispatch_s is None:
-                answers.append(self._finish_call_locked(item.call, ERROR, message, now))
+            if not item.call.done and not item.dispatched:
+                answers.append((item.call, item.call.fail(ERROR, message, now)))
         return answers
 
     # --- outside the lock -----------------------------------------------------------------------------------------
@@ -428,23 +382,24 @@ class Engine:
         if zoo.subnet_ids != self.zoo.subnet_ids:
             raise ValueError("replace_table: the new table must cover the same subnets")
         policy = self._policy_factory(zoo)  # milliseconds: built outside the lock
-        corrector = ProfileCorrector(zoo, self.corrector.config) if self.corrector is not None else None
+        corrector = ProfileCorrector(zoo, self._corrector.config) if self._corrector is not None else None
         with self._lock:
             self.zoo = zoo
             self._table_generation += 1
             if corrector is not None:
-                self.corrector = corrector
-            if type(policy) is not type(self.policy):
-                self._state = policy.initial_state()
-            self.policy = policy
+                self._corrector = corrector
+            if self.core is None:
+                self._policy0 = policy
+            else:
+                self.core.corrector = corrector
+                self.core.install_policy(policy, zoo)
 
     def _refresh_loop(self) -> None:
-        assert self.corrector is not None and self.config.correction_interval_s
+        assert self._corrector is not None and self.config.correction_interval_s and self.core is not None
         while not self._stop.wait(self.config.correction_interval_s):
             with self._lock:
-                self.corrector.relax(self.config.correction_interval_s)
-                zoo = self.corrector.corrected_zoo()
-                factors = self.corrector.factors()
+                zoo = self.core.corrected_zoo(self.config.correction_interval_s)
+                factors = self.core.corrector.factors()  # type: ignore[union-attr]
                 generation = self._table_generation
             if self.metrics is not None:
                 self.metrics.set_correction(factors)
@@ -454,9 +409,7 @@ class Engine:
             with self._lock:
                 if generation != self._table_generation:  # replace_table ran meanwhile: this correction is stale
                     continue
-                if type(policy) is not type(self.policy):
-                    self._state = policy.initial_state()
-                self.policy = policy
+                self.core.install_policy(policy)
 
     # --- records --------------------------------------------------------------------------------------------------
     def _record(self, req: Request, status: str, dispatch_s: float | None = None, finish_s: float | None = None,

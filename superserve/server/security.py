@@ -398,30 +398,28 @@ class HintDefenseHook:
 def submit_per_image(engine: Any, images: Any, slo_ms: np.ndarray, min_accuracy: np.ndarray,
                      on_done: Callable[[Any], None], arrival_s: float) -> Callable[[], bool]:
     """Submit a call's B images as B single-image calls with their own hints; `on_done` gets one combined
-    CallResult (in image order) once all B are answered. Returns a `cancel()` that cancels every part. Raises
-    InvalidRequest like `Engine.submit`: the parts submitted before the refusal are cancelled."""
-    from superserve.records import LATE, OK
-    from superserve.server.engine import CallResult
+    CallResult (in image order) once all B are answered: served if every part was (late if any was), else the first
+    failed part's failure. Returns a `cancel()` that cancels every part. Raises `Refused` like the engine's
+    `submit`: the parts submitted before the refusal are cancelled."""
+    from superserve.dispatch import CallTracker
 
     count = images.shape[0]
-    parts: list[Any] = [None] * count
-    remaining = [count]
+    tracker = CallTracker(count, arrival_s, on_done)
+    latest = [arrival_s]  # the call is answered when its slowest part was
     lock = threading.Lock()
 
     def part_done(k: int, result: Any) -> None:
         with lock:
-            parts[k] = result
-            remaining[0] -= 1
-            if remaining[0]:
+            latest[0] = max(latest[0], arrival_s + result.latency_s)
+            if result.outcome in ("ok", "late"):
+                last = tracker.add(k, result.probabilities[0], result.subnet_ids[0], result.accuracy,
+                                   result.outcome == "ok")
+            else:
+                last = tracker.add_failure(k, result.outcome, result.message)
+            if not last:
                 return
-        failed = [r for r in parts if r.outcome not in (OK, LATE)]
-        if failed:
-            on_done(failed[0])
-            return
-        outcome = LATE if any(r.outcome == LATE for r in parts) else OK
-        on_done(CallResult(outcome, np.concatenate([r.probabilities for r in parts]),
-                           tuple(s for r in parts for s in r.subnet_ids), min(r.accuracy for r in parts), "",
-                           max(r.latency_s for r in parts)))
+            answer = tracker.result(latest[0])
+        on_done(answer)
 
     cancels: list[Callable[[], bool]] = []
 

@@ -28,10 +28,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from superserve.dispatch import CallResult
 from superserve.records import OK
 from superserve.server.calls import GRPC_STATUS, Refused, RequestPath
 from superserve.server.codec import ModelSpec, encode_outputs, load_decoder
-from superserve.server.engine import CallResult, Engine
+from superserve.server.engine_api import ServingEngine
 from superserve.server.metrics import ServerMetrics
 from superserve.server.offload import InputOffload, OffloadConfig
 from superserve.server.security import unwrap_stream_request
@@ -119,7 +120,7 @@ class ModelState:
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, spec: ModelSpec, engine: Engine, metrics: ServerMetrics | None,
+    def __init__(self, spec: ModelSpec, engine: ServingEngine, metrics: ServerMetrics | None,
                  response_params: bool = True, preload_decoder: bool = True, *,
                  hint_hook: Any = None, offload: OffloadConfig = OffloadConfig()) -> None:
         self.spec, self.engine, self.metrics = spec, engine, metrics
@@ -145,7 +146,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @property
     def ready(self) -> bool:
         """Accepting calls, start-up done, and able to serve: no worker alive (all being replaced) is not ready."""
-        return self.engine.accepting and self.warm and getattr(self.engine, "serving", True)
+        return self.engine.accepting and self.warm and self.engine.serving
 
     # --- health and metadata --------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
