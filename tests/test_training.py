@@ -306,11 +306,11 @@ def test_sigterm_leaves_a_checkpoint_that_train_resume_continues_exactly(tmp_pat
     assert isinstance(net, SuperNet)
 
     target = step + 3
-    # --threads is not stored in the checkpoint: another thread count sums in another order (not bit-identical)
-    resumed = subprocess.run([*cli, "--out", str(out), "--resume", "--max-steps", str(target), "--threads", "1",
-                              "--quiet"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    # no --threads: the checkpoint's thread count is the default (another count sums in another order)
+    resumed = subprocess.run([*cli, "--out", str(out), "--resume", "--max-steps", str(target), "--quiet"], cwd=REPO,
+                             capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming {out} at step {step}/" in resumed.stderr
+    assert f"resuming {out} at step {step}/" in resumed.stderr and "threads 1" in resumed.stderr
     straight = subprocess.run([*cli, *args, "--out", str(ref), "--max-steps", str(target), "--quiet"], cwd=REPO,
                               capture_output=True, text=True, env=env, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -319,6 +319,30 @@ def test_sigterm_leaves_a_checkpoint_that_train_resume_continues_exactly(tmp_pat
     wa, wb = load_checkpoint(out)[0].state_dict(), load_checkpoint(ref)[0].state_dict()
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), \
         [k for k in wa if not torch.equal(wa[k], wb[k])][:3]
+
+
+def test_resume_takes_the_stopped_runs_thread_count_and_warns_on_another(tmp_path, capsys):
+    """Bit-exact resume needs the stopped run's thread count: the checkpoint stores it, `--resume` without `--threads`
+    uses it, and a different `--threads` is warned about (training still continues)."""
+    out = tmp_path / "t.pt"
+    space = '{"image_size": 8, "stem_width": 8, "stage_widths": [8], "stage_strides": [1], "head_width": 8}'
+    base = ["train", "--method", "bignas", "--data", "digits", "--epochs", "1", "--batch-size", "64", "--space",
+            space, "--val-every", "100000", "--quiet", "--out", str(out)]
+    before = torch.get_num_threads()
+    try:
+        assert cli_main([*base, "--threads", "1", "--max-steps", "1"]) == 0
+        assert read_checkpoint(out)["meta"]["threads"] == 1
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        assert cli_main(["train", "--out", str(out), "--resume", "--max-steps", "2", "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert "threads 1" in err and "warning" not in err
+        assert cli_main(["train", "--out", str(out), "--resume", "--max-steps", "3", "--quiet", "--threads", "2"]) == 0
+        err = capsys.readouterr().err
+        assert "threads 2" in err and "the stopped run used 1 thread(s), this one 2" in err
+        assert read_checkpoint(out)["extra"]["step"] == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------

@@ -88,6 +88,14 @@ def run(args: argparse.Namespace) -> int:
             space = SupernetSpace.from_dict(stored["space"])
             data = load_dataset(meta["data"], seed=meta["data_seed"], image_size=space.image_size)
             print(f"resuming {resume} at step {stored['extra']['step']}/{meta['total_steps']}", file=sys.stderr)
+            # CPU kernels reduce in an order that depends on the thread count: the same count as the stopped run is
+            # what makes the continuation bit-exact, so it is the default, and a different one is said out loud.
+            stored_threads = meta.get("threads")
+            if stored_threads and not args.threads:
+                torch.set_num_threads(int(stored_threads))
+            elif stored_threads and args.threads != stored_threads:
+                print(f"warning: the stopped run used {stored_threads} thread(s), this one {args.threads}: training "
+                      "continues, but not bit-for-bit as the uninterrupted run would", file=sys.stderr)
         else:
             probe = load_dataset(args.data, seed=args.data_seed)
             space = space_from_arg(args.space, probe)
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 epochs = epochs_for_budget(probe_net, base, args.budget_fme or 8.0)
             cfg = TrainConfig.from_dict({**base.to_dict(), "epochs": round(epochs, 4)})
             meta = {"data": args.data, "data_seed": args.data_seed, "budget_fme": args.budget_fme,
+                    "threads": torch.get_num_threads(),
                     "command": "superserve train " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""}
     except (ConfigError, DataError, CheckpointError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -124,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(net, data, cfg, args.out, resume_from=resume, checkpoint_every=args.checkpoint_every,
                        validate_every=args.val_every, stop=flag, progress=not args.quiet,
                        max_steps=args.max_steps, meta={k: meta[k] for k in ("data", "data_seed", "budget_fme",
-                                                                           "command") if k in meta})
+                                                                           "threads", "command") if k in meta})
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
