@@ -58,6 +58,10 @@ RULES = (
          forbidden=("superserve.server", "superserve.cluster", "security", "benchmarks")),
     Rule("the load generator imports neither the server nor training", ("loadtest/",),
          forbidden=("superserve.server", "superserve.cluster", "training", "security", "benchmarks")),
+    Rule("the engine imports no grpc", ("superserve/server/engine.py",
+                                        *(p for p in ("superserve/server/engine_api.py",) if (ROOT / p).is_file())),
+         forbidden=("grpc", "tritonclient"),
+         why="it returns refusals as values (superserve.outcomes.Reason); only the servicer maps them to gRPC statuses"),
 )
 
 
