@@ -67,7 +67,7 @@ def off_by_3x(serving_assets, tmp_path, monkeypatch):  # noqa: ANN001, ANN201
     measured = Zoo.load(zoo_path)
     optimistic = tmp_path / "zoo.json"
     measured.scaled(1 / 3).save(optimistic)
-    monkeypatch.setattr(profiling, "check_speed", lambda net, zoo, sample: profiling.SpeedCheck(3.0, len(zoo.entries)))
+    monkeypatch.setattr(profiling, "check_speed", lambda net, zoo, sample, **_: profiling.SpeedCheck(3.0, len(zoo.entries)))
     return optimistic, ckpt, measured
 
 
@@ -106,7 +106,7 @@ def test_a_table_off_by_3x_serves_at_once_scaled_and_swaps_in_the_reprofile(off_
         profiler.release.set()
         srv.stop()
     # The next start here uses the cached re-profile (which the spot check now finds right): no second re-profile.
-    monkeypatch.setattr(profiling, "check_speed", lambda net, zoo, sample: profiling.SpeedCheck(1.0, 3))
+    monkeypatch.setattr(profiling, "check_speed", lambda net, zoo, sample, **_: profiling.SpeedCheck(1.0, 3))
     second = _HeldProfiler(measured)
     again = _start(zoo_path, ckpt, second)
     try:

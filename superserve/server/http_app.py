@@ -235,7 +235,18 @@ async def _until_disconnect(request: Request, call: Any) -> Any:
         watcher.cancel()
 
 
-def build_app(door: HttpDoor) -> FastAPI:
+class LateDoor:
+    """The door an app calls, set after the app is built: the server builds the app (FastAPI's route set-up, 0.3-0.8 s
+    of pydantic work on this 2-core host) in a thread while the model loads, before the service the door serves
+    exists. `door` is set before the app serves its first request."""
+
+    door: HttpDoor | None = None
+
+    def __getattr__(self, name: str) -> Any:  # only for what the slot itself lacks: the door's handlers
+        return getattr(self.door, name)
+
+
+def build_app(door: HttpDoor | LateDoor) -> FastAPI:
     app = FastAPI(title="superserve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -300,9 +311,10 @@ class HttpServer:
         # log_config=None: leave the process's logging alone; access logs off (one line per call is too costly).
         # uvicorn binds the port itself: handing it a bound socket (`serve(sockets=...)`) made every answer wait
         # ~44 ms here (measured: 44 ms vs 0.35 ms for the same app; the cause was not found).
+        # ws="none": no websocket routes (and no wsproto import at start).
         self._config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None,
                                       log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                                      ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+                                      ssl_certfile=tls_cert, ssl_keyfile=tls_key, ws="none")
         self.host, self.port = host, port
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None

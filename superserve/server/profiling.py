@@ -47,15 +47,17 @@ class SpeedCheck:
 
 
 @torch.inference_mode()
-def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor) -> SpeedCheck:
+def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor, warm_up: bool = True) -> SpeedCheck:
     """Run every subnet twice at batch 1 (the first run is the warm-up the workers need anyway) and compare the second
     with the table. One sample per subnet is noisy, but the median over a dozen subnets is not, and the decision is
-    about factors of 1.5, not percents."""
+    about factors of 1.5, not percents. `warm_up=False` (a second check, to confirm the first): time each subnet
+    once, since the first check warmed them all up."""
     ratios = []
     sync = torch.cuda.synchronize if sample.device.type == "cuda" else (lambda: None)  # GPU kernels run async
     for entry in zoo.entries:
-        net(sample, entry.config)
-        sync()
+        if warm_up:
+            net(sample, entry.config)
+            sync()
         t0 = time.perf_counter()
         net(sample, entry.config)
         sync()

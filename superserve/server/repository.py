@@ -248,6 +248,8 @@ class RepositoryServer(Server):
                 raise Refused(INVALID, f"model {show(name)} failed to load: {self.failed[name]}") from None
             self.failed.pop(name, None)
             self.units[name] = unit
+            if self._loop is not None:  # loaded while serving: its background work starts now, not after the doors
+                unit._start_background_work()
 
     def unload(self, name: str) -> None:
         """Drain model `name` (its admitted calls are answered) and free it; Refused(NOT_FOUND) if not loaded."""
@@ -261,6 +263,7 @@ class RepositoryServer(Server):
 
     def start(self) -> "RepositoryServer":
         t_start = time.perf_counter()
+        self._prepare_in_background()
         for name in self.sources:
             try:
                 self.load(name)
@@ -274,6 +277,10 @@ class RepositoryServer(Server):
         self.metrics = _RepositoryMetrics(self)  # type: ignore[assignment]
         self.service = ModelRouter(self)
         return self._start_transport(t_start)  # type: ignore[return-value]
+
+    def _start_background_work(self) -> None:
+        for unit in list(self.units.values()):
+            unit._start_background_work()
 
     def _drain_models(self, timeout_s: float) -> bool:
         return all([unit.engine.drain(timeout_s) for unit in list(self.units.values())])
