@@ -215,12 +215,17 @@ class DispatchCore:
         idle again unless it is down."""
         reqs = d.requests
         n = len(reqs)
-        if failed:
-            on_time, missed = [False] * n, n
+        if n == 1:  # light load's common case, on the simulator's hot path
+            r = reqs[0]
+            ok = not failed and finish_s <= r.deadline_s
+            on_time, missed, min_slo_s = [ok], 0 if ok else 1, r.deadline_s - r.arrival_s
         else:
-            on_time = [finish_s <= r.deadline_s for r in reqs]
-            missed = on_time.count(False)
-        min_slo_s = min([r.deadline_s - r.arrival_s for r in reqs])
+            if failed:
+                on_time, missed = [False] * n, n
+            else:
+                on_time = [finish_s <= r.deadline_s for r in reqs]
+                missed = on_time.count(False)
+            min_slo_s = min([r.deadline_s - r.arrival_s for r in reqs])
         outcome = BatchOutcome(self.workers[d.slot].worker_id, d.subnet_id, n, d.dispatch_s, finish_s,
                                min_slo_s * 1e3, missed)
         self.state = self.policy.observe(outcome, self.state)
