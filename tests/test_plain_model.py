@@ -162,3 +162,58 @@ def test_declaration_defaults(tmp_path):
     decl = read_declaration(path)
     assert (decl.mean, decl.std, decl.raw_max) == ((0.0,) * 3, (1.0,) * 3, 255.0)
     assert decl.batch_sizes == (1, 2, 4, 8, 16, 32)
+
+
+@pytest.mark.slow
+def test_serve_command_with_models_and_a_repository_holding_a_plain_model(serving_assets, tmp_path):
+    """The README's repository commands end to end: `superserve serve --model mnist=DIR --model-repository ROOT` with
+    ROOT/mine a plain model; both answer over gRPC, the index lists both over HTTP, SIGTERM drains and exits 0."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import socket
+
+    root = tmp_path / "models"
+    _write_plain(root / "mine", _user_model())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "superserve.cli", "serve", "--model",
+                             f"mnist={serving_assets[0].parent}", "--model-repository", str(root), "--port", str(port),
+                             "--http-port", "0", "--metrics-port", "-1", "--reprofile", "never"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "SUPERSERVE_CACHE": str(tmp_path / "cache")})
+    lines: list[str] = []
+    serving = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("superserve: serving models"):
+                serving.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert serving.wait(180), "".join(lines)
+        line = next(x for x in lines if x.startswith("superserve: serving models"))
+        assert "'mnist' (3 subnets)" in line and "'mine' (1 subnets)" in line, line
+        http_port = int(re.search(r"HTTP/REST http://127\.0\.0\.1:(\d+)/v2", line).group(1))
+        x = _x(2)
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = tc.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("mine", [inp]).as_numpy("PROBABILITIES"), _expected(x), rtol=1e-5,
+                                   atol=1e-6)
+        assert client.infer("mnist", [inp]).as_numpy("PROBABILITIES").shape == (3, 10)
+        client.close()
+        listed = httpx.post(f"http://127.0.0.1:{http_port}/v2/repository/index", timeout=30).json()
+        assert {m["name"]: m["state"] for m in listed} == {"mnist": "READY", "mine": "READY"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        reader.join(5)
+    assert rc == 0, "".join(lines)
