@@ -25,11 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Prometheus /metrics HTTP port; -1 = off (default: %(default)s)")
     parser.add_argument("--model-name", default="superserve", help="protocol model name (default: %(default)s)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
-                        help="serve several models: each DIR holds zoo.json and supernet.pt (repeat the flag); "
-                             "replaces --zoo/--checkpoint/--model-name")
+                        help="serve several models: each DIR holds zoo.json and supernet.pt, or a plain exported "
+                             "model's model.pt (TorchScript) and model.json (repeat the flag); replaces "
+                             "--zoo/--checkpoint/--model-name")
     parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
-                        help="serve every DIR/<name>/ (zoo.json + supernet.pt) as model <name>; a directory that "
-                             "fails to load is reported by name and the others serve")
+                        help="serve every DIR/<name>/ (zoo.json + supernet.pt, or model.pt + model.json) as model "
+                             "<name>; a directory that fails to load is reported by name and the others serve")
     parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help="supernet checkpoint (default: the shipped one)")
