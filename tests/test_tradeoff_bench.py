@@ -40,3 +40,27 @@ def test_tradeoff_report_and_reuse(tmp_path: Path) -> None:
     # Another duration is another experiment: nothing is reused, the units run.
     other = _run(tmp_path, "c", "cache_c", "--reuse", str(tmp_path / "a" / "tradeoff.json"), duration="0.2")
     assert other["reused"]["units"] == [] and len(list((tmp_path / "cache_c").iterdir())) == 4
+
+
+@pytest.mark.slow  # ~10 s: the 600 s paced trace at a small load, two policies
+def test_tradeoff_minutes_breaks_the_paced_runs_down_by_minute(tmp_path: Path) -> None:
+    out = tmp_path / "minutes.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tradeoff_minutes.py"), "--loads", "0.05",
+                    "--policies", "slackfit,clipper+[75.00%]", "--out", str(out)],
+                   check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    report = json.loads(out.read_text())
+    sustain = report["sustainable_x_load1_per_subnet"]
+    assert max(sustain.values()) > 4 and min(sustain.values()) == 1.0  # the smallest subnet sustains the most
+    d = report["detail"]["load0.05"]
+    assert len(d["rate_x_per_minute"]) == 10 and d["minutes_beyond_smallest_subnet"] == []
+    assert abs(sum(d["rate_x_per_minute"]) / 10 - 0.05) < 0.005  # the mean rate is the load
+    assert set(d["runs"]) == {"slackfit", "clipper+[75.00%]"}
+    h = report["headline"]
+    assert h["slackfit_slo_attainment_load0.05"] == 1.0 and h["clipper_75_00pct_mean_accuracy_load0.05"] == 0.75
+    # Light load: SlackFit serves the most accurate subnet, one request at a time, never the smallest.
+    assert h["slackfit_mean_accuracy_load0.05"] > 0.79 and h["slackfit_smallest_subnet_share_load0.05"] == 0.0
+    assert all(m["mean_batch"] is not None and m["mean_batch"] >= 1 for m in d["runs"]["slackfit"]["minutes"])
+    # A policy name that is not in the line-up is refused with the known names.
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tradeoff_minutes.py"), "--policies", "nope",
+                          "--out", str(tmp_path / "x.json")], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "clipper+[75.00%]" in bad.stderr
