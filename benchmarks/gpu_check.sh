@@ -7,8 +7,12 @@
 #      sample photographs (random weights: accuracy is chance; what is measured is latency and serving);
 #   3. serves each zoo on the GPU (`superserve serve --device cuda`, embedded worker thread; the start-up speed check
 #      compares the GPU table with this GPU) and replays a bursty trace against it (`superserve loadgen`, gamma CV2=8);
+#      then the native zoo again through the other two ways to run the model: 2 worker processes on the GPU
+#      (`--workers 2 --device cuda`: a CUDA context and a weight copy each) and, when redis-server is installed, a
+#      Redis cluster of one front end and one `superserve worker --device cuda` (the front end publishes the GPU
+#      table as it is: `--reprofile never`, since a front end without --device would re-profile it on its CPU);
 #   4. writes benchmarks/results/gpu_check.json: the GPU, the GPU latency tables beside the shipped CPU table, and
-#      per zoo the SLO attainment, mean accuracy, goodput and latency of the replay.
+#      per replay the SLO attainment, mean accuracy, goodput and latency.
 #
 # Run from anywhere on a machine with CUDA:  bash benchmarks/gpu_check.sh
 # Knobs (environment): PYTHON (python), DEVICE (cuda), WORK (a temp dir), DURATION_S (30), NATIVE_RATE_QPS (400),
@@ -77,11 +81,12 @@ fi
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-serve_and_replay() {  # NAME ZOO CHECKPOINT RATE_QPS SLO_MS
-    local name=$1 zoo=$2 ckpt=$3 rate=$4 slo=$5 port
+serve_and_replay() {  # NAME RATE_QPS SLO_MS SERVE_ARGS...
+    local name=$1 rate=$2 slo=$3 port
+    shift 3
     port=$(free_port)
-    "$PY" -m superserve.cli serve --zoo "$zoo" --checkpoint "$ckpt" --device "$DEVICE" --port "$port" \
-        --metrics-port -1 --reprofile auto --default-slo-ms "$slo" > "$WORK/$name.serve.log" 2>&1 &
+    "$PY" -m superserve.cli serve "$@" --port "$port" --metrics-port -1 --default-slo-ms "$slo" \
+        > "$WORK/$name.serve.log" 2>&1 &
     local pid=$!
     "$PY" - "$port" "$pid" <<'PYEOF' || { kill "$pid" 2>/dev/null; cat "$WORK/$name.serve.log" >&2; return 1; }
 import os, sys, time
@@ -110,8 +115,30 @@ PYEOF
 }
 
 log "3/4 serving on $DEVICE and replaying gamma:8 traces"
-serve_and_replay native "$WORK/native_gpu.json" superserve/assets/supernet.pt "$NATIVE_RATE_QPS" "$NATIVE_SLO_MS"
-serve_and_replay ofa_resnet50 "$WORK/ofa_zoo.json" "$WORK/ofa_served.pt" "$OFA_RATE_QPS" "$OFA_SLO_MS"
+rm -f "$WORK"/*.summary.json  # a REUSE run reports this run's replays only
+NATIVE=(--zoo "$WORK/native_gpu.json" --checkpoint superserve/assets/supernet.pt)
+serve_and_replay native "$NATIVE_RATE_QPS" "$NATIVE_SLO_MS" "${NATIVE[@]}" --device "$DEVICE" --reprofile auto
+serve_and_replay ofa_resnet50 "$OFA_RATE_QPS" "$OFA_SLO_MS" --zoo "$WORK/ofa_zoo.json" \
+    --checkpoint "$WORK/ofa_served.pt" --device "$DEVICE" --reprofile auto
+log "3/4 the native zoo on 2 worker processes on $DEVICE"
+serve_and_replay native_workers2 "$NATIVE_RATE_QPS" "$NATIVE_SLO_MS" "${NATIVE[@]}" --device "$DEVICE" \
+    --reprofile auto --workers 2
+if command -v redis-server > /dev/null; then
+    log "3/4 the native zoo through Redis: one front end, one superserve worker on $DEVICE"
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no > "$WORK/redis.log" 2>&1 &
+    rpid=$!
+    "$PY" -m superserve.cli worker --backend "redis://127.0.0.1:$rport" --checkpoint superserve/assets/supernet.pt \
+        --device "$DEVICE" > "$WORK/native_cluster.worker.log" 2>&1 &
+    wpid=$!
+    serve_and_replay native_cluster "$NATIVE_RATE_QPS" "$NATIVE_SLO_MS" "${NATIVE[@]}" \
+        --backend "redis://127.0.0.1:$rport" --reprofile never \
+        || { cat "$WORK/native_cluster.worker.log" >&2; kill "$wpid" "$rpid"; exit 1; }
+    kill -TERM "$wpid"; wait "$wpid" || true
+    kill "$rpid"; wait "$rpid" || true
+else
+    log "3/4 no redis-server on this host: the cluster worker is not checked"
+fi
 
 log "4/4 writing $RESULT"
 "$PY" - "$WORK" "$DURATION_S" "$NATIVE_RATE_QPS" "$NATIVE_SLO_MS" "$OFA_RATE_QPS" "$OFA_SLO_MS" "$DEVICE" \
@@ -129,6 +156,8 @@ duration_s, native_rate, native_slo, ofa_rate, ofa_slo = sys.argv[2:7]
 device, ofa_size, out = device_name(resolve_device(sys.argv[7])), int(sys.argv[8]), Path(sys.argv[9])
 cpu = Zoo.load("superserve/assets/zoo.json")
 zoos = {"native": Zoo.load(work / "native_gpu.json"), "ofa_resnet50": Zoo.load(work / "ofa_zoo.json")}
+replays = [name for name in ("native", "ofa_resnet50", "native_workers2", "native_cluster")
+           if (work / f"{name}.summary.json").is_file()]
 headline = {"gpu": device, "ofa_resnet50_image_size_px": ofa_size}
 for name, zoo in zoos.items():
     fastest, largest = zoo.entries[0], max(zoo.entries, key=lambda e: e.flops)
@@ -137,6 +166,7 @@ for name, zoo in zoos.items():
     headline[f"{name}_fastest_gpu_b1_median_ms"] = round(fastest.latency_ms[1].median_ms, 3)
     headline[f"{name}_largest_gpu_b1_median_ms"] = round(largest.latency_ms[1].median_ms, 3)
     headline[f"{name}_largest_gpu_b{top}_median_ms"] = round(largest.latency_ms[top].median_ms, 3)
+for name in replays:
     summary = json.loads((work / f"{name}.summary.json").read_text())["metrics"]
     for key in ("slo_attainment", "mean_accuracy", "goodput_qps", "p50_latency_ms", "p99_latency_ms"):
         if key in summary:
@@ -156,7 +186,10 @@ result = {
                  "ofa_weights": "random (seed 0): accuracy is chance"},
     "zoos": {name: zoo.to_dict() for name, zoo in zoos.items()},
     "cpu_zoo_host": cpu.host.__dict__,
-    "replays": {name: json.loads((work / f"{name}.summary.json").read_text()) for name in zoos},
+    "replays": {name: json.loads((work / f"{name}.summary.json").read_text()) for name in replays},
+    "replay_setups": {"native": "embedded worker thread", "ofa_resnet50": "embedded worker thread",
+                      "native_workers2": "--workers 2: two worker processes on the device",
+                      "native_cluster": "Redis: one front end (--reprofile never), one superserve worker --device"},
 }
 out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 for k, v in headline.items():

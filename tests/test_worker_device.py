@@ -255,7 +255,7 @@ def test_gpu_process_pool_answers_as_the_cpu_does(model):
         for k, sid in enumerate(configs):
             got = results.wait(k)
             assert got.error is None and got.compute_s > 0
-            np.testing.assert_allclose(got.probabilities, ref[sid], atol=1e-3)  # TF32/cuDNN, not bitwise
+            np.testing.assert_allclose(got.probabilities, ref[sid], atol=5e-3)  # cuDNN (TF32 convs), not bitwise
     finally:
         pool.close()
 
