@@ -59,10 +59,16 @@ SPACES = {"small": SupernetSpace(**NARROW), "deps-code": SupernetSpace.deps_code
 PAPER_EPOCHS = {"deps": 270, "bignas": 400, "ofa": 605}
 
 
-def space_for(name: str, data: str) -> SupernetSpace:
-    probe = load_dataset(data, seed=0)
+def space_for(name: str, data: str, image_size: int | None = None) -> SupernetSpace:
+    """The named space for `data` at `image_size` (None: the dataset's native size)."""
+    probe = load_dataset(data, seed=0, image_size=image_size)
     return replace(SPACES[name], in_channels=probe.in_channels, image_size=probe.image_size,
                    num_classes=probe.num_classes)
+
+
+def image_size_for(data: str, args) -> int | None:
+    """`--mnist5k-image-size` for mnist5k (a cheaper, downscaled variant), else the native size."""
+    return getattr(args, "mnist5k_image_size", None) if data == "mnist5k" else None
 
 
 def common_subnets(net: SuperNet, count: int, seed: int = 0) -> list[SubnetConfig]:
@@ -247,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="digits,mnist5k", help="comma-separated datasets, run in this order")
     p.add_argument("--budgets", default="4,8,16,32", help="comma-separated FME budgets (equal-budget grid)")
     p.add_argument("--budgets-mnist5k", default=None, help="a smaller grid for mnist5k (default: --budgets)")
+    p.add_argument("--mnist5k-image-size", type=int, default=None,
+                   help="downscale mnist5k to this side (default: native 28; e.g. 14 costs about 1/4 per FME epoch)")
     p.add_argument("--paper-budget", type=float, default=None,
                    help="DεpS FME budget of the paper-schedule runs (default: the largest budget; 0: skip them)")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -274,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     common: dict[str, list] = {}
     plain = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
     for data in datasets:
-        space = space_for(args.space, data)
+        size = image_size_for(data, args)
+        space = space_for(args.space, data, size)
         grid = args.budgets_mnist5k if data == "mnist5k" and args.budgets_mnist5k else args.budgets
         budgets = sorted(float(b) for b in grid.split(","))
         grids[data] = budgets
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     if schedule == "paper" and m == "deps":
                         continue  # DεpS's own schedule at this budget is its equal-budget run
                     for seed in seeds:
-                        tag = f"{data}_{args.space}_{m}_{schedule}_b{b:g}_s{seed}"
+                        tag = f"{data}{size or ''}_{args.space}_{m}_{schedule}_b{b:g}_s{seed}"
                         jobs.append({"data": data, "method": m, "seed": seed, "budget": b, "schedule": schedule,
                                      "space": space.to_dict(), "args": plain, "subnets": [s.to_dict() for s in subnets],
                                      "ckpt": str(args.work_dir / f"{tag}.pt")})
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         headline[f"{data}_runs_not_finished"] = len(names)
     flats: dict[str, float] = {}
     summary: dict[str, dict] = {}
+    by_budget: dict[str, dict] = {}
     for data in datasets:
         mine = [r for r in runs if r["data"] == data]
         flat, found = flat_budget(mine, grids[data], methods, args.flat_points)
@@ -344,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                         row[k + "_ci95"] = round(ci95(vals), 3)
                     table[f"{schedule}_b{b:g}_{m}"] = row
         summary[data] = table
+        # the same deltas at every budget of the grid (how the gap moves as training gets longer)
+        by_budget[data] = {f"{schedule}_b{b:g}": deltas(mine, methods, schedule, b)
+                           for schedule in ("equal", "paper")
+                           for b in sorted({r["budget"] for r in mine if r["schedule"] == schedule})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     png = args.out_dir / "training_methods.png"
     plot(runs, datasets, methods, flats, png)
@@ -351,14 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": "python benchmarks/training_methods.py " + " ".join(shlex.quote(a) for a in argv),
            "host": f"{platform.node()} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                    f"torch threads available, runs 1 thread each, {args.jobs} at a time, CPU shared with others)",
-           "budgets_fme": grids, "space": {d: space_for(args.space, d).to_dict() for d in datasets},
+           "budgets_fme": grids, "space": {d: space_for(args.space, d, image_size_for(d, args)).to_dict() for d in datasets},
            "seeds": seeds, "batch_size": args.batch_size, "lr": args.lr, "paper_epochs": PAPER_EPOCHS,
            "common_subnets": common,
            "notes": "FME = full-model-equivalent epochs actually spent; test accuracy on the split's test part; "
                     "the front is picked on validation. ci95 = half-width of the 95% t-interval over seeds (for "
                     "the deltas: over seed-paired differences DεpS - best baseline). train_time_s is loop wall "
                     "time on a shared 2-core CPU, noisy.",
-           "unfinished_runs": unfinished, "headline": headline, "summary": summary, "runs": runs}
+           "unfinished_runs": unfinished, "headline": headline, "summary": summary,
+           "deps_minus_best_baseline_by_budget": by_budget, "runs": runs}
     (args.out_dir / "training_methods.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(headline, indent=1))
     return 0

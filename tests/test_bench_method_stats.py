@@ -62,3 +62,13 @@ def test_defense_verdict_needs_the_interval_to_exclude_zero():
     assert not ed._separated(ed._stat([5.0, -4.0, 30.0, -20.0]))  # bimodal: not separated
     assert not ed._separated(ed._stat([3.0]))  # one seed: no interval
     assert ed._stat([1.0, float("nan"), 3.0])["n"] == 2
+
+
+def test_mnist5k_image_size_applies_to_mnist5k_only():
+    import argparse
+
+    tm = _load("training_methods")
+    args = argparse.Namespace(mnist5k_image_size=14)
+    assert tm.image_size_for("mnist5k", args) == 14
+    assert tm.image_size_for("digits", args) is None
+    assert tm.image_size_for("mnist5k", argparse.Namespace()) is None  # jobs pickled before the option existed
