@@ -12,7 +12,8 @@ spread evenly in log-MACs), each calibrated on up to 2,000 train images: test ac
 subnets, and the mean over the method's own Pareto front within the common set (front picked on validation
 accuracy, reported on test). The per-epoch validation of the smallest / largest subnet during the longest runs is
 the learning curve; the "flat" budget is the smallest one after which the smallest subnet's mean validation
-accuracy (best method) gains less than `--flat-points` to the next budget.
+accuracy (best method) gains less than `--flat-points` to the next budget; the same per method says which curves
+are still climbing there.
 Headline, per dataset and schedule: DεpS minus the best baseline (best = highest seed mean) on the smallest subnet,
 the largest and the front mean, with a 95% t-interval over the seed-paired differences. Runs go `--jobs` at a time
 in separate processes (1 torch thread each); finished runs are reused from `--work-dir` (resumed if interrupted).
@@ -331,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         flats[data] = flat
         headline[f"{data}_flat_budget_fme"] = flat
         headline[f"{data}_flat_found_within_grid"] = found
+        for m in methods:  # each method's own smallest-subnet curve: has it flattened too, or is it still climbing?
+            own, own_found = flat_budget(mine, grids[data], [m], args.flat_points)
+            headline[f"{data}_flat_budget_fme_{m}"] = own
+            headline[f"{data}_flat_found_within_grid_{m}"] = own_found
         # compare where the curve is flat (or at the largest budget when it never flattens within the grid)
         where = {"equal": flat, "paper": args.paper_budget if args.paper_budget is not None else grids[data][-1]}
         for schedule, budget in where.items():
