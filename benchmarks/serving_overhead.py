@@ -36,6 +36,10 @@
    in-process p50 (what Triton runs); `added_latency_over_triton_ratio` = ours / Triton's (target < 1). Triton's
    in-process reference for throughput runs the exported subnet at Triton's mean batch size (its statistics API).
 
+"In-process" (the direct forwards, the replays of the batches a server ran, our code run cold) runs in a process of
+its own with 1 torch thread, never beside the server's threads: in the benchmark's own process the same forwards ran up
+to 2x slower on this loaded host, which made the added latencies negative.
+
 Every saturation block is driven by `--client-procs` client processes (spawned once, before anything is timed)
 sharing `--concurrency` calls in flight, the same for gRPC, HTTP and Triton: one Python client process tops out near
 100 HTTP calls/s here, which measured the client, not the server. Each block records its client processes' CPU use
@@ -402,19 +406,23 @@ class TritonPeer:
             client.close()
         raise RuntimeError(f"Triton not ready after {timeout_s:g} s: " + " | ".join(self.log.read_text().splitlines()[-8:]))
 
-    def counts(self) -> tuple[int, int]:
-        """(images inferred, batches executed) so far, from Triton's metrics (PyTriton restricts the statistics
-        extension to its own access token)."""
+    def metrics(self) -> dict[str, float]:
+        """Triton's cumulative per-model counters (nv_inference_*: counts, and durations in us) of model "subnet"
+        (PyTriton restricts the statistics extension to its own access token; the metrics endpoint is open)."""
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
             text = r.read().decode()
         found = {}
         for line in text.splitlines():
-            for name in ("nv_inference_count", "nv_inference_exec_count"):
-                if line.startswith(name + "{") and f'model="{self.MODEL}"' in line:
-                    found[name] = int(float(line.rsplit(" ", 1)[1]))
-        return found["nv_inference_count"], found["nv_inference_exec_count"]
+            if line.startswith("nv_inference_") and f'model="{self.MODEL}"' in line:
+                found[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    def counts(self) -> tuple[int, int]:
+        """(images inferred, batches executed) so far."""
+        m = self.metrics()
+        return int(m["nv_inference_count"]), int(m["nv_inference_exec_count"])
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -427,6 +435,14 @@ class TritonPeer:
                 except ProcessLookupError:
                     pass
                 self.proc.wait(timeout=10)
+
+
+def compute_per_call_ms(before: dict[str, float], after: dict[str, float]) -> float:
+    """Triton's mean model-execution time per call between two metrics snapshots (compute_infer: the Python model's
+    execute, the stub round trip included)."""
+    calls = after["nv_inference_request_success"] - before["nv_inference_request_success"]
+    return (after["nv_inference_compute_infer_duration_us"] - before["nv_inference_compute_infer_duration_us"]) / 1e3 \
+        / max(1.0, calls)
 
 
 @torch.inference_mode()
@@ -454,6 +470,56 @@ def exported_latency_ms(model, x: torch.Tensor, calls: int, gap_s: float = 0.005
     return np.array(out)
 
 
+_D: dict = {}  # the in-process side's state, in its own process (see Direct)
+
+
+def _direct_init(checkpoint: Path, zoo, spec, images: np.ndarray, top_id: str) -> None:  # noqa: ANN001
+    from policies.base import make_policy
+    from supernet.checkpoint import load_checkpoint
+    from supernet.export import export
+
+    torch.set_num_threads(1)
+    net, _ = load_checkpoint(checkpoint)
+    top = zoo.entry(top_id)
+    overhead_ms = ServeConfig().rpc_overhead_ms  # the server runs with the defaults
+    _D.update(net=net, zoo=zoo, spec=spec, top=top, exported=export(net, top.config).eval(),
+              sample=torch.from_numpy(np.resize(images, (zoo.batch_sizes[-1], *images.shape[1:]))),
+              x1=torch.from_numpy(images[:1]),
+              policy=lambda z: make_policy("slackfit", z, overhead_ms=overhead_ms))
+
+
+def _direct(what: str, *args):  # noqa: ANN002, ANN202
+    d = _D
+    if what == "mix":  # the batches a server ran: seconds
+        return run_in_process(d["net"], d["zoo"], *args, d["sample"])
+    if what == "exported_mix":  # (images, batch size): seconds
+        return run_exported(d["exported"], *args, d["sample"])
+    if what == "light":  # (calls, gap_s): ms per call, the most accurate subnet at batch 1
+        return direct_latency_ms(d["net"], d["top"].config, d["x1"], *args)
+    if what == "exported_light":
+        return exported_latency_ms(d["exported"], d["x1"], *args)
+    if what == "pipeline":  # (request bytes, calls)
+        return pipeline_ms(d["net"], d["zoo"], d["spec"], d["policy"], *args)
+    raise ValueError(what)
+
+
+class Direct:
+    """The in-process side (the model run directly, no server) in a process of its own: in the benchmark's own
+    process, beside the idle server's threads, the same forwards ran up to 2x slower on this loaded host (measured
+    89-98 ms vs the servers' 32-51 ms for one batch-1 forward), which made the added latency negative."""
+
+    def __init__(self, checkpoint: Path, zoo, spec, images: np.ndarray, top_id: str) -> None:  # noqa: ANN001
+        self.pool = mp.get_context("spawn").Pool(1, initializer=_direct_init,
+                                                 initargs=(checkpoint, zoo, spec, images, top_id))
+
+    def __call__(self, what: str, *args):  # noqa: ANN002, ANN204
+        return self.pool.apply(_direct, (what, *args))
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
@@ -473,9 +539,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-triton", action="store_true", help="skip the Triton side-by-side")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_overhead.json")
     args = p.parse_args(argv)
-    from supernet.checkpoint import load_checkpoint
-    from supernet.export import export
-
     work = Path(tempfile.mkdtemp(prefix="serving_overhead_"))
     records = work / "records.jsonl"
     with_triton = not args.no_triton
@@ -492,14 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     images = np.random.default_rng(0).standard_normal((64, space.in_channels, space.image_size,
                                                        space.image_size)).astype(np.float32)
     top = max(zoo.entries, key=lambda e: e.accuracy)
-    net, _ = load_checkpoint(args.checkpoint)  # the in-process side: its own copy, same weights
-    exported = export(net, top.config).eval()  # what Triton runs, in-process
+    # The in-process side, in its own process: the supernet (its own copy, same weights) and the exported subnet
+    # (what Triton runs).
+    direct_run = Direct(args.checkpoint, zoo, srv.service.spec, images, top.subnet_id)
     triton = None
     per_round = max(1, args.light_calls // args.rounds)
     light, direct, empty, floor, ours = [], [], [], [], []
     b2b, b2b_direct, b2b_floor = [], [], []  # back to back: the next call as soon as the answer is in
     http_light, http_b2b = [], []  # the HTTP door, same rounds
     tri_light, tri_b2b, tri_direct, tri_b2b_direct = [], [], [], []  # Triton and the exported subnet in-process
+    tri_compute = []  # per gapped Triton block: its mean compute_infer (model execution) per call, from its metrics
     floor_srv = None
     block_s = args.duration_s / args.sat_rounds
     try:
@@ -512,8 +577,6 @@ def main(argv: list[str] | None = None) -> int:
                        if triton else None)
         # Saturation in --sat-rounds rounds; in each, every system's block is followed by the in-process replay of
         # exactly the batches it ran, so that drift in this shared host's speed hits all sides alike.
-        torch.set_num_threads(1)
-        sample = torch.from_numpy(np.resize(images, (zoo.batch_sizes[-1], *images.shape[1:])))
         seen = 0
         sat = {"grpc": [], "http": [], "pinned": [], "triton": []}
         raw = {k: [0.0, 0] for k in sat}  # in-process seconds and images of each system's blocks
@@ -525,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             ran = batch_mix(records)[seen:]
             seen += len(ran)
             mixes[kind] += ran
-            t_raw = run_in_process(net, zoo, ran, sample)
+            t_raw = direct_run("mix", ran)
             n = sum(b for _, b in ran)
             raw[kind][0] += t_raw
             raw[kind][1] += n
@@ -544,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                 sat["triton"].append(clients.saturate(saturate, args.concurrency, block_s, triton_spec, images[:1]))
                 n1, b1 = triton.counts()
                 mean_batch = (n1 - n0) / max(1, b1 - b0)
-                t_raw = run_exported(exported, n1 - n0, max(1, round(mean_batch)), sample)
+                t_raw = direct_run("exported_mix", n1 - n0, max(1, round(mean_batch)))
                 raw["triton"][0] += t_raw
                 raw["triton"][1] += n1 - n0
                 sat["triton"][-1]["ratio"] = sat["triton"][-1]["ok"] / sat["triton"][-1]["duration_s"] / (
@@ -554,34 +617,35 @@ def main(argv: list[str] | None = None) -> int:
         request_bytes = _light_request(images[:1], top.accuracy)
         floor_srv = _FloorServer(srv, answer_bytes(url, request_bytes))
         floor_spec = replace(light_spec, url=f"127.0.0.1:{floor_srv.port}")
-        policy = srv.engine._policy_factory
-        x1 = torch.from_numpy(images[:1])
         # One client process for every light-load block (spawned once: its start-up is not measured).
         with mp.get_context("spawn").Pool(1) as client:
             empty.append(client.apply(empty_rpc_ms, (url, per_round)))
             for _ in tqdm(range(args.rounds), desc="light-load rounds", unit="round"):
                 light.append(client.apply(sequential, (light_spec, per_round, images[:1])))
-                direct.append(direct_latency_ms(net, top.config, x1, per_round))
+                direct.append(direct_run("light", per_round))
                 floor.append(client.apply(sequential, (floor_spec, per_round, images[:1])))
-                ours.append(pipeline_ms(net, zoo, srv.service.spec, policy, request_bytes, per_round))
+                ours.append(direct_run("pipeline", request_bytes, per_round))
                 b2b.append(client.apply(sequential, (light_spec, per_round, images[:1], 0.0)))
-                b2b_direct.append(direct_latency_ms(net, top.config, x1, per_round, 0.0))
+                b2b_direct.append(direct_run("light", per_round, 0.0))
                 b2b_floor.append(client.apply(sequential, (floor_spec, per_round, images[:1], 0.0)))
                 http_light.append(client.apply(http_sequential, (srv.http_port, per_round, images[:1],
                                                                  top.accuracy)))
                 http_b2b.append(client.apply(http_sequential, (srv.http_port, per_round, images[:1], top.accuracy,
                                                                0.0)))
                 if triton is not None:
+                    before = triton.metrics()
                     tri_light.append(client.apply(sequential, (triton_spec, per_round, images[:1])))
-                    tri_direct.append(exported_latency_ms(exported, x1, per_round))
+                    tri_compute.append(compute_per_call_ms(before, triton.metrics()))
+                    tri_direct.append(direct_run("exported_light", per_round))
                     tri_b2b.append(client.apply(sequential, (triton_spec, per_round, images[:1], 0.0)))
-                    tri_b2b_direct.append(exported_latency_ms(exported, x1, per_round, 0.0))
+                    tri_b2b_direct.append(direct_run("exported_light", per_round, 0.0))
     finally:
         if floor_srv is not None:
             floor_srv.close()
         if triton is not None:
             triton.close()
         clients.close()
+        direct_run.close()
         srv.stop()
     # The server's records of the light-load calls, in the order they ran (flushed on stop).
     # Per round: gRPC gapped, gRPC back to back, HTTP gapped (+1 connection-opening call), HTTP back to back (+1).
@@ -645,14 +709,28 @@ def main(argv: list[str] | None = None) -> int:
         tri_light, tri_b2b = np.concatenate(tri_light), np.concatenate(tri_b2b)
         tri_direct, tri_b2b_direct = np.concatenate(tri_direct), np.concatenate(tri_b2b_direct)
         tri_added = med(tri_light) - med(tri_direct)
+        # Round trip minus the server's own model-execution time, as means (Triton's metrics give sums, not
+        # per-call times): per call from our records; per block from Triton's compute_infer counters.
+        ours_paired_mean = float(np.mean(paired))
+        tri_paired_mean = float(np.mean([blk.mean() - c for blk, c in
+                                         zip(np.split(tri_light, len(tri_compute)), tri_compute)]))
         headline.update({
+            "added_mean_latency_paired_ms": round(ours_paired_mean, 3),
+            "triton_added_mean_latency_paired_ms": round(tri_paired_mean, 3),
+            "added_paired_over_triton_ratio": round(ours_paired_mean / tri_paired_mean, 3),
+            "triton_compute_per_call_mean_ms": round(float(np.mean(tri_compute)), 3),
             "triton_light_load_p50_ms": round(med(tri_light), 3),
             "triton_in_process_exported_p50_ms": round(med(tri_direct), 3),
             "triton_added_median_latency_ms": round(tri_added, 3),
-            "added_latency_over_triton_ratio": round((med(light) - med(direct)) / tri_added, 3),
+            # None when either difference is not positive: on a loaded host the in-process side can be the slower
+            # one, and a ratio of two negative numbers says nothing.
+            "added_latency_over_triton_ratio": (round((med(light) - med(direct)) / tri_added, 3)
+                                                if tri_added > 0 and med(light) > med(direct) else None),
             "triton_added_median_latency_back_to_back_ms": round(med(tri_b2b) - med(tri_b2b_direct), 3),
-            "added_back_to_back_over_triton_ratio": round((med(b2b) - med(b2b_direct))
-                                                          / (med(tri_b2b) - med(tri_b2b_direct)), 3),
+            "added_back_to_back_over_triton_ratio": (round((med(b2b) - med(b2b_direct))
+                                                           / (med(tri_b2b) - med(tri_b2b_direct)), 3)
+                                                     if med(b2b) > med(b2b_direct) and med(tri_b2b) > med(tri_b2b_direct)
+                                                     else None),
             "triton_server_throughput_qps": round(sats["triton"]["throughput_qps"], 1),
             "triton_throughput_ratio": round(sats["triton"]["throughput_qps"] / raw_qps["triton"], 3),
             "pinned_throughput_over_triton": round(sats["pinned"]["throughput_qps"]
@@ -706,7 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Triton (PyTriton, exported subnet {top.subnet_id}): light load p50 {h['triton_light_load_p50_ms']} ms "
               f"vs in-process exported {h['triton_in_process_exported_p50_ms']} ms -> added "
               f"{h['triton_added_median_latency_ms']} ms; ours / Triton's = {h['added_latency_over_triton_ratio']} "
-              f"(target < 1; back to back {h['added_back_to_back_over_triton_ratio']}); saturation "
+              f"(target < 1; back to back {h['added_back_to_back_over_triton_ratio']}); round trip minus the server's "
+              f"own model time (means): ours {h['added_mean_latency_paired_ms']} ms, Triton's "
+              f"{h['triton_added_mean_latency_paired_ms']} ms -> {h['added_paired_over_triton_ratio']}; saturation "
               f"{h['triton_server_throughput_qps']} img/s -> {h['triton_throughput_ratio'] * 100:.1f}% of in-process; "
               f"superserve pinned / Triton = {h['pinned_throughput_over_triton']}")
     print(f"load average during the run: {result['host_load_avg_1min']:.1f} on {os.cpu_count()} cores; wrote {args.out}")
