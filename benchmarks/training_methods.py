@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="downscale mnist5k to this side (default: native 28; e.g. 14 costs about 1/4 per FME epoch)")
     p.add_argument("--paper-budget", type=float, default=None,
                    help="DεpS FME budget of the paper-schedule runs (default: the largest budget; 0: skip them)")
+    p.add_argument("--paper-budget-mnist5k", type=float, default=None,
+                   help="the same for mnist5k (default: --paper-budget; 0: skip them)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--space", choices=tuple(SPACES), default="deps-code",
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     grids: dict[str, list[float]] = {}
     unfinished: dict[str, list[str]] = {}
     common: dict[str, list] = {}
+    papers: dict[str, float] = {}  # the DεpS budget of the papers'-schedule runs, per dataset (0: none)
     plain = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
     for data in datasets:
         size = image_size_for(data, args)
@@ -290,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         grids[data] = budgets
         subnets = common_subnets(SuperNet(space), args.common)
         common[data] = [s.to_dict() | {"subnet_id": s.subnet_id} for s in subnets]
-        paper_budget = budgets[-1] if args.paper_budget is None else args.paper_budget
+        chosen = args.paper_budget_mnist5k if data == "mnist5k" and args.paper_budget_mnist5k is not None \
+            else args.paper_budget
+        paper_budget = papers[data] = budgets[-1] if chosen is None else chosen
         jobs = []
         for schedule, bs in (("equal", budgets), ("paper", [paper_budget] if paper_budget else [])):
             for b in bs:
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             headline[f"{data}_flat_budget_fme_{m}"] = own
             headline[f"{data}_flat_found_within_grid_{m}"] = own_found
         # compare where the curve is flat (or at the largest budget when it never flattens within the grid)
-        where = {"equal": flat, "paper": args.paper_budget if args.paper_budget is not None else grids[data][-1]}
+        where = {"equal": flat, "paper": papers[data]}
         for schedule, budget in where.items():
             d = deltas(mine, methods, schedule, budget)
             for key, value in d.items():
