@@ -217,3 +217,26 @@ def test_serve_command_with_models_and_a_repository_holding_a_plain_model(servin
         rc = proc.wait(timeout=60)
         reader.join(5)
     assert rc == 0, "".join(lines)
+
+
+def _export(directory, dynamic_batch: bool):  # noqa: ANN001, ANN202
+    directory.mkdir(parents=True)
+    shapes = {"input": {0: torch.export.Dim("batch", min=1, max=64)}} if dynamic_batch else None
+    program = torch.export.export(_user_model(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=shapes)
+    torch.export.save(program, str(directory / "model.pt2"))
+    (directory / "model.json").write_text(json.dumps({**DECLARATION, "format": "torch_export"}))
+    return directory
+
+
+def test_a_torch_export_archive_is_read_too(tmp_path, monkeypatch):
+    from superserve.server.plain_model import load_plain_model
+
+    monkeypatch.setenv("SUPERSERVE_CACHE", str(tmp_path / "cache"))
+    net, zoo, decl, _, reused = load_plain_model(_export(tmp_path / "dyn", True), torch.device("cpu"), 1)
+    assert decl.format == "torch_export" and not reused and zoo.batch_sizes == (1, 2, 4)
+    x = _x(4)
+    with torch.inference_mode():
+        got = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(got, _expected(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="dynamic batch dimension"):  # exported for batch 2 only
+        load_plain_model(_export(tmp_path / "static", False), torch.device("cpu"), 1)

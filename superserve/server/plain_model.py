@@ -2,9 +2,11 @@
 repository beside a supernet and be served by name over both doors.
 
 The format is the one Triton's PyTorch backend and TorchServe take: a TorchScript file (`torch.jit.save`), named
-`model.pt`, beside a small declaration `model.json` (Triton's config.pbtxt says the same things):
+`model.pt`, beside a small declaration `model.json` (Triton's config.pbtxt says the same things). torch's successor
+format is read too: a `torch.export` archive (`torch.export.save`, `model.pt2`, exported with a dynamic batch
+dimension), with "format": "torch_export".
 
-    {"format": "torchscript",          # the only format read: no pickle, so no code from the file runs on load
+    {"format": "torchscript",          # or "torch_export"; neither unpickles code from the file
      "input_shape": [1, 28, 28],       # [C, S, S] of one image (square, as the protocol's INPUT tensor)
      "num_classes": 10,                # the model maps [B, C, S, S] float32 to [B, num_classes] logits
      "accuracy": 0.97,                 # its validation top-1 as you measured it: reported in responses
@@ -39,6 +41,7 @@ from supernet.config import SubnetConfig, SupernetSpace
 from superserve.zoo import HostFingerprint, LatencyStats, Zoo, ZooEntry
 
 MODEL_FILE, DECLARATION_FILE = "model.pt", "model.json"
+MODEL_FILES = {"torchscript": MODEL_FILE, "torch_export": "model.pt2"}  # format -> the model's file name
 PLAIN_FAMILY = "exported"  # SupernetSpace.family of a plain model's zoo (no supernet implementation serves it)
 DEFAULT_MAX_BATCH = 32
 
@@ -51,6 +54,7 @@ class PlainDeclaration:
     image_size: int
     num_classes: int
     accuracy: float
+    format: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
     raw_max: float
@@ -76,9 +80,11 @@ def read_declaration(path: Path) -> PlainDeclaration:
         raise ValueError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")  # noqa: TRY004 - bad file content, not a bad argument
-    if data.get("format", "torchscript") != "torchscript":
-        raise ValueError(f"{path}: format {data.get('format')!r} is not supported; export the model with "
-                         f"torch.jit.script(model).save('{MODEL_FILE}') and say \"torchscript\"")
+    form = data.get("format", "torchscript")
+    if form not in MODEL_FILES:
+        raise ValueError(f"{path}: format {form!r} is not supported; export the model with "
+                         f"torch.jit.script(model).save('{MODEL_FILE}') and say \"torchscript\", or with "
+                         f"torch.export.save(...) to '{MODEL_FILES['torch_export']}' and say \"torch_export\"")
 
     def positive_int(key: str, default: int | None = None) -> int:
         value = data.get(key, default)
@@ -109,7 +115,7 @@ def read_declaration(path: Path) -> PlainDeclaration:
     if len(mean) != channels or len(std) != channels or not all(math.isfinite(v) for v in mean + std) \
             or min(std) <= 0 or not raw_max > 0:
         raise ValueError(f"{path}: normalization needs {channels} finite mean(s) and positive std(s) and raw_max > 0")
-    return PlainDeclaration(channels, shape[1], positive_int("num_classes"), float(accuracy), mean, std, raw_max,
+    return PlainDeclaration(channels, shape[1], positive_int("num_classes"), float(accuracy), form, mean, std, raw_max,
                             positive_int("max_batch_size", DEFAULT_MAX_BATCH))
 
 
@@ -117,8 +123,9 @@ class PlainNet:
     """A TorchScript module behind the supernet's interface as the workers and the profiler use it: `net(x, subnet)`
     (the subnet is ignored), `space`, `parameters()`, `eval()` / `train()`."""
 
-    def __init__(self, module: Any, space: SupernetSpace, device: torch.device) -> None:
+    def __init__(self, module: Any, space: SupernetSpace, device: torch.device, fixed_mode: bool = False) -> None:
         self.module, self.space = module, space
+        self.fixed_mode = fixed_mode  # a torch.export program: its mode was fixed at export (train()/eval() raise)
         self._where = [torch.empty(0, device=device)]  # what parameters() yields for a module without any
 
     def __call__(self, x: torch.Tensor, subnet: Any = None) -> torch.Tensor:
@@ -130,21 +137,31 @@ class PlainNet:
 
     @property
     def training(self) -> bool:
-        return bool(self.module.training)
+        return False if self.fixed_mode else bool(self.module.training)
 
     def eval(self) -> PlainNet:
-        self.module.eval()
+        if not self.fixed_mode:
+            self.module.eval()
         return self
 
     def train(self, mode: bool = True) -> PlainNet:
-        self.module.train(mode)
+        if not self.fixed_mode:
+            self.module.train(mode)
         return self
 
 
-def load_module(path: Path, device: torch.device) -> Any:
-    """The TorchScript module in `path` (ValueError saying what the file is instead)."""
+def load_module(path: Path, device: torch.device, form: str = "torchscript") -> Any:
+    """The TorchScript module (or torch.export program's module) in `path` (ValueError saying what the file is
+    instead)."""
     if not Path(path).is_file():
-        raise ValueError(f"{path} does not exist (a plain model directory holds {MODEL_FILE} and {DECLARATION_FILE})")
+        raise ValueError(f"{path} does not exist (a plain model directory holds {MODEL_FILES[form]} and "
+                         f"{DECLARATION_FILE})")
+    if form == "torch_export":
+        try:
+            module = torch.export.load(str(path)).module()
+        except Exception as exc:  # noqa: BLE001 - whatever the archive's reader raises
+            raise ValueError(f"{path} is not a torch.export archive: {str(exc).splitlines()[0][:200]}") from None
+        return module.to(device)  # an exported program has no train/eval mode to set
     try:
         with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; it is still what Triton loads
             warnings.simplefilter("ignore", FutureWarning)
@@ -170,12 +187,15 @@ def _is_zip_pickle(path: Path) -> bool:
 
 @torch.inference_mode()
 def check_output(net: PlainNet, decl: PlainDeclaration, device: torch.device, where: Path) -> None:
+    """One forward on zeros at batch 1: [1, num_classes] finite logits, or ValueError saying what came instead."""
     x = torch.zeros(1, decl.in_channels, decl.image_size, decl.image_size, device=device)
     try:
         out = net(x)
     except Exception as exc:  # noqa: BLE001 - the model's own error, reported at load instead of per call
         raise ValueError(f"{where}: a forward pass on zeros of [1, {decl.in_channels}, {decl.image_size}, "
-                         f"{decl.image_size}] failed: {str(exc).splitlines()[0][:200]}") from None
+                         f"{decl.image_size}] failed: {str(exc).splitlines()[0][:200]}"
+                         + (" (exported for another batch size? export with a dynamic batch dimension)"
+                            if decl.format == "torch_export" else "")) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, decl.num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{where}: the model returns {got} for one image; {DECLARATION_FILE} declares "
@@ -192,8 +212,9 @@ def plain_space(decl: PlainDeclaration) -> SupernetSpace:
 def cache_path(directory: Path, host: HostFingerprint) -> Path:
     """Where this host's latency table of the plain model in `directory` lives (the supernets' cache directory)."""
     h = hashlib.sha256()
-    for name in (MODEL_FILE, DECLARATION_FILE):
-        h.update((Path(directory) / name).read_bytes())
+    for name in (*MODEL_FILES.values(), DECLARATION_FILE):
+        if (Path(directory) / name).is_file():
+            h.update(name.encode() + (Path(directory) / name).read_bytes())
     h.update(json.dumps(host.__dict__, sort_keys=True).encode())
     root = Path(os.environ.get("SUPERSERVE_CACHE", Path.home() / ".cache" / "superserve"))
     return root / f"plain-{h.hexdigest()[:16]}.json"
@@ -217,8 +238,10 @@ def load_plain_model(directory: Path, device: torch.device, threads: int,
 
     directory = Path(directory)
     decl = read_declaration(directory / DECLARATION_FILE)
-    net = PlainNet(load_module(directory / MODEL_FILE, device), plain_space(decl), device)
-    check_output(net, decl, device, directory / MODEL_FILE)
+    model_file = directory / MODEL_FILES[decl.format]
+    net = PlainNet(load_module(model_file, device, decl.format), plain_space(decl), device,
+                   fixed_mode=decl.format == "torch_export")
+    check_output(net, decl, device, model_file)
     host = HostFingerprint.current(device=device_name(device), threads=threads)
     cached = cache_path(directory, host)
     if cached.is_file():
@@ -231,7 +254,12 @@ def load_plain_model(directory: Path, device: torch.device, threads: int,
     say(f"profiling the plain model {directory} on this host at batch sizes {list(decl.batch_sizes)} (once; cached "
         f"in {cached})")
     placeholder = {b: LatencyStats(1.0, 1.0) for b in decl.batch_sizes}
-    zoo = profile_zoo(net, one_subnet_zoo(net, decl, host, placeholder), host, progress=False)
+    try:
+        zoo = profile_zoo(net, one_subnet_zoo(net, decl, host, placeholder), host, progress=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. a model exported for batch 1 only
+        raise ValueError(f"{model_file}: running batches of {list(decl.batch_sizes)} failed ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}); export the model with a dynamic batch dimension or "
+                         f"lower max_batch_size") from None
     cached.parent.mkdir(parents=True, exist_ok=True)
     zoo.save(cached)
     return net, zoo, decl, cached, False
