@@ -58,10 +58,12 @@ class ModelSource:
     def checkpoint_path(self) -> Path:
         """`supernet.pt`, else the one `*.pt` of the directory (ValueError naming the problem); a plain model's
         `model.pt`."""
-        from superserve.server.plain_model import MODEL_FILE
+        from superserve.server.plain_model import MODEL_FILE, MODEL_FILES
 
-        if self.plain:
-            return self.directory / MODEL_FILE
+        if self.plain:  # model.pt, or the torch.export archive when that is the one there
+            exported = self.directory / MODEL_FILES["torch_export"]
+            return exported if exported.is_file() and not (self.directory / MODEL_FILE).is_file() \
+                else self.directory / MODEL_FILE
         default = self.directory / "supernet.pt"
         if default.is_file():
             return default
