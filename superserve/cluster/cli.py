@@ -1,7 +1,9 @@
 """`superserve worker --backend redis://HOST:PORT`: a worker process of the Redis cluster, on any host.
 
 It waits for a front end (`superserve serve --backend redis://...`) to publish the zoo and policy, loads its own copy
-of the supernet, registers with a heartbeat, and serves until SIGTERM/SIGINT (finishing the batch in hand).
+of the supernet, fits the published latency table to its own device (`--reprofile auto`: a spot check, then the table
+scaled by the measured factor when it was profiled elsewhere), registers with a heartbeat, and serves until
+SIGTERM/SIGINT (finishing the batch in hand).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--no-correction", action="store_true",
                         help="do not correct the latency table online from this worker's execution times")
+    parser.add_argument("--reprofile", choices=("auto", "never"), default="auto",
+                        help="auto: at start, spot-check the latency table the front end published on this worker's "
+                             "device (every subnet at batch 1) and, when it was profiled on other hardware or runs "
+                             "at another speed here, scale it by the measured factor before taking work (online "
+                             "correction refines it); never: take the published table as it is (default: "
+                             "%(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from superserve.cluster.worker import ClusterWorker, WorkerConfig
 
     config = WorkerConfig(Path(args.checkpoint), args.namespace, args.threads, args.heartbeat_ttl_s,
-                          correction_interval_s=None if args.no_correction else 0.25, device=args.device)
+                          correction_interval_s=None if args.no_correction else 0.25, device=args.device,
+                          reprofile=args.reprofile)
     try:
         worker = ClusterWorker(url, config)
     except BackendError as exc:

@@ -3,21 +3,29 @@ security, metrics, gRPC, drain on stop) with `RedisEngine` in place of the in-pr
 
 Every serving option either applies here as it does in the embedded server (API keys, rate limits, in-flight caps,
 TLS, message and image limits, the hint defense, records, response parameters) or is refused at start with the reason:
-the worker-side options (`--workers`, `--embedded-workers`, `--threads-per-worker`, `--no-correction`) belong to
-`superserve worker`, which runs the batches, and `--late serve` is embedded-only."""
+the worker-side options (`--workers`, `--embedded-workers`, `--threads-per-worker`, `--no-correction`,
+`--reprofile always`) belong to `superserve worker`, which runs the batches, and `--late serve` is embedded-only.
+
+The latency table belongs to where the batches run: the front end publishes the zoo file's table as it is (it never
+runs a batch, so a table re-profiled or spot-checked here would be this host's, not the workers'); each worker checks it
+on its own device at start and scales it to its speed (`superserve worker --reprofile auto`). The front end still
+checks the checkpoint against the zoo (every subnet calibrated), and admission and the hint defense use the published
+table."""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from policies.base import make_policy
 from superserve.cluster.frontend import FrontendConfig, RedisEngine
 from superserve.cluster.redis_queue import ClusterConfig, parse_backend
-from superserve.server.app import Server, ServeConfig
+from superserve.server.app import LiveTable, Server, ServeConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
 from superserve.server.security import HintDefenseHook
 from superserve.server.service import InferenceService
+from superserve.zoo import Zoo
 
 _DEFAULTS = ServeConfig()
 
@@ -33,6 +41,9 @@ def refused_options(cfg: ServeConfig) -> list[str]:
     if cfg.engine.correction_interval_s is None:
         why.append("--no-correction: each worker corrects its own latency table; pass --no-correction to "
                    "`superserve worker`")
+    if cfg.reprofile == "always":
+        why.append("--reprofile always: the front end publishes the zoo's table as it is; each `superserve worker` "
+                   "checks it on its own device and scales it to its speed (its --reprofile auto, the default)")
     if cfg.engine.late != "shed":
         why.append("--late serve is not supported with --backend redis (requests that cannot meet their deadline "
                    "are shed)")
@@ -46,6 +57,17 @@ class ClusterServer(Server):
         super().__init__(config)
         self.backend_url = backend
         self.cluster = cluster
+
+    def load_zoo(self, net: Any, sample: Any, background: bool = False) -> Zoo:
+        """The zoo file's table as it is (no spot check, no re-profile, no per-host cache: this host runs no batch);
+        the workers fit it to their devices."""
+        cfg = self.config
+        zoo = Zoo.load(cfg.zoo_path)
+        self.table = LiveTable("file", str(cfg.zoo_path), 1.0)
+        self._say(f"superserve: publishing the latency table of {cfg.zoo_path} as it is (profiled on "
+                  f"{zoo.host.device}, {zoo.host.processor}, {zoo.host.threads} thread(s)): each `superserve worker` "
+                  f"checks it on its own device at start and scales it to its speed")
+        return zoo
 
     def start(self) -> "ClusterServer":
         cfg = self.config

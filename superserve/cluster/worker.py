@@ -56,6 +56,9 @@ class WorkerConfig:
     grace_s: float = 2.0
     correction_interval_s: float | None = 0.25  # rebuild the policy from corrected latencies; None = off
     device: str = "cpu"  # cpu, cuda or cuda:N: where this worker's copy of the model runs
+    # auto: spot-check the published latency table on this worker's device at start and scale it to this worker's
+    # speed when it was profiled elsewhere (or runs at another speed here); never: take it as published
+    reprofile: str = "auto"
 
 
 class ClusterWorker:
@@ -95,7 +98,8 @@ class ClusterWorker:
         raise InterruptedError("stopped while waiting for a front end")
 
     def load(self, published: ClusterConfig) -> None:
-        """Build the policy from the published zoo; load the checkpoint (once) and warm every subnet up."""
+        """Build the policy from the published zoo; load the checkpoint (once), warm every subnet up and fit the
+        published latency table to this worker's device (`_table_for_this_worker`) before it takes work."""
         from supernet.checkpoint import load_checkpoint
 
         zoo = Zoo.from_dict(published.zoo)
@@ -106,21 +110,52 @@ class ClusterWorker:
         if missing:
             raise ValueError(f"checkpoint {self.config.checkpoint} has no SubnetNorm statistics for the published "
                              f"zoo's subnets {', '.join(missing)}: is it the checkpoint the front end serves?")
-        self.zoo = zoo
         self.published = published
         self.configs = {e.subnet_id: e.config for e in zoo.entries}
         self.sample_shape = (zoo.space.in_channels, zoo.space.image_size, zoo.space.image_size)
         sample = torch.zeros((1, *self.sample_shape), device=self.device)
-        with torch.inference_mode():
-            for cfg in self.configs.values():
-                self._net(sample, cfg)
-        synchronize(self.device)
-        if not zoo.host_matches(self.host):  # e.g. a front end's CPU table and this worker on a GPU
-            log.warning("the published latency table was profiled on %s (%s, %d thread(s)); this worker runs on %s "
-                        "(%s, %d thread(s)): its decisions start from that table and rely on online correction",
-                        zoo.host.device, zoo.host.processor, zoo.host.threads, self.host.device,
-                        self.host.processor, self.host.threads)
+        self.zoo = zoo = self._table_for_this_worker(zoo, sample)
         self.install_scheduler(zoo)
+
+    def _table_for_this_worker(self, zoo: Zoo, sample: torch.Tensor) -> Zoo:
+        """The published table as this worker's scheduler starts from it (`table_scale`: the factor applied). With
+        reprofile="auto", the embedded server's spot check (`profiling.check_speed`: every subnet at batch 1, warm-up
+        included, so it doubles as the warm-up) on this worker's device: a table profiled elsewhere (fingerprint,
+        device included, differs) is scaled by the measured factor; a matching one only when it is off by more than
+        `SPEED_TOLERANCE` (a machine of another speed behind the same fingerprint). The check runs a second time,
+        without warm-up, when the first says "scale", and the faster of the two counts: a stall while the worker
+        starts must not scale the table up. Online correction refines the table per subnet from there."""
+        from superserve.server import profiling
+
+        matches = zoo.host_matches(self.host)
+        self.table_scale = 1.0
+        if self.config.reprofile == "never":
+            with torch.inference_mode():
+                for cfg in self.configs.values():
+                    self._net(sample, cfg)
+            synchronize(self.device)
+            if not matches:  # e.g. a CPU table and this worker on a GPU
+                log.warning("the published latency table was profiled on %s (%s, %d thread(s)); this worker runs on "
+                            "%s (%s, %d thread(s)): --reprofile never, so its decisions start from that table and "
+                            "rely on online correction", zoo.host.device, zoo.host.processor, zoo.host.threads,
+                            self.host.device, self.host.processor, self.host.threads)
+            return zoo
+        speed = profiling.check_speed(self._net, zoo, sample)
+        if not matches or not speed.fits():
+            again = profiling.check_speed(self._net, zoo, sample, warm_up=False)
+            speed = min(speed, again, key=lambda s: s.ratio)
+        where = (f"on {zoo.host.device} ({zoo.host.processor}, {zoo.host.threads} thread(s))" if not matches
+                 else "on this worker's fingerprint")
+        if matches and speed.fits():
+            log.info("the published latency table (profiled %s) fits: this worker runs the subnets at %.2fx its "
+                     "batch-1 latencies", where, speed.ratio)
+            return zoo
+        self.table_scale = speed.ratio
+        log.warning("the published latency table was profiled %s; this worker (%s, %s, %d thread(s)) runs the "
+                    "subnets at %.2fx its batch-1 latencies (median over %d subnets): serving with the table scaled "
+                    "by %.3g, corrected online", where, self.host.device, self.host.processor, self.host.threads,
+                    speed.ratio, speed.subnets, speed.ratio)
+        return profiling.scaled_for_host(zoo, speed)
 
     def install_scheduler(self, zoo: Zoo) -> None:
         """A fresh dispatch core for `zoo` and the published policy (its state and the correction start afresh)."""

@@ -63,13 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=Path, default=None, help="write per-request JSONL records here")
     parser.add_argument("--reprofile", choices=("auto", "never", "always"), default="auto",
                         help="re-profile the zoo when it was profiled on other hardware (auto; cached per host), "
-                             "never, or always")
+                             "never, or always. With --backend the front end publishes the zoo's table as it is "
+                             "(auto and never alike; always is refused): each `superserve worker` checks it on its "
+                             "own device and scales it to its speed (its own --reprofile)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="on SIGTERM, how long to wait for admitted requests (default: %(default)s)")
     # --- scale-out (superserve.cluster) ---
     parser.add_argument("--backend", default=None, metavar="redis://HOST:PORT",
                         help="run as a stateless front end of a Redis cluster: requests go through Redis to "
-                             "`superserve worker --backend ...` processes on any host (default: embedded workers)")
+                             "`superserve worker --backend ...` processes on any host, which fit the published "
+                             "latency table to their own devices (default: embedded workers)")
     # --- security (issue 7; superserve/server/security.py). Defaults: localhost, no keys, no limits, plaintext.
     sec = parser.add_argument_group("security")
     sec.add_argument("--api-keys", type=Path, default=None,
