@@ -145,7 +145,7 @@ class ClusterWorker:
             again = profiling.check_speed(self._net, zoo, sample, warm_up=False)
             speed = min(speed, again, key=lambda s: s.ratio)
         where = (f"on {zoo.host.device} ({zoo.host.processor}, {zoo.host.threads} thread(s))" if not matches
-                 else "on this worker's fingerprint")
+                 else "on a host with this worker's fingerprint")
         if matches and speed.fits():
             log.info("the published latency table (profiled %s) fits: this worker runs the subnets at %.2fx its "
                      "batch-1 latencies", where, speed.ratio)
