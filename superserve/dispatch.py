@@ -10,7 +10,8 @@ one step, different clients and executors.
 infeasible requests out of the queue (shed, or back-logged with `late="serve"`), take the batch, mark the worker busy
 on its subnet. `schedule(now)` runs steps while a worker is idle and the queue is not empty, then serves the back-log
 on idle workers (the fastest subnet meeting the chunk's accuracy hints). A late request no subnet can serve (its hint
-is above every subnet's accuracy) is shed, in every driver: serving it is impossible and waiting cannot change that.
+is above every subnet's accuracy) is shed, alone, in every driver: serving it is impossible and waiting cannot change
+that (the simulator used to shed the whole chunk it was found in; the engine asserted it away).
 `complete(dispatch, finish_s)` is a batch's end: each request's outcome (ok by its deadline, else late; an error fails
 them all), the `BatchOutcome` fed to `policy.observe`, the service time fed to the profile correction, the worker
 idle again. `corrected_zoo`/`install_policy` rebuild the policy from corrected latencies.
@@ -106,6 +107,7 @@ class DispatchCore:
         self.late: dict[int, Request] = {}  # the back-log (late="serve"), arrival order of being found infeasible
         self.shed: list[Request] = []  # shed since the driver last emptied it (the driver answers them)
         self._max_batch = zoo.batch_sizes[-1]
+        self._max_accuracy = max(e.accuracy for e in zoo.entries) + 1e-12  # late_subnet's tolerance
 
     # --- the step ---------------------------------------------------------------------------------------------------
     def decide(self, slot: int, now: float, snapshot: QueueSnapshot | None = None) -> tuple[Decision | None, Any]:
@@ -173,11 +175,15 @@ class DispatchCore:
                 if len(chunk) == self._max_batch:
                     break
             requests = [late.pop(rid) for rid in chunk]
+            best = self._max_accuracy
+            if any(r.min_accuracy > best for r in requests):  # hints above every subnet: never servable, shed alone
+                self.shed.extend([r for r in requests if r.min_accuracy > best])
+                requests = [r for r in requests if r.min_accuracy <= best]
+                if not requests:
+                    continue
             sid = late_subnet(self.zoo, requests)
-            if sid is None:  # hints above every subnet's accuracy: it can never be served
-                self.shed.extend(requests)
-                continue
-            out.append(self._dispatch(idle[-1], sid, tuple(chunk), requests, now, 0.0))
+            assert sid is not None  # every hint left is met by the most accurate subnet
+            out.append(self._dispatch(idle[-1], sid, tuple([r.request_id for r in requests]), requests, now, 0.0))
 
     def _dispatch(self, slot: int, subnet_id: str, ids: tuple[int, ...], requests: list[Request], now: float,
                   expected_ms: float) -> Dispatch:

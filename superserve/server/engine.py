@@ -55,7 +55,7 @@ ERROR, CANCELLED, UNAVAILABLE = Outcome.ERROR, Outcome.CANCELLED, Outcome.UNAVAI
 class EngineConfig:
     default_slo_ms: float = 100.0  # SLO of a request without an `slo_ms` hint
     late: Literal["shed", "serve"] = "shed"  # requests that cannot meet their deadline: answer at once, or serve late
-    queue_capacity: int = 1024  # images queued at most; beyond it calls get RESOURCE_EXHAUSTED
+    queue_capacity: int = 1024  # images queued at most; beyond it calls are refused (Reason.BUSY)
     correction_interval_s: float | None = 0.25  # how often to rebuild the policy from corrected latencies; None = off
 
     def __post_init__(self) -> None:
