@@ -97,6 +97,20 @@ def score(ckpt: Path, subnets: list[SubnetConfig], splits) -> list[dict]:
              "test_acc": evaluate(net, s, splits.test_x, splits.test_y)} for s in subnets]
 
 
+def cached_score(ckpt: Path, subnets: list[SubnetConfig], splits) -> list[dict]:
+    """`score`, kept beside the checkpoint (NAME.scores.json) and reused while the checkpoint is unchanged and the
+    subnet set is the same: scoring is deterministic (fixed calibration subset) and costs ~0.5 min a run here."""
+    cache = ckpt.with_suffix(".scores.json")
+    ids = [s.subnet_id for s in subnets]
+    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
+        stored = json.loads(cache.read_text())
+        if stored.get("subnet_ids") == ids:
+            return stored["rows"]
+    rows = score(ckpt, subnets, splits)
+    cache.write_text(json.dumps({"subnet_ids": ids, "rows": rows}))
+    return rows
+
+
 def summarise(rows: list[dict]) -> dict:
     front_ids = set(pareto_front((r["subnet_id"], r["macs"], r["val_acc"]) for r in rows))
     front = [r for r in rows if r["subnet_id"] in front_ids]
@@ -140,7 +154,7 @@ def run_job(job: dict) -> dict:
               meta={"data": job["data"], "data_seed": 0}, progress=False)
     meta = read_checkpoint(ckpt)["meta"]
     subnets = [SubnetConfig.from_dict(s) for s in job["subnets"]]
-    rows = score(ckpt, subnets, splits)
+    rows = cached_score(ckpt, subnets, splits)
     return {**{k: job[k] for k in ("data", "method", "seed", "budget", "schedule")}, "data_epochs": cfg.epochs,
             "fme_epochs": meta["fme_epochs"], "train_time_s": meta["train_time_s"], "history": meta["history"],
             "wall_s": time.perf_counter() - start, "subnets": rows, **summarise(rows)}

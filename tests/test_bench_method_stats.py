@@ -72,3 +72,21 @@ def test_mnist5k_image_size_applies_to_mnist5k_only():
     assert tm.image_size_for("mnist5k", args) == 14
     assert tm.image_size_for("digits", args) is None
     assert tm.image_size_for("mnist5k", argparse.Namespace()) is None  # jobs pickled before the option existed
+
+
+def test_scores_are_reused_while_the_checkpoint_and_subnet_set_are_unchanged(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    tm = _load("training_methods")
+    calls = []
+    monkeypatch.setattr(tm, "score", lambda ckpt, subnets, splits: calls.append(1) or [{"n": len(calls)}])
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(b"weights")
+    a, b = SimpleNamespace(subnet_id="a"), SimpleNamespace(subnet_id="b")
+    assert tm.cached_score(ckpt, [a, b], None) == [{"n": 1}]
+    assert tm.cached_score(ckpt, [a, b], None) == [{"n": 1}] and len(calls) == 1  # reused
+    assert tm.cached_score(ckpt, [a], None) == [{"n": 2}]  # another subnet set: scored again
+    later = ckpt.with_suffix(".scores.json").stat().st_mtime + 10
+    os.utime(ckpt, (later, later))  # the checkpoint changed after its scores: scored again
+    assert tm.cached_score(ckpt, [a], None) == [{"n": 3}]
