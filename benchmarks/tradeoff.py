@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for u in units:
         if cached(u).is_file():
             key, trace, load, results, seconds = pickle.loads(cached(u).read_bytes())
-            done[(key, trace, load)], wall[f"{key}/{trace}/{load:g}"] = results, seconds
+            done[(key, trace, load)], wall[f"{key}/{trace}/{load:g}"] = results, round(seconds, 1)
     reused: dict[str, Any] = {}
     if args.reuse:
         earlier = json.loads(Path(args.reuse).read_text())
