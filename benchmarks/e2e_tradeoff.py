@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     png = args.out.with_suffix(".png")
     plot(rows, runs, png, f"Real server (filled) vs simulator (hollow), SLO {args.slo_ms:g} ms, 1 worker, "
                           f"{args.duration:g} s per run, seed {args.seed}")
-    out = {"command": "nice -n 10 " + command_line(), "headline": headline,
+    out = {"command": command_line(), "headline": headline,
+           "host": {"cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
            "setup": {"zoo": str(DEFAULT_ZOO), "zoo_host": zoo.host.__dict__, "checkpoint": str(DEFAULT_CHECKPOINT),
                      "slo_ms": args.slo_ms, "loads": loads, "runs": runs, "duration_s": args.duration,
                      "seed": args.seed, "workers": 1, "server_worker_processes": args.server_workers,
