@@ -334,10 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"{data} {r['method']:6s} {r['schedule']:5s} b{r['budget']:g} s{r['seed']}: smallest "
                            f"{r['min_subnet_test_acc_pct']:.1f} largest {r['max_subnet_test_acc_pct']:.1f} front "
                            f"{r['front_mean_test_acc_pct']:.1f} ({r['fme_epochs']:.1f} FME, {r['wall_s']:.0f} s)")
+    partial: list[dict] = []  # finished runs at budgets where some method did not finish (not compared)
     for data in datasets:  # a budget counts only where every method has a run (else it is listed as missing)
         full = [b for b in grids[data] if all(any(r["data"] == data and r["method"] == m and r["budget"] == b and
                                                   r["schedule"] == "equal" for r in runs) for m in methods)]
-        runs = [r for r in runs if r["data"] != data or r["schedule"] == "paper" or r["budget"] in full]
+        keep = [r for r in runs if r["data"] != data or r["schedule"] == "paper" or r["budget"] in full]
+        partial.extend({k: v for k, v in r.items() if k not in ("history", "subnets")} for r in runs if r not in keep)
+        runs = keep
         grids[data] = full
     headline: dict[str, float | int | str] = {"seeds": len(seeds), "space": args.space}
     for data, names in unfinished.items():
@@ -347,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     by_budget: dict[str, dict] = {}
     for data in datasets:
         mine = [r for r in runs if r["data"] == data]
+        if not grids[data]:  # --cached-only and no budget where every method finished: nothing to compare
+            headline[f"{data}_budgets_with_every_method"] = 0
+            continue
         flat, found = flat_budget(mine, grids[data], methods, args.flat_points)
         flats[data] = flat
         headline[f"{data}_flat_budget_fme"] = flat
@@ -397,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     "the deltas: over seed-paired differences DεpS - best baseline). train_time_s is loop wall "
                     "time on a shared 2-core CPU, noisy.",
            "unfinished_runs": unfinished, "headline": headline, "summary": summary,
-           "deps_minus_best_baseline_by_budget": by_budget, "runs": runs}
+           "deps_minus_best_baseline_by_budget": by_budget, "runs": runs,
+           "runs_at_budgets_missing_a_method": partial}
     (args.out_dir / "training_methods.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(headline, indent=1))
     return 0
