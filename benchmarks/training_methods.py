@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                            for b in sorted({r["budget"] for r in mine if r["schedule"] == schedule})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     png = args.out_dir / "training_methods.png"
-    plot(runs, datasets, methods, flats, png)
+    plot(runs, [d for d in datasets if grids[d]] or datasets, methods, flats, png)  # datasets with a complete budget
     headline["wall_time_s"] = round(time.perf_counter() - t0, 1)
     out = {"command": "python benchmarks/training_methods.py " + " ".join(shlex.quote(a) for a in argv),
            "host": f"{platform.node()} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
