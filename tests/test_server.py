@@ -399,6 +399,56 @@ def test_sigterm_drains_and_exits_zero(serving_assets, tmp_path):
             proc.kill()
 
 
+def test_sigterm_after_the_door_opens_but_before_start_up_ends_drains(serving_assets, tmp_path):
+    """The gRPC door admits calls before start-up has finished (the HTTP door and background work come after it). A
+    SIGTERM in that window must drain what was admitted and exit 0, not abandon the start with calls in flight (it
+    used to, and the process aborted in gRPC's threads). The window is held open by delaying the background work."""
+    import signal
+    import subprocess
+    import sys
+
+    zoo, ckpt = serving_assets
+    hook = tmp_path / "go"
+    code = ("import pathlib, sys, time\n"
+            "import superserve.server.app as app\n"
+            "orig = app.Server._start_background_work\n"
+            "def held(self):\n"
+            f"    while not pathlib.Path({str(hook)!r}).exists(): time.sleep(0.02)\n"
+            "    orig(self)\n"
+            "app.Server._start_background_work = held\n"
+            "from superserve.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--zoo", str(zoo), "--checkpoint", str(ckpt),
+                             "--port", "0", "--http-port", "-1", "--metrics-port", "-1", "--reprofile", "never",
+                             "--default-slo-ms", str(RELAXED_SLO_MS)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        import psutil
+
+        deadline = time.monotonic() + 120
+        port = None
+        while port is None:  # the listening port appears while start-up is still held
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the gRPC door never opened"
+            ports = [c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp") if c.status == "LISTEN"]
+            port = ports[0] if ports else None
+            time.sleep(0.05)
+        cl = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        result = cl.infer(MODEL, [fp32_input(images(1, 0))])  # admitted and served inside the window
+        assert result.as_numpy("PROBABILITIES").shape == (1, 10)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the handler has run while start-up is still held (a lower bound: a slow host only adds)
+        hook.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        assert "during start-up" not in err and "draining" in err
+        cl.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _stream_results(client, requests, timeout_s: float = 60.0, headers=None):
     """Send `requests` [(id, inputs, parameters)] on one ModelStreamInfer stream; {id: (result, error)}."""
     got: dict[str, tuple] = {}

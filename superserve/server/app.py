@@ -121,6 +121,7 @@ class Server:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.port: int | None = None
+        self.admitting = False  # True once the gRPC door admits calls (start-up may still be finishing)
         self.metrics_port: int | None = None
         self.zoo: Zoo | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -362,6 +363,7 @@ class Server:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="superserve-grpc", daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+        self.admitting = True  # calls are admitted from here on: a stop must drain them, not abandon the start
         if cfg.http_port is not None:  # the HTTP door, on the same loop: one request path, one offload
             self.http_port = asyncio.run_coroutine_threadsafe(self._start_http(), self._loop).result()
         self.startup_s = time.perf_counter() - t_start

@@ -219,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()
-        if starting:  # nothing admitted yet, so nothing to drain: leave now, even mid re-profile (minutes)
+        # Nothing admitted yet, so nothing to drain: leave now, even mid re-profile (minutes). Once the gRPC door
+        # admits calls (the rest of start-up, the HTTP door, may still run), the stop drains after start returns.
+        if starting and not getattr(server, "admitting", False):
             raise _InterruptedStart(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
