@@ -19,8 +19,14 @@ from typing import Any, Callable, Iterable
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def nice_prefix() -> str:
+    """'nice -n N ' when this process runs niced (the command as it really ran), else ''."""
+    level = os.nice(0)
+    return f"nice -n {level} " if level else ""
+
+
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    return nice_prefix() + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
 def write_result(name: str, headline: dict[str, float | int | str], detail: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import serving_overhead as so  # noqa: E402
+from _common import nice_prefix  # noqa: E402
 
 from loadtest.replayer import ReplaySpec, saturate  # noqa: E402
 from superserve.server.app import ServeConfig, Server  # noqa: E402
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                             "queue_depth_mean")}
     headline["http_over_grpc_images_per_s"] = round(headline["http_images_per_s_median"]
                                                     / headline["grpc_images_per_s_median"], 3)
-    result = {"command": "nice python benchmarks/http_saturation_probe.py" + "".join(" " + a for a in
+    result = {"command": nice_prefix() + "python benchmarks/http_saturation_probe.py" + "".join(" " + a for a in
                                                                                     (argv or sys.argv[1:])),
               "host_load_avg_1min": os.getloadavg()[0], "host_load_avg_1min_at_start": load_at_start,
               "host_cpus": os.cpu_count(), "headline": headline, "blocks": blocks}

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import free_port, stop_processes  # noqa: E402
+from benchmarks._common import free_port, nice_prefix, stop_processes  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 
 
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 # server's own start costs beyond torch, less sensitive to the load of this shared host.
                 "first_answer_minus_torch_import_median_s": round(float(np.median(
                     [r["first_answer_s"] - r["torch_import_alone_s"] for r in runs + off_runs])), 2)}
-    result = {"command": "nice python benchmarks/serve_startup.py" + "".join(" " + a for a in (argv or sys.argv[1:])),
+    result = {"command": nice_prefix() + "python benchmarks/serve_startup.py"
+              + "".join(" " + a for a in (argv or sys.argv[1:])),
               "host_load_avg_1min": os.getloadavg()[0], "host_cpus": os.cpu_count(), "headline": headline,
               "table_as_given": runs[-1]["table"], "table_3x_off": off_runs[0]["table"],
               "first_answer_s_each": [round(r["first_answer_s"], 2) for r in runs],
