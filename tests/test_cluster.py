@@ -163,6 +163,7 @@ def cluster(serving_assets):
 
 
 @needs_redis
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_end_to_end_through_redis_with_tritonclient(cluster, serving_assets):
     from supernet.checkpoint import load_checkpoint
     from superserve.cluster.redis_queue import ClusterConfig

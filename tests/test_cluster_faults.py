@@ -135,6 +135,7 @@ def serves(client) -> bool:  # noqa: ANN001
         return False
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_cancelled_call_leaves_the_queue_and_is_never_computed(cluster, serving_assets, tmp_path):
     """Engine level, with an in-process worker whose every dispatch the test drives (`step`): deterministic. Records
     and metrics count the cancelled images and calls."""
@@ -198,6 +199,7 @@ def test_cancelled_call_leaves_the_queue_and_is_never_computed(cluster, serving_
     metrics.close()
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_redis_stall_never_blocks_health_checks_and_fails_pending_calls_in_bounded_time(cluster):
     from superserve.cluster.frontend import FrontendConfig
 
@@ -275,6 +277,7 @@ def _worker_ids(r) -> dict[int, int]:  # noqa: ANN001
     return out
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_worker_killed_while_holding_a_batch_has_it_requeued_and_answered_once(cluster):
     server, client, rs = cluster["server"], cluster["client"], cluster["redis"]
     r = rs.client()

@@ -291,6 +291,7 @@ def test_http_port_flag():
     assert not cfg("--http-port", "9000").http_port_fallback and cfg().http_port_fallback
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_superserve_serve_answers_curl_on_its_http_port(serving_assets):
     import os
     import socket

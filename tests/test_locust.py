@@ -42,6 +42,7 @@ def run_locust(server, tmp_path: Path, *args: str) -> tuple[subprocess.Completed
     return proc, rows["Aggregated"]
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_headless_constant_users_report_every_call(server, tmp_path):
     proc, total = run_locust(server, tmp_path, "-u", "2", "-r", "2", "-t", "3s", "--slo-ms", "4000",
                              "--min-accuracy", "0.96", "--user-qps", "10")
@@ -58,6 +59,7 @@ def test_headless_constant_users_report_every_call(server, tmp_path):
     assert {round((r.deadline_s - r.arrival_s) * 1e3) for r in records} == {4000}
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_trace_shape_follows_the_trace_and_stops_with_it(server, tmp_path):
     """A 4 s ramp from 5 to 40 q/s at 5 q/s per user: the shape runs 2, 3, 6 then 10 users (ceil(rate / 5)), so the
     server should see about 10, 15, 30, 50 requests in those seconds. Locust is closed-loop and spawns users within

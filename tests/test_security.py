@@ -396,6 +396,7 @@ def test_feasibility_is_a_majority_not_one_served_call():
     assert not Fingerprinter(clean, np.arange(4)).feasible(5.0, 0.9) and clean.queries == 3
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_small_noise_adds_no_phantom_steps():
     """PSML noise with a small scale (acc std 0.0025, SLO log-std 0.05) blurs each step's edges; the majority tests,
     the floor placed past the noise (and the merge of identical neighbours) find the four responders with at most

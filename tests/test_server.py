@@ -329,6 +329,7 @@ def test_metrics_endpoint_counts_what_was_served(serving_assets):
         srv.stop()
 
 
+@pytest.mark.slow  # end to end, 5-15 s on a 2-core host: the full run keeps it
 def test_process_workers_serve_correctly(serving_assets, model):
     srv = _start(serving_assets, metrics_port=None, workers=1, engine=EngineConfig(default_slo_ms=RELAXED_SLO_MS))
     try:
