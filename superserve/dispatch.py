@@ -6,7 +6,7 @@ worker pool, the worker's own forward pass); the scheduling is this module's, so
 trace is what the server does with it (`tests/test_parity.py` holds them to it). vLLM v1's engine core is the model:
 one step, different clients and executors.
 
-`DispatchCore.step(slot, now)` is one decision for one free worker: snapshot the EDF head, `policy.decide`, take the
+A step is one decision for one free worker: snapshot the EDF head, `policy.decide` (`decide`), then `take` the
 infeasible requests out of the queue (shed, or back-logged with `late="serve"`), take the batch, mark the worker busy
 on its subnet. `schedule(now)` runs steps while a worker is idle and the queue is not empty, then serves the back-log
 on idle workers (the fastest subnet meeting the chunk's accuracy hints). A late request no subnet can serve (its hint
@@ -141,20 +141,12 @@ class DispatchCore:
         return self._dispatch(slot, decision.subnet_id, ids, batch, now,  # type: ignore[arg-type]
                               decision.expected_latency_ms)
 
-    def step(self, slot: int, now: float) -> Dispatch | None | bool:
-        """One decision for the free worker `slot`: a Dispatch, True when it only shed or back-logged requests, or
-        None when the policy has nothing to do (the queue may still hold requests no choice fits yet)."""
-        decision, state = self.decide(slot, now)
-        if decision is None:
-            return None
-        return self.take(slot, decision, state, now) or True
-
     def schedule(self, now: float) -> list[Dispatch]:
         """Steps while a worker is idle and the queue is not empty, then the back-log on idle workers."""
         out: list[Dispatch] = []
         idle, queue, policy, workers = self.idle, self.queue, self.policy, self.workers
         limit = policy.snapshot_limit
-        while idle and len(queue):  # `step`, inlined: the simulator's hot loop
+        while idle and len(queue):  # `decide` then `take`, inlined: the simulator's hot loop
             slot = idle[-1]
             decision, state = policy.decide(queue.snapshot(limit), now, workers[slot], self.state)
             if decision is None:
