@@ -8,6 +8,14 @@ worker count and RPC overhead. Per run: (mean serving accuracy, SLO attainment) 
 send lag and bottleneck verdict. Rates are multiples ("loads") of `superserve.experiments.capacity_qps` for one
 worker: what the most accurate subnet sustains within half the SLO.
 
+The host. On a CPU host the server's own work (receiving, decoding, answering; the client beside it) slows its
+batches, the more the busier it is. Before the grid, one calibration run (SlackFit, a Poisson ramp from light load to
+the highest load, its own seed: arrivals no graded run sees) records the server's batches, and
+`superserve.host_cost.fit_host_cost` fits a per-batch cost and a per-arrival stall; the simulator then runs every
+policy with them (`SimConfig.host_ms_per_*`) and with the server's online table correction (every 0.25 s, as
+`superserve serve` does by default), so that its policies learn the slower host as the server's do. The ideal-host
+simulator (no host cost, no correction) is reported beside it.
+
 To stay within ~15 min on a shared 2-core machine, not the whole grid runs: `--runs` lists trace@load pairs (default:
 azure and gamma:8 at every load, gamma:2 and gamma:4 at the middle load), each `--duration` seconds.
 
@@ -39,12 +47,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import RESULTS_DIR, command_line, stop_processes  # noqa: E402
 from superserve.server.app import frozen_host_zoo  # noqa: E402
+from superserve.server.engine import EngineConfig  # noqa: E402
 
 from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
 from policies.base import make_policy  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 from superserve.experiments import capacity_qps, compare, Point, spread_indices  # noqa: E402
+from superserve.host_cost import HostCost, fit_host_cost  # noqa: E402
 from superserve.metrics import summarize  # noqa: E402
+from superserve.records import read_jsonl  # noqa: E402
 from superserve.sim import SimConfig, simulate  # noqa: E402
 from superserve.zoo import Zoo  # noqa: E402
 
@@ -65,12 +76,13 @@ def lineup(zoo: Zoo) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path,
-                 workers: int = 0) -> tuple[subprocess.Popen, str, float]:
+                 workers: int = 0, records: Path | None = None) -> tuple[subprocess.Popen, str, float]:
     # The server inherits this process's niceness (run the benchmark under nice -n 10).
     cmd = [str(Path(sys.executable).with_name("superserve")), "serve", "--port", "0",
            "--metrics-port", "-1", "--zoo", str(zoo_path), "--checkpoint", str(DEFAULT_CHECKPOINT), "--policy",
            policy, "--policy-params", json.dumps(params), "--reprofile", "never", "--threads-per-worker", "1",
-           "--drain-timeout-s", "5"] + (["--workers", str(workers)] if workers else [])
+           "--drain-timeout-s", "5"] + (["--workers", str(workers)] if workers else []) + \
+        (["--records", str(records)] if records else [])
     t0 = time.perf_counter()
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
@@ -87,6 +99,24 @@ def start_server(zoo_path: Path, policy: str, params: dict[str, Any], log: Path,
 
 def stop_server(proc: subprocess.Popen) -> None:
     stop_processes([proc], timeout_s=30)
+
+
+def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qps: float, duration_s: float,
+                   slo_ms: float, seed: int, workers: int) -> tuple[HostCost, dict[str, Any]]:
+    """The host cost from one SlackFit run over a Poisson ramp low -> high q/s (seeded apart from the graded runs)."""
+    records = work / "calibration.jsonl"
+    proc, url, _ = start_server(zoo_path, "slackfit", {}, work / "server_calibration.log", workers, records)
+    try:
+        spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
+        arrivals = make_trace(spec, 0.0, duration_s, seed)
+        report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
+                                             seed=seed))
+    finally:
+        stop_server(proc)
+    cost = fit_host_cost(read_jsonl(records), zoo)
+    real = summarize(report.records)
+    return cost, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
+                  "slo_attainment": real.slo_attainment, **cost.__dict__}
 
 
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
@@ -152,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-workers", type=int, default=0,
                         help="0: one embedded worker thread (default); N: N worker processes (superserve serve --workers)")
+    parser.add_argument("--calibration-s", type=float, default=10.0,
+                        help="seconds of the host-cost calibration run (0: simulate an ideal host only)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that stops the server
@@ -173,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo {DEFAULT_ZOO} ({len(zoo.entries)} subnets, profiled on {zoo.host.processor}); SLO {args.slo_ms:g} ms;"
           f" capacity {capacity:.1f} q/s; {len(policies)} policies x {len(runs)} runs x {args.duration:g} s",
           flush=True)
+    host, calibration = HostCost(0.0, 0.0, 0, 0.0, 0.0), {}
+    if args.calibration_s > 0:
+        high = min(max(loads) * capacity, args.max_rate)
+        host, calibration = calibrate_host(zoo_path, zoo, work, min(loads) * capacity, high, args.calibration_s,
+                                           args.slo_ms, args.seed + 1000, args.server_workers)
+        print(f"host cost: {host.ms_per_batch:.2f} ms per batch + {host.ms_per_request:.2f} ms per arrival during it "
+              f"({host.batches} batches, residual {host.residual_ms:.1f} ms)", flush=True)
+    host_config = {"host_ms_per_request": host.ms_per_request, "host_ms_per_batch": host.ms_per_batch,
+                   "correction_interval_s": EngineConfig().correction_interval_s}
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
     for label, family, params in policies:
@@ -186,11 +227,18 @@ def main(argv: list[str] | None = None) -> int:
                 report = replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
                                                      drain_timeout_s=5.0, seed=args.seed))
                 real = summarize(report.records)
-                policy = make_policy(family, zoo, overhead_ms=RPC_OVERHEAD_MS, **params)
-                sim = summarize(simulate(arrivals, policy, args.slo_ms, config=SimConfig(workers=1, seed=args.seed)))
+                def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
+                    return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
+
+                sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
+                                         config=SimConfig(workers=1, seed=args.seed, **host_config),
+                                         policy_factory=factory))
+                ideal = summarize(simulate(arrivals, make_policy(family, zoo, overhead_ms=RPC_OVERHEAD_MS, **params),
+                                           args.slo_ms, config=SimConfig(workers=1, seed=args.seed)))
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
+                             "sim_ideal_host": ideal.as_dict(),
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
                                                           "client_bottleneck")}})
@@ -217,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             entry[f"best_attainment_policy_{side}"] = max(group, key=lambda r: r[side]["slo_attainment"])["policy"]
         comparisons.append(entry)
     d_att = [abs(r["real"]["slo_attainment"] - r["sim"]["slo_attainment"]) for r in rows]
+    d_att_ideal = [abs(r["real"]["slo_attainment"] - r["sim_ideal_host"]["slo_attainment"]) for r in rows]
     d_acc = [abs(r["real"]["mean_accuracy"] - r["sim"]["mean_accuracy"]) for r in rows
              if not (math.isnan(r["real"]["mean_accuracy"]) or math.isnan(r["sim"]["mean_accuracy"]))]
     headline: dict[str, Any] = {
@@ -224,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         "real_vs_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att) / max(len(d_att), 1), 2),
         "real_vs_sim_max_abs_attainment_diff_points": round(100 * max(d_att, default=0), 2),
         "real_vs_sim_mean_abs_accuracy_diff_points": round(100 * sum(d_acc) / max(len(d_acc), 1), 2),
+        "real_vs_ideal_host_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_ideal) /
+                                                                         max(len(d_att_ideal), 1), 2),
+        "host_cost_ms_per_batch": round(host.ms_per_batch, 3),
+        "host_cost_ms_per_request": round(host.ms_per_request, 3),
         "best_policy_same_real_and_sim_runs": sum(c["best_attainment_policy_real"] == c["best_attainment_policy_sim"]
                                                   for c in comparisons),
         "capacity_qps": round(capacity, 1), "slo_ms": args.slo_ms, "duration_s_per_run": args.duration,
@@ -253,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seed": args.seed, "workers": 1, "server_worker_processes": args.server_workers,
                      "threads_per_worker": 1, "rpc_overhead_ms": RPC_OVERHEAD_MS,
                      "capacity_qps": capacity, "max_rate_qps": args.max_rate, "policies": [p[0] for p in policies],
-                     "server_startup_s": startups, "cpus": os.cpu_count()},
+                     "server_startup_s": startups, "cpus": os.cpu_count(), "host_cost_calibration": calibration},
            "comparisons": comparisons, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(headline, indent=1))

@@ -56,7 +56,7 @@ class Queue(Protocol):
 
 
 class Corrector(Protocol):
-    """Online profile correction (`superserve.server.profile_correction.ProfileCorrector` has it)."""
+    """Online profile correction (`superserve.profile_correction.ProfileCorrector` has it)."""
 
     def observe(self, subnet_id: str, batch_size: int, service_s: float) -> None: ...
 

@@ -5,7 +5,9 @@ a completion, or on an arrival while a worker idles) the policy decides; its bat
 service time, read from the zoo's median latency table (linearly interpolated between profiled batch sizes) and, with
 `noise`, multiplied by a seeded log-normal factor whose 99th percentile matches the table's p99/median ratio. A worker
 that changes subnet also spends the policy's `switch_ms` (model loading for INFaaS; ~0 for SubNetAct); workers start
-warm, so a worker's first subnet is free.
+warm, so a worker's first subnet is free. To predict a server on a CPU host, `host_ms_per_batch` and
+`host_ms_per_request` (fitted by `superserve.host_cost`) add the host's own work to every batch, and
+`correction_interval_s` lets the policy's table follow the observed service times as the server's does.
 
 Requests the policy reports infeasible are shed (`late="shed"`, the default) or kept in a late backlog that workers
 serve, on the fastest subnet meeting their accuracy hints, whenever the policy has nothing else for them
@@ -22,7 +24,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from policies.base import Policy
 from superserve.dispatch import Dispatch, DispatchCore
+from superserve.profile_correction import ProfileCorrector
 from superserve.queue import EdfQueue
 from superserve.records import LATE, OK, REJECTED, SHED, STATUSES, RecordTable
 from superserve.types import Request
@@ -48,12 +51,27 @@ class SimConfig:
     seed: int = 0  # for the noise
     switch_ms: float | None = None  # override the policy's subnet-switch cost
     queue_capacity: int | None = None  # None = unbounded; arrivals beyond it are rejected
+    # The serving host's own work, for predicting a server on a CPU host (0 = an ideal host, the default): each
+    # arrival stalls every running batch by `host_ms_per_request` (receiving, decoding and answering a call takes
+    # the CPU and the interpreter lock the workers need), and each batch costs `host_ms_per_batch` more than the
+    # table (hand-off to the worker, stacking inputs). `benchmarks/e2e_tradeoff.py` measures both on the host.
+    host_ms_per_request: float = 0.0
+    host_ms_per_batch: float = 0.0
+    # Correct the policy's latency table online from the simulated service times, as the server does (its
+    # `correction_interval_s`, default 0.25): needs `simulate(..., policy_factory=...)` to rebuild the policy. None =
+    # the policy keeps the table it was built with (the default: the service times then follow that table anyway,
+    # unless a host cost is set).
+    correction_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"need at least one worker, got {self.workers}")
         if self.late not in ("shed", "serve"):
             raise ValueError(f"late must be 'shed' or 'serve', got {self.late!r}")
+        if not (self.host_ms_per_request >= 0 and self.host_ms_per_batch >= 0):
+            raise ValueError("host_ms_per_request and host_ms_per_batch must be >= 0")
+        if self.correction_interval_s is not None and not self.correction_interval_s > 0:
+            raise ValueError(f"correction_interval_s must be > 0 or None, got {self.correction_interval_s}")
 
 
 class ServiceTimes:
@@ -90,24 +108,29 @@ class ServiceTimes:
 
 
 def simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: float | np.ndarray,
-             min_accuracy: float | np.ndarray = 0.0, config: SimConfig = SimConfig()) -> RecordTable:
+             min_accuracy: float | np.ndarray = 0.0, config: SimConfig = SimConfig(),
+             policy_factory: Callable[[Zoo], Policy] | None = None) -> RecordTable:
     """Replay `arrivals_s` (sorted, seconds) through `policy`; one record per request, in arrival order.
 
-    `slo_ms` and `min_accuracy` are one value for all requests or one per request.
+    `slo_ms` and `min_accuracy` are one value for all requests or one per request. `policy_factory` builds the
+    policy again from a corrected table (`config.correction_interval_s`).
     """
+    if config.correction_interval_s is not None and policy_factory is None:
+        raise ValueError("correction_interval_s needs a policy_factory to rebuild the policy from corrected tables")
     # The run allocates millions of small acyclic objects; the cyclic collector would rescan all of them again and
     # again (time per request then grows with the run length). Nothing here makes cycles, so pause it.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(arrivals_s, policy, slo_ms, min_accuracy, config)
+        return _simulate(arrivals_s, policy, slo_ms, min_accuracy, config, policy_factory)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: float | np.ndarray,
-              min_accuracy: float | np.ndarray, config: SimConfig) -> RecordTable:
+              min_accuracy: float | np.ndarray, config: SimConfig,
+              policy_factory: Callable[[Zoo], Policy] | None) -> RecordTable:
     arrivals = np.asarray(arrivals_s, dtype=np.float64)
     n = len(arrivals)
     if n and np.any(np.diff(arrivals) < 0):
@@ -122,6 +145,8 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     accuracy_of = [e.accuracy for e in zoo.entries]
     service = ServiceTimes(zoo, config.noise, np.random.default_rng(config.seed))
     switch_s = (policy.switch_ms if config.switch_ms is None else config.switch_ms) * 1e-3
+    host_req_s = config.host_ms_per_request * 1e-3
+    host_batch_s = config.host_ms_per_batch * 1e-3
 
     arrival_l = arrivals.tolist()
     deadline_l = (arrivals + slo * 1e-3).tolist()
@@ -134,7 +159,11 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     status_l = [_REJECTED] * n
 
     queue = EdfQueue(config.queue_capacity)
-    core = DispatchCore(zoo, policy, queue, config.workers, config.late)  # the scheduling the server runs too
+    interval_s = config.correction_interval_s
+    corrector = ProfileCorrector(zoo) if interval_s is not None else None
+    # the scheduling the server runs too
+    core = DispatchCore(zoo, policy, queue, config.workers, config.late, corrector)
+    last_correction_s = arrival_l[0] if n else 0.0
     idle = core.idle
     shed = core.shed
     busy: list[tuple[float, int, Dispatch]] = []  # (finish, seq, dispatch)
@@ -156,14 +185,25 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                 subnet_l[rid] = sidx
                 worker_l[rid] = w
                 status_l[rid] = _OK if ok else _LATE
+            if corrector is not None and now - last_correction_s >= interval_s:  # type: ignore[operator]
+                corrected = core.corrected_zoo(now - last_correction_s)
+                last_correction_s = now
+                if corrected is not None:
+                    core.install_policy(policy_factory(corrected))  # type: ignore[misc]
         else:
             now = next_arrival
+            i0 = i
             while i < n and arrival_l[i] == now:
                 queue.push(Request(i, now, deadline_l[i], hint_l[i]))  # a rejected one keeps its REJECTED status
                 i += 1
+            if host_req_s and busy:
+                # The same delay for every running batch keeps the heap ordered.
+                stall = host_req_s * (i - i0)
+                for j, (f, s, d) in enumerate(busy):
+                    busy[j] = (f + stall, s, d)
         if idle and len(queue) or core.late:
             for d in core.schedule(now):
-                t = service(subnet_index[d.subnet_id], len(d.request_ids))
+                t = service(subnet_index[d.subnet_id], len(d.request_ids)) + host_batch_s
                 if d.switched:
                     t += switch_s
                 heapq.heappush(busy, (now + t, seq, d))

@@ -21,7 +21,8 @@ PACKAGES = ("superserve", "supernet", "policies", "training", "security", "loadt
 # join it when they exist; `hint_defense` is here because both the server and the attack code import it, so it may
 # import neither.
 CORE = ("superserve/types.py", "superserve/zoo.py", "superserve/records.py", "superserve/queue.py",
-        "superserve/metrics.py", "superserve/sim.py", "superserve/hint_defense.py", "policies/")
+        "superserve/metrics.py", "superserve/sim.py", "superserve/hint_defense.py", "superserve/host_cost.py",
+        "superserve/profile_correction.py", "policies/")
 CORE_IF_PRESENT = ("superserve/dispatch.py", "superserve/outcomes.py")
 HEAVY = ("torch", "torchvision", "grpc", "tritonclient")  # what the core must import without
 
@@ -44,6 +45,7 @@ RULES = (
          forbidden=("superserve", "supernet", "training", "security", "benchmarks", "loadtest", *HEAVY),
          allowed=("superserve.types", "superserve.zoo", "superserve.records", "superserve.queue",
                   "superserve.metrics", "superserve.sim", "superserve.outcomes", "superserve.dispatch",
+                  "superserve.profile_correction",
                   "superserve.hint_defense", "supernet.config"),
          why="supernet.config is pure Python: the subnet configuration the zoo's entries carry"),
     Rule("superserve/ does not import training/, the attack code or benchmarks/", ("superserve/",),

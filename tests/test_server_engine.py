@@ -10,7 +10,7 @@ from helpers import make_zoo
 from policies.base import make_policy
 from superserve.outcomes import Reason, Refused
 from superserve.server.engine import Engine, EngineConfig
-from superserve.server.profile_correction import CorrectionConfig, ProfileCorrector
+from superserve.profile_correction import CorrectionConfig, ProfileCorrector
 from superserve.server.workers import BatchResult
 
 

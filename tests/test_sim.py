@@ -129,3 +129,43 @@ def test_infaas_loads_on_the_critical_path_even_when_the_load_misses_the_slo() -
     service_ms = ((t.finish_s - t.dispatch_s) * 1e3).tolist()
     assert service_ms == pytest.approx([1.0, 44.0, 4.0])  # small (warm), load + big, big kept (it qualifies)
     assert [t.status_is(s)[1] for s in (LATE, SHED)] == [True, False]
+
+
+def test_host_cost_stalls_running_batches_and_the_fit_recovers_it() -> None:
+    """A host cost makes batches slower by the per-batch cost plus a stall per arrival while they run; fitting the
+    simulator's own records gives the costs back, and a fit on an ideal host finds none."""
+    from superserve.host_cost import fit_host_cost
+
+    arrivals = gamma(400.0, 4.0, 2.0, np.random.default_rng(3))
+    policy = make_policy("slackfit", ZOO)
+    ideal = simulate(arrivals, policy, slo_ms=40.0, config=SimConfig(workers=2, noise=False))
+    costly = simulate(arrivals, make_policy("slackfit", ZOO), slo_ms=40.0,
+                      config=SimConfig(workers=2, noise=False, host_ms_per_request=0.3, host_ms_per_batch=0.8))
+    check_conservation(costly, len(arrivals), 2)
+    assert summarize(costly).p50_latency_ms > summarize(ideal).p50_latency_ms + 1.0
+    fit = fit_host_cost(costly.to_records(), ZOO)
+    assert fit.batches > 100 and fit.mean_arrivals_per_batch > 0.5
+    assert fit.ms_per_batch == pytest.approx(0.8, abs=0.02) and fit.ms_per_request == pytest.approx(0.3, abs=0.01)
+    none = fit_host_cost(ideal.to_records(), ZOO)
+    assert none.ms_per_batch == pytest.approx(0.0, abs=1e-6) and none.ms_per_request == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        SimConfig(host_ms_per_request=-1.0)
+
+
+def test_online_correction_follows_a_slow_host_as_the_server_does() -> None:
+    """On a host slower than the table (a large per-batch host cost), MaxAcc built from the table keeps choosing
+    subnets that no longer fit and finishes them late; with the server's online correction the simulated policy learns
+    the slower service times: it picks faster subnets, and what it dispatches is far less often late (it sheds what
+    the slower table says cannot make it instead). Without a factory the correction is refused."""
+    arrivals = gamma(300.0, 2.0, 3.0, np.random.default_rng(5))
+    config = SimConfig(workers=1, noise=False, host_ms_per_batch=6.0)
+    plain = summarize(simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=25.0, config=config))
+    corrected_config = SimConfig(workers=1, noise=False, host_ms_per_batch=6.0, correction_interval_s=0.25)
+    corrected = summarize(simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=25.0, config=corrected_config,
+                                   policy_factory=lambda z: make_policy("maxacc", z)))
+    assert corrected.late < plain.late / 3
+    assert corrected.mean_accuracy < plain.mean_accuracy - 0.01
+    with pytest.raises(ValueError, match="policy_factory"):
+        simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=25.0, config=corrected_config)
+    with pytest.raises(ValueError):
+        SimConfig(correction_interval_s=0.0)

@@ -36,7 +36,7 @@ from superserve.cluster.redis_queue import (ClusterConfig, Keys, RedisURL, Scrip
                                             parse_member, wall_clock)
 from superserve.dispatch import Dispatch, DispatchCore
 from superserve.outcomes import Outcome
-from superserve.server.profile_correction import ProfileCorrector
+from superserve.profile_correction import ProfileCorrector
 from superserve.server.workers import process_device, run_batch, synchronize
 from superserve.types import QueueSnapshot, Request, WorkerState
 from superserve.zoo import HostFingerprint, Zoo

@@ -38,7 +38,7 @@ from superserve.outcomes import Outcome, Reason, Refused
 from superserve.queue import EdfQueue
 from superserve.records import RequestRecord
 from superserve.server.metrics import RecordWriter, ServerMetrics
-from superserve.server.profile_correction import ProfileCorrector
+from superserve.profile_correction import ProfileCorrector
 from superserve.types import Request
 from superserve.zoo import Zoo
 
