@@ -16,6 +16,10 @@ policy with them (`SimConfig.host_ms_per_*`) and with the server's online table 
 `superserve serve` does by default), so that its policies learn the slower host as the server's do. The ideal-host
 simulator (no host cost, no correction) is reported beside it.
 
+How close the simulator can get is bounded by how well the server agrees with itself: with `--real-repeats 2` (the
+default) every run is replayed twice on the same server, and the mean absolute difference between the two replays
+(`real_repeat_mean_abs_attainment_diff_points`) is the noise floor the sim-vs-real figure is read against.
+
 To stay within ~15 min on a shared 2-core machine, not the whole grid runs: `--runs` lists trace@load pairs (default:
 azure and gamma:8 at every load, gamma:2 and gamma:4 at the middle load), each `--duration` seconds.
 
@@ -40,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -182,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-workers", type=int, default=0,
                         help="0: one embedded worker thread (default); N: N worker processes (superserve serve --workers)")
-    parser.add_argument("--calibration-s", type=float, default=10.0,
+    parser.add_argument("--real-repeats", type=int, default=2,
+                        help="replays of each run on the server (>= 2 measures the server's own run-to-run spread)")
+    parser.add_argument("--calibration-s", type=float, default=20.0,
                         help="seconds of the host-cost calibration run (0: simulate an ideal host only)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
     args = parser.parse_args(argv)
+    if args.real_repeats < 1:
+        parser.error("--real-repeats must be >= 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that stops the server
     t_start = time.perf_counter()
     loads = [float(x) for x in args.loads.split(",")]
@@ -227,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                 report = replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
                                                      drain_timeout_s=5.0, seed=args.seed))
                 real = summarize(report.records)
+                repeats = [real.slo_attainment] + [
+                    summarize(replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
+                                                          drain_timeout_s=5.0, seed=args.seed)).records).slo_attainment
+                    for _ in range(args.real_repeats - 1)]
                 def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
                     return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
 
@@ -238,13 +252,14 @@ def main(argv: list[str] | None = None) -> int:
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
-                             "sim_ideal_host": ideal.as_dict(),
+                             "sim_ideal_host": ideal.as_dict(), "real_attainment_repeats": repeats,
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
                                                           "client_bottleneck")}})
                 print(f"  {label:28s} {trace:8s} load {load:<4g} {rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
                       f" acc {100 * real.mean_accuracy:5.2f}% | sim att {sim.slo_attainment:.3f} acc "
-                      f"{100 * sim.mean_accuracy:5.2f}% | lag p99 {c['send_lag_p99_ms']:.1f} ms"
+                      f"{100 * sim.mean_accuracy:5.2f}% | repeats {' '.join(f'{x:.3f}' for x in repeats[1:])} | "
+                      f"lag p99 {c['send_lag_p99_ms']:.1f} ms"
                       f"{' CLIENT-BOUND' if c['client_bottleneck'] else ''}", flush=True)
         finally:
             stop_server(proc)
@@ -265,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             entry[f"best_attainment_policy_{side}"] = max(group, key=lambda r: r[side]["slo_attainment"])["policy"]
         comparisons.append(entry)
     d_att = [abs(r["real"]["slo_attainment"] - r["sim"]["slo_attainment"]) for r in rows]
+    d_repeat = [abs(r["real_attainment_repeats"][0] - x) for r in rows for x in r["real_attainment_repeats"][1:]]
+    d_att_mean = [abs(float(np.mean(r["real_attainment_repeats"])) - r["sim"]["slo_attainment"]) for r in rows]
     d_att_ideal = [abs(r["real"]["slo_attainment"] - r["sim_ideal_host"]["slo_attainment"]) for r in rows]
     d_acc = [abs(r["real"]["mean_accuracy"] - r["sim"]["mean_accuracy"]) for r in rows
              if not (math.isnan(r["real"]["mean_accuracy"]) or math.isnan(r["sim"]["mean_accuracy"]))]
@@ -273,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         "real_vs_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att) / max(len(d_att), 1), 2),
         "real_vs_sim_max_abs_attainment_diff_points": round(100 * max(d_att, default=0), 2),
         "real_vs_sim_mean_abs_accuracy_diff_points": round(100 * sum(d_acc) / max(len(d_acc), 1), 2),
+        "real_repeat_mean_abs_attainment_diff_points": round(100 * sum(d_repeat) / len(d_repeat), 2)
+        if d_repeat else None,
+        "real_mean_of_repeats_vs_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_mean) /
+                                                                              max(len(d_att_mean), 1), 2),
+        "real_repeats": args.real_repeats,
         "real_vs_ideal_host_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_ideal) /
                                                                          max(len(d_att_ideal), 1), 2),
         "host_cost_ms_per_batch": round(host.ms_per_batch, 3),
