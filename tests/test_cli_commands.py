@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,23 @@ def test_zoo_commands_report_bad_input(tmp_path: Path, capsys):
     assert "error:" in capsys.readouterr().err
     assert cli_main(["zoo", "build", "--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path / "z.json")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_simulate_host_cost_flags_fit_and_online_correction(capsys, tmp_path: Path):
+    """Records simulated with a known host cost, fed back with --host-cost-from, give that cost back; both ways of
+    giving it at once is an error; --correct-online runs the server's correction (its interval is the server's)."""
+    from superserve.commands.simulate import CORRECTION_INTERVAL_S
+    from superserve.server.engine import EngineConfig
+
+    assert CORRECTION_INTERVAL_S == EngineConfig().correction_interval_s
+    records = tmp_path / "server.jsonl"
+    flags = ["--trace", "gamma:4", "--load", "3", "--duration", "5", "--workers", "2", "--no-noise"]
+    text = _simulate(capsys, *flags, "--host-ms-per-batch", "2", "--host-ms-per-request", "0.5",
+                     "--records", str(records))
+    assert "host: 2 ms per batch, 0.5 ms per arriving call, online correction off" in text
+    text = _simulate(capsys, *flags, "--host-cost-from", str(records), "--correct-online")
+    assert re.search(r"host cost fitted from .*: 2\.00 ms per batch \+ 0\.50 ms per arriving call", text), text
+    assert "online correction on" in text and sum(_counts(text).values()) > 0
+    assert cli_main(["simulate", *flags, "--host-cost-from", str(records), "--host-ms-per-batch", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path / "missing.jsonl")]) == 2

@@ -16,10 +16,13 @@ from policies.base import available, make_policy
 from superserve.experiments import capacity_qps
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, describe, gpu_profile, gpu_zoo, ofa_resnet50_zoo
 from superserve.metrics import summarize, time_series
-from superserve.records import write_jsonl
+from superserve.host_cost import fit_host_cost
+from superserve.records import RecordError, read_jsonl, write_jsonl
 from superserve.sim import SimConfig, simulate
 from superserve.synthetic import DEFAULT_ZOO_PATH, load_zoo
 from superserve.zoo import Zoo, ZooError
+
+CORRECTION_INTERVAL_S = 0.25  # the server's default (EngineConfig.correction_interval_s)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -80,6 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests that cannot meet their deadline: shed them, or serve them late (default shed)")
     parser.add_argument("--no-noise", action="store_true", help="service time = the median table exactly")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trace and of the service-time noise")
+    host = parser.add_argument_group("predicting a server on a CPU host (superserve.host_cost)")
+    host.add_argument("--host-cost-from", metavar="RECORDS",
+                      help="fit the host cost from a server's per-request records (superserve serve --records) on "
+                           "this zoo; prints the fit")
+    host.add_argument("--host-ms-per-batch", type=float, default=None,
+                      help="the host's cost per batch over the table, ms (default 0: an ideal host)")
+    host.add_argument("--host-ms-per-request", type=float, default=None,
+                      help="how long each arriving call stalls the running batches, ms (default 0)")
+    host.add_argument("--correct-online", action="store_true",
+                      help="correct the policy's table from the simulated service times every 0.25 s, as the server "
+                           "does by default")
     parser.add_argument("--records", help="write per-request records here (JSONL)")
     parser.add_argument("--timeseries", help="write per-second metrics here (CSV)")
 
@@ -90,15 +104,32 @@ def run(args: argparse.Namespace) -> int:
         policy = make_policy(args.policy, zoo, **dict(args.param))
         rate = args.rate if args.rate is not None else args.load * capacity_qps(zoo, args.workers, args.slo_ms)
         arrivals = traces.named(args.trace, rate, args.duration, np.random.default_rng(args.seed))
-        config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed)
-    except (ValueError, FileNotFoundError, ZooError) as exc:
+        per_batch, per_request, fitted = args.host_ms_per_batch, args.host_ms_per_request, None
+        if args.host_cost_from:
+            if per_batch is not None or per_request is not None:
+                raise ValueError("give --host-cost-from or --host-ms-per-batch/--host-ms-per-request, not both")
+            fitted = fit_host_cost(read_jsonl(args.host_cost_from), zoo)
+            per_batch, per_request = fitted.ms_per_batch, fitted.ms_per_request
+        config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed,
+                           host_ms_per_batch=per_batch or 0.0, host_ms_per_request=per_request or 0.0,
+                           correction_interval_s=CORRECTION_INTERVAL_S if args.correct_online else None)
+    except (ValueError, FileNotFoundError, ZooError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"zoo: {label}")
+    if fitted is not None:
+        print(f"host cost fitted from {args.host_cost_from}: {fitted.ms_per_batch:.2f} ms per batch + "
+              f"{fitted.ms_per_request:.2f} ms per arriving call ({fitted.batches} batches, residual "
+              f"{fitted.residual_ms:.1f} ms)")
+    if config.host_ms_per_batch or config.host_ms_per_request or config.correction_interval_s:
+        print(f"host: {config.host_ms_per_batch:g} ms per batch, {config.host_ms_per_request:g} ms per arriving call, "
+              f"online correction {'on' if config.correction_interval_s else 'off'}")
     print(f"policy: {policy.name}  workers: {args.workers}  SLO: {args.slo_ms:g} ms  late requests: {args.late}")
     print(f"trace: {args.trace}, {json.dumps({k: round(v, 3) for k, v in traces.stats(arrivals).items()})}")
     start = time.perf_counter()
-    table = simulate(arrivals, policy, args.slo_ms, args.min_accuracy, config)
+    params = dict(args.param)
+    table = simulate(arrivals, policy, args.slo_ms, args.min_accuracy, config,
+                     policy_factory=lambda z: make_policy(args.policy, z, **params))
     wall = time.perf_counter() - start
     s = summarize(table)
     print(f"simulated {s.requests} requests in {wall:.2f} s wall ({s.requests / wall:,.0f} requests/s)")
