@@ -138,6 +138,21 @@ def _finished(ckpt: Path) -> bool:
     return stored["extra"].get("step") == stored["meta"].get("total_steps")
 
 
+def reusable(prior: dict | None, data: str, space: dict, common: list, batch_size: int, lr: float) -> dict:
+    """The runs of an earlier report (its training_methods.json) that this grid may take instead of training them
+    again, keyed by (method, schedule, budget, seed): only when the dataset's space, its common subnets, the batch size
+    and the learning rate are the same (the training code is trusted to be: say so when it changed)."""
+    def norm(x):
+        return json.loads(json.dumps(x))
+
+    if not prior or prior.get("batch_size") != batch_size or prior.get("lr") != lr or \
+            norm(prior.get("space", {}).get(data)) != norm(space) or \
+            norm(prior.get("common_subnets", {}).get(data)) != norm(common):
+        return {}
+    return {(r["method"], r["schedule"], float(r["budget"]), int(r["seed"])): r for r in prior.get("runs", [])
+            if r.get("data") == data}
+
+
 def run_job(job: dict) -> dict:
     """Train (or reuse / resume) one run and score it; runs in a worker process."""
     torch.set_num_threads(1)
@@ -287,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: score the runs in --work-dir that finished; budgets missing a method are "
                         "dropped and the unfinished runs listed")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier training_methods.json: take its runs where dataset, space, common subnets, batch "
+                        "size and learning rate match, train only the rest (extends a grid across sessions; the "
+                        "checkpoints of --work-dir do not outlive a session's machine)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_training_grid"))
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -299,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     common: dict[str, list] = {}
     papers: dict[str, float] = {}  # the DεpS budget of the papers'-schedule runs, per dataset (0: none)
     plain = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
+    prior = json.loads(args.reuse.read_text()) if args.reuse else None
+    reused: dict[str, int] = {}
     for data in datasets:
         size = image_size_for(data, args)
         space = space_for(args.space, data, size)
@@ -322,6 +343,18 @@ def main(argv: list[str] | None = None) -> int:
                                      "space": space.to_dict(), "args": plain, "subnets": [s.to_dict() for s in subnets],
                                      "ckpt": str(args.work_dir / f"{tag}.pt")})
         jobs.sort(key=lambda j: -j["budget"])  # longest first: better packing on the workers
+        taken = reusable(prior, data, space.to_dict(), common[data], args.batch_size, args.lr)
+        fresh = []
+        for j in jobs:
+            r = taken.get((j["method"], j["schedule"], float(j["budget"]), int(j["seed"])))
+            if r is None:
+                fresh.append(j)
+            else:
+                runs.append(r)
+                reused[data] = reused.get(data, 0) + 1
+        jobs = fresh
+        if args.reuse:
+            print(f"{data}: {reused.get(data, 0)} runs taken from {args.reuse}, {len(jobs)} to train", flush=True)
         if args.cached_only:  # only the runs that finished (a grid cut short by the clock); say what is missing
             finished = [j for j in jobs if _finished(Path(j["ckpt"]))]
             unfinished[data] = sorted(Path(j["ckpt"]).stem for j in jobs if j not in finished)
@@ -402,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the front is picked on validation. ci95 = half-width of the 95% t-interval over seeds (for "
                     "the deltas: over seed-paired differences DεpS - best baseline). train_time_s is loop wall "
                     "time on a shared 2-core CPU, noisy.",
+           "reused_runs": {"from": str(args.reuse), **reused} if args.reuse else {},
            "unfinished_runs": unfinished, "headline": headline, "summary": summary,
            "deps_minus_best_baseline_by_budget": by_budget, "runs": runs,
            "runs_at_budgets_missing_a_method": partial}

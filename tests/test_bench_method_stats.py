@@ -90,3 +90,17 @@ def test_scores_are_reused_while_the_checkpoint_and_subnet_set_are_unchanged(tmp
     later = ckpt.with_suffix(".scores.json").stat().st_mtime + 10
     os.utime(ckpt, (later, later))  # the checkpoint changed after its scores: scored again
     assert tm.cached_score(ckpt, [a], None) == [{"n": 3}]
+
+
+def test_reuse_takes_an_earlier_reports_runs_only_when_the_setup_matches():
+    tm = _load("training_methods")
+    space, common = {"depth_choices": [2, 3, 4], "image_size": 8}, [{"subnet_id": "a"}]
+    run = {"data": "digits", "method": "deps", "schedule": "equal", "budget": 64.0, "seed": 1}
+    prior = {"batch_size": 64, "lr": 0.1, "space": {"digits": space}, "common_subnets": {"digits": common},
+             "runs": [run, {**run, "data": "mnist5k"}]}
+    assert tm.reusable(prior, "digits", dict(space), list(common), 64, 0.1) == {("deps", "equal", 64.0, 1): run}
+    assert tm.reusable(prior, "digits", {**space, "image_size": 14}, common, 64, 0.1) == {}  # another space
+    assert tm.reusable(prior, "digits", space, [{"subnet_id": "b"}], 64, 0.1) == {}  # other common subnets
+    assert tm.reusable(prior, "digits", space, common, 32, 0.1) == {}  # another batch size
+    assert tm.reusable(prior, "digits", space, common, 64, 0.05) == {}  # another learning rate
+    assert tm.reusable(None, "digits", space, common, 64, 0.1) == {}
