@@ -234,21 +234,20 @@ def main(argv: list[str] | None = None) -> int:
             for trace, load in runs:
                 rate = min(load * capacity, args.max_rate)
                 arrivals = make_trace(trace, rate, args.duration, args.seed)
-                report = replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
-                                                     drain_timeout_s=5.0, seed=args.seed))
+                spec = ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
+                                  seed=args.seed)
+                report = replay(arrivals, spec)
                 real = summarize(report.records)
-                repeats = [real.slo_attainment] + [
-                    summarize(replay(arrivals, ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000,
-                                                          drain_timeout_s=5.0, seed=args.seed)).records).slo_attainment
-                    for _ in range(args.real_repeats - 1)]
+                repeats = [real.slo_attainment] + [summarize(replay(arrivals, spec).records).slo_attainment
+                                                   for _ in range(args.real_repeats - 1)]
                 def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
                     return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
 
                 sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
                                          config=SimConfig(workers=1, seed=args.seed, **host_config),
                                          policy_factory=factory))
-                ideal = summarize(simulate(arrivals, make_policy(family, zoo, overhead_ms=RPC_OVERHEAD_MS, **params),
-                                           args.slo_ms, config=SimConfig(workers=1, seed=args.seed)))
+                ideal = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
+                                           config=SimConfig(workers=1, seed=args.seed)))
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),

@@ -99,6 +99,7 @@ class DispatchCore:
         self.queue = queue
         self.serve_late = late == "serve"
         self.corrector = corrector
+        self.last_correction_s = 0.0  # `correct_when_due`'s clock (the driver's), set by the driver at its start
         ids = list(range(workers)) if worker_ids is None else worker_ids
         self.workers = [WorkerState(w) for w in ids]  # by slot; the policy sees the worker's own id
         self.idle = list(range(workers - 1, -1, -1))  # a stack: worker 0 first
@@ -264,6 +265,19 @@ class DispatchCore:
             return None
         self.corrector.relax(elapsed_s)
         return self.corrector.corrected_zoo()
+
+    def correct_when_due(self, now_s: float, interval_s: float, factory: Callable[[Zoo], Policy]) -> None:
+        """After a completion, on the driver's clock: once `interval_s` has passed since the last time
+        (`last_correction_s`, which the driver starts), relax the correction by the time elapsed and serve with a
+        policy rebuilt by `factory` from the corrected table when it moved. The simulator and the cluster worker call
+        this; the embedded engine does the same from its timer thread, outside its lock."""
+        elapsed = now_s - self.last_correction_s
+        if elapsed < interval_s:
+            return
+        self.last_correction_s = now_s
+        zoo = self.corrected_zoo(elapsed)
+        if zoo is not None:
+            self.install_policy(factory(zoo))
 
     def install_policy(self, policy: Policy, zoo: Zoo | None = None) -> None:
         """Serve with `policy` from now on (built from a corrected or re-profiled table); a policy of another kind

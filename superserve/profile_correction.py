@@ -37,6 +37,9 @@ import numpy as np
 from superserve.zoo import LatencyStats, Zoo
 
 
+CORRECTION_INTERVAL_S = 0.25  # how often a driver rebuilds its policy from corrected latencies, by default
+
+
 @dataclass(frozen=True)
 class CorrectionConfig:
     alpha: float = 0.1  # EWMA weight of one batch (about 10 batches of memory)

@@ -163,7 +163,7 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     corrector = ProfileCorrector(zoo) if interval_s is not None else None
     # the scheduling the server runs too
     core = DispatchCore(zoo, policy, queue, config.workers, config.late, corrector)
-    last_correction_s = arrival_l[0] if n else 0.0
+    core.last_correction_s = arrival_l[0] if n else 0.0
     idle = core.idle
     shed = core.shed
     busy: list[tuple[float, int, Dispatch]] = []  # (finish, seq, dispatch)
@@ -185,11 +185,8 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                 subnet_l[rid] = sidx
                 worker_l[rid] = w
                 status_l[rid] = _OK if ok else _LATE
-            if corrector is not None and now - last_correction_s >= interval_s:  # type: ignore[operator]
-                corrected = core.corrected_zoo(now - last_correction_s)
-                last_correction_s = now
-                if corrected is not None:
-                    core.install_policy(policy_factory(corrected))  # type: ignore[misc]
+            if corrector is not None:
+                core.correct_when_due(now, interval_s, policy_factory)  # type: ignore[arg-type]
         else:
             now = next_arrival
             i0 = i

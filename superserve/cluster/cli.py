@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from superserve.defaults import DEFAULT_CHECKPOINT
+from superserve.profile_correction import CORRECTION_INTERVAL_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from superserve.cluster.worker import ClusterWorker, WorkerConfig
 
     config = WorkerConfig(Path(args.checkpoint), args.namespace, args.threads, args.heartbeat_ttl_s,
-                          correction_interval_s=None if args.no_correction else 0.25, device=args.device,
+                          correction_interval_s=None if args.no_correction else CORRECTION_INTERVAL_S, device=args.device,
                           reprofile=args.reprofile)
     try:
         worker = ClusterWorker(url, config)

@@ -36,7 +36,7 @@ from superserve.cluster.redis_queue import (ClusterConfig, Keys, RedisURL, Scrip
                                             parse_member, wall_clock)
 from superserve.dispatch import Dispatch, DispatchCore
 from superserve.outcomes import Outcome
-from superserve.profile_correction import ProfileCorrector
+from superserve.profile_correction import CORRECTION_INTERVAL_S, ProfileCorrector
 from superserve.server.workers import process_device, run_batch, synchronize
 from superserve.types import QueueSnapshot, Request, WorkerState
 from superserve.zoo import HostFingerprint, Zoo
@@ -54,7 +54,7 @@ class WorkerConfig:
     reply_ttl_s: int = 30
     max_attempts: int = 3
     grace_s: float = 2.0
-    correction_interval_s: float | None = 0.25  # rebuild the policy from corrected latencies; None = off
+    correction_interval_s: float | None = CORRECTION_INTERVAL_S  # rebuild the policy from corrected latencies; None = off
     device: str = "cpu"  # cpu, cuda or cuda:N: where this worker's copy of the model runs
     # auto: spot-check the published latency table on this worker's device at start and scale it to this worker's
     # speed when it was profiled elsewhere (or runs at another speed here); never: take it as published
@@ -163,7 +163,7 @@ class ClusterWorker:
         # The queue is Redis's: the core gets each snapshot from `step` and the claimed batch from CLAIM.
         self.core = DispatchCore(zoo, self._make_policy(zoo), _NoLocalQueue(), 1, "shed", corrector,
                                  worker_ids=[self.worker_id])
-        self._last_correction = time.monotonic()
+        self.core.last_correction_s = time.monotonic()
 
     @property
     def policy(self) -> Policy:
@@ -330,14 +330,7 @@ class ClusterWorker:
 
     def _maybe_correct(self) -> None:
         assert self.config.correction_interval_s
-        now = time.monotonic()
-        elapsed = now - self._last_correction
-        if elapsed < self.config.correction_interval_s:
-            return
-        self._last_correction = now
-        zoo = self.core.corrected_zoo(elapsed)
-        if zoo is not None:
-            self.core.install_policy(self._make_policy(zoo))
+        self.core.correct_when_due(time.monotonic(), self.config.correction_interval_s, self._make_policy)
 
 
 class _NoLocalQueue:

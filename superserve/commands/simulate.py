@@ -17,12 +17,11 @@ from superserve.experiments import capacity_qps
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, describe, gpu_profile, gpu_zoo, ofa_resnet50_zoo
 from superserve.metrics import summarize, time_series
 from superserve.host_cost import fit_host_cost
+from superserve.profile_correction import CORRECTION_INTERVAL_S
 from superserve.records import RecordError, read_jsonl, write_jsonl
 from superserve.sim import SimConfig, simulate
 from superserve.synthetic import DEFAULT_ZOO_PATH, load_zoo
 from superserve.zoo import Zoo, ZooError
-
-CORRECTION_INTERVAL_S = 0.25  # the server's default (EngineConfig.correction_interval_s)
 
 
 def parse_param(text: str) -> tuple[str, Any]:

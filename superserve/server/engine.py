@@ -38,7 +38,7 @@ from superserve.outcomes import Outcome, Reason, Refused
 from superserve.queue import EdfQueue
 from superserve.records import RequestRecord
 from superserve.server.metrics import RecordWriter, ServerMetrics
-from superserve.profile_correction import ProfileCorrector
+from superserve.profile_correction import CORRECTION_INTERVAL_S, ProfileCorrector
 from superserve.types import Request
 from superserve.zoo import Zoo
 
@@ -56,7 +56,7 @@ class EngineConfig:
     default_slo_ms: float = 100.0  # SLO of a request without an `slo_ms` hint
     late: Literal["shed", "serve"] = "shed"  # requests that cannot meet their deadline: answer at once, or serve late
     queue_capacity: int = 1024  # images queued at most; beyond it calls are refused (Reason.BUSY)
-    correction_interval_s: float | None = 0.25  # how often to rebuild the policy from corrected latencies; None = off
+    correction_interval_s: float | None = CORRECTION_INTERVAL_S  # how often to rebuild the policy from corrected latencies; None = off
 
     def __post_init__(self) -> None:
         if self.late not in ("shed", "serve"):
