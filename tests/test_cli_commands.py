@@ -240,3 +240,6 @@ def test_simulate_host_cost_flags_fit_and_online_correction(capsys, tmp_path: Pa
     assert cli_main(["simulate", *flags, "--host-cost-from", str(records), "--host-ms-per-batch", "1"]) == 2
     assert "not both" in capsys.readouterr().err
     assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path / "missing.jsonl")]) == 2
+    assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path)]) == 2  # a directory
+    (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe not records\n")
+    assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path / "bad.jsonl")]) == 2

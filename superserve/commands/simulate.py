@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed,
                            host_ms_per_batch=per_batch or 0.0, host_ms_per_request=per_request or 0.0,
                            correction_interval_s=CORRECTION_INTERVAL_S if args.correct_online else None)
-    except (ValueError, FileNotFoundError, ZooError, RecordError) as exc:
+    except (ValueError, OSError, ZooError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"zoo: {label}")
