@@ -13,8 +13,12 @@ batches, the more the busier it is. Before the grid, one calibration run (SlackF
 the highest load, its own seed: arrivals no graded run sees) records the server's batches, and
 `superserve.host_cost.fit_host_cost` fits a per-batch cost and a per-arrival stall; the simulator then runs every
 policy with them (`SimConfig.host_ms_per_*`) and with the server's online table correction (every 0.25 s, as
-`superserve serve` does by default), so that its policies learn the slower host as the server's do. The ideal-host
-simulator (no host cost, no correction) is reported beside it.
+`superserve serve` does by default), so that its policies learn the slower host as the server's do. The same run, seen
+from the client too, fits the call's path outside the scheduler (`superserve.host_cost.fit_client_path`: the host
+thread that takes calls in and sends answers one after another, and the network), so that the simulator judges a
+request where the client does: an answer that leaves the server in time can still reach the client late
+(`--no-client-path` leaves it out). The ideal-host simulator (no host cost, no correction, no path) is reported
+beside it.
 
 How close the simulator can get is bounded by how well the server agrees with itself: with `--real-repeats 2` (the
 default) every run is replayed twice on the same server, and the mean absolute difference between the two replays
@@ -59,7 +63,7 @@ from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
 from policies.base import make_policy  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 from superserve.experiments import capacity_qps, compare, Point, spread_indices  # noqa: E402
-from superserve.host_cost import HostCost, fit_host_cost  # noqa: E402
+from superserve.host_cost import ClientPath, HostCost, fit_client_path, fit_host_cost  # noqa: E402
 from superserve.metrics import summarize  # noqa: E402
 from superserve.records import read_jsonl  # noqa: E402
 from superserve.sim import SimConfig, simulate  # noqa: E402
@@ -108,8 +112,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qps: float, duration_s: float,
-                   slo_ms: float, seed: int, workers: int) -> tuple[HostCost, dict[str, Any]]:
-    """The host cost from one SlackFit run over a Poisson ramp low -> high q/s (seeded apart from the graded runs)."""
+                   slo_ms: float, seed: int, workers: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
+    """The host cost and the client path from one SlackFit run over a Poisson ramp low -> high q/s (seeded apart from
+    the graded runs), seen from both ends."""
     records = work / "calibration.jsonl"
     proc, url, _ = start_server(zoo_path, "slackfit", {}, work / "server_calibration.log", workers, records)
     try:
@@ -119,10 +124,13 @@ def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qp
                                              seed=seed))
     finally:
         stop_server(proc)
-    cost = fit_host_cost(read_jsonl(records), zoo)
+    server_records = read_jsonl(records)
+    cost = fit_host_cost(server_records, zoo)
+    path = fit_client_path(server_records, report.records)
     real = summarize(report.records)
-    return cost, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
-                  "slo_attainment": real.slo_attainment, **cost.__dict__}
+    return cost, path, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
+                        "slo_attainment": real.slo_attainment, **cost.__dict__,
+                        **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
 
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="replays of each run on the server (>= 2 measures the server's own run-to-run spread)")
     parser.add_argument("--calibration-s", type=float, default=20.0,
                         help="seconds of the host-cost calibration run (0: simulate an ideal host only)")
+    parser.add_argument("--no-client-path", action="store_true",
+                        help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
     args = parser.parse_args(argv)
     if args.real_repeats < 1:
@@ -215,15 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo {DEFAULT_ZOO} ({len(zoo.entries)} subnets, profiled on {zoo.host.processor}); SLO {args.slo_ms:g} ms;"
           f" capacity {capacity:.1f} q/s; {len(policies)} policies x {len(runs)} runs x {args.duration:g} s",
           flush=True)
-    host, calibration = HostCost(0.0, 0.0, 0, 0.0, 0.0), {}
+    host, path, calibration = HostCost(0.0, 0.0, 0, 0.0, 0.0), ClientPath(0.0, 0.0, 0.0, 0, 0.0), {}
     if args.calibration_s > 0:
         high = min(max(loads) * capacity, args.max_rate)
-        host, calibration = calibrate_host(zoo_path, zoo, work, min(loads) * capacity, high, args.calibration_s,
-                                           args.slo_ms, args.seed + 1000, args.server_workers)
+        host, path, calibration = calibrate_host(zoo_path, zoo, work, min(loads) * capacity, high,
+                                                 args.calibration_s, args.slo_ms, args.seed + 1000,
+                                                 args.server_workers)
         print(f"host cost: {host.ms_per_batch:.2f} ms per batch + {host.ms_per_request:.2f} ms per arrival during it "
-              f"({host.batches} batches, residual {host.residual_ms:.1f} ms)", flush=True)
+              f"({host.batches} batches, residual {host.residual_ms:.1f} ms); client path: {path.ms_per_receive:.1f} "
+              f"ms per call taken in, {path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms "
+              f"(mean error {path.residual_ms:.1f} ms)", flush=True)
     host_config = {"host_ms_per_request": host.ms_per_request, "host_ms_per_batch": host.ms_per_batch,
                    "correction_interval_s": EngineConfig().correction_interval_s}
+    if not args.no_client_path:
+        host_config |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
+                        "network_ms": path.network_ms}
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
     for label, family, params in policies:
@@ -298,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                          max(len(d_att_ideal), 1), 2),
         "host_cost_ms_per_batch": round(host.ms_per_batch, 3),
         "host_cost_ms_per_request": round(host.ms_per_request, 3),
+        "client_path_ms_per_receive": None if args.no_client_path else path.ms_per_receive,
+        "client_path_ms_per_answer": None if args.no_client_path else path.ms_per_answer,
+        "client_path_network_ms": None if args.no_client_path else round(path.network_ms, 3),
         "best_policy_same_real_and_sim_runs": sum(c["best_attainment_policy_real"] == c["best_attainment_policy_sim"]
                                                   for c in comparisons),
         "capacity_qps": round(capacity, 1), "slo_ms": args.slo_ms, "duration_s_per_run": args.duration,

@@ -74,3 +74,76 @@ def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo) -> HostCost:
     a, c = max(float(a), 0.0), max(float(c), 0.0)
     residual = float(np.sqrt(np.mean((excess - a - c * during) ** 2)))
     return HostCost(a, c, len(during), float(np.mean(during)), residual)
+
+
+@dataclass(frozen=True)
+class ClientPath:
+    """The call's path outside the scheduler, for `SimConfig.host_ms_per_receive/host_ms_per_answer/network_ms`."""
+
+    ms_per_receive: float
+    ms_per_answer: float
+    network_ms: float
+    requests: int  # served calls the fit used
+    residual_ms: float  # mean absolute error of the fitted model over them
+
+
+_PATH_GRID_MS = np.round(np.arange(0.0, 1.55, 0.1), 2)  # candidate receive / answer costs per call
+
+
+def _host_waits(arrivals_s: np.ndarray, batches: list[tuple[float, list[int]]], receive_s: float,
+                answer_s: float) -> np.ndarray:
+    """Per request (index into arrivals_s): its wait on one first-come-first-served host thread that takes in every
+    call (`receive_s`) and sends every answer of a finished batch one after another (`answer_s`)."""
+    events = [(t, 0, k) for k, t in enumerate(arrivals_s.tolist())] + [(f, 1, j) for j, (f, _) in enumerate(batches)]
+    events.sort()
+    wait = np.zeros(len(arrivals_s))
+    free = -np.inf
+    for t, kind, k in events:
+        if kind == 0:
+            free = max(t, free) + receive_s
+            wait[k] += free - t
+        else:
+            for rid in batches[k][1]:
+                free = max(t, free) + answer_s
+                wait[rid] += free - t
+    return wait
+
+
+def fit_client_path(server_records: Iterable[RequestRecord], client_records: Iterable[RequestRecord]) -> ClientPath:
+    """Fit the simulator's client path from one run seen from both ends: the server's `--records` and the client's
+    (`loadtest.replayer`: `dispatch_s` = sent, `finish_s` = answer received). The two do not share request ids, so
+    the k-th call the server received is paired with the k-th the client sent (calls leave one event loop in order;
+    a swap inside a burst blurs the fit a little, it does not bias it). Per served call, what the client waited beyond
+    the server's own time (received to answered) is modelled as `network_ms` plus its wait on one first-come-first-
+    served host thread that takes in each call and sends each answer of a finished batch one after another
+    (`_host_waits`, replayed on the server's event times); the two per-call costs are chosen on a 0.1 ms grid by
+    least mean absolute error, `network_ms` is the median of what is left."""
+    srv = sorted(server_records, key=lambda r: r.arrival_s)
+    cli = sorted((r for r in client_records if r.dispatch_s is not None), key=lambda r: r.dispatch_s)  # type: ignore
+    if len(srv) != len(cli):
+        raise ValueError(f"cannot pair the runs: the server recorded {len(srv)} calls, the client sent {len(cli)}")
+    arrivals = np.array([r.arrival_s for r in srv], dtype=float)
+    groups: dict[tuple[int | None, float, str], list[int]] = defaultdict(list)
+    served: list[int] = []
+    extra: list[float] = []
+    for k, (s, c) in enumerate(zip(srv, cli)):
+        if s.status in (OK, LATE) and s.finish_s is not None and s.dispatch_s is not None and s.subnet_id:
+            groups[(s.worker_id, s.dispatch_s, s.subnet_id)].append(k)
+            if c.finish_s is not None:
+                served.append(k)
+                extra.append((c.finish_s - c.dispatch_s) - (s.finish_s - s.arrival_s))  # type: ignore[operator]
+    if len(served) < 10:
+        raise ValueError(f"need at least 10 calls served and answered to fit the client path, got {len(served)}")
+    batches = sorted((max(srv[k].finish_s for k in ks), sorted(ks, key=lambda k: srv[k].request_id))  # type: ignore
+                     for ks in groups.values())
+    idx, obs = np.array(served), np.array(extra) * 1e3
+    best: tuple[float, float, float, float] | None = None
+    for receive in _PATH_GRID_MS:
+        for answer in _PATH_GRID_MS:
+            rest = obs - _host_waits(arrivals, batches, receive * 1e-3, answer * 1e-3)[idx] * 1e3
+            network = float(np.median(rest))
+            err = float(np.mean(np.abs(rest - network)))
+            if best is None or err < best[3] - 1e-9:
+                best = (float(receive), float(answer), network, err)
+    assert best is not None
+    return ClientPath(best[0], best[1], max(best[2], 0.0), len(served), best[3])

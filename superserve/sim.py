@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -41,6 +42,7 @@ from superserve.zoo import Zoo
 _OK, _LATE, _SHED, _REJECTED = (STATUSES.index(s) for s in (OK, LATE, SHED, REJECTED))
 _P99_Z = 2.3263478740408408  # standard normal 99th percentile
 _NOISE_BLOCK = 65536  # normals drawn per refill
+_CLIENT_EPS_S = 1e-9  # float slack when judging an answer at the client against its deadline
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ class SimConfig:
     # table (hand-off to the worker, stacking inputs). `benchmarks/e2e_tradeoff.py` measures both on the host.
     host_ms_per_request: float = 0.0
     host_ms_per_batch: float = 0.0
+    # The call's own path, as the client sees it (0 = the answer is at the client the instant its batch ends): one
+    # host thread (the server's event loop) takes in each call (`host_ms_per_receive`) before the scheduler sees it
+    # and sends each answer (`host_ms_per_answer`) after its batch ends, first come first served, so a burst of calls
+    # or a large batch queues there; `network_ms` is the fixed transport both ways. With any of them set, a record's
+    # `finish_s` is when the answer reaches the client and its status is judged on that, as a client's is; the
+    # policy still sees the batch end (what the server's own clock sees).
+    host_ms_per_receive: float = 0.0
+    host_ms_per_answer: float = 0.0
+    network_ms: float = 0.0
     # Correct the policy's latency table online from the simulated service times, as the server does (its
     # `correction_interval_s`, default 0.25): needs `simulate(..., policy_factory=...)` to rebuild the policy. None =
     # the policy keeps the table it was built with (the default: the service times then follow that table anyway,
@@ -68,10 +79,15 @@ class SimConfig:
             raise ValueError(f"need at least one worker, got {self.workers}")
         if self.late not in ("shed", "serve"):
             raise ValueError(f"late must be 'shed' or 'serve', got {self.late!r}")
-        if not (self.host_ms_per_request >= 0 and self.host_ms_per_batch >= 0):
-            raise ValueError("host_ms_per_request and host_ms_per_batch must be >= 0")
+        if not all(x >= 0 for x in (self.host_ms_per_request, self.host_ms_per_batch, self.host_ms_per_receive,
+                                     self.host_ms_per_answer, self.network_ms)):
+            raise ValueError("host_ms_per_* and network_ms must be >= 0")
         if self.correction_interval_s is not None and not self.correction_interval_s > 0:
             raise ValueError(f"correction_interval_s must be > 0 or None, got {self.correction_interval_s}")
+
+    @property
+    def client_path(self) -> bool:
+        return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms)
 
 
 class ServiceTimes:
@@ -147,6 +163,11 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     switch_s = (policy.switch_ms if config.switch_ms is None else config.switch_ms) * 1e-3
     host_req_s = config.host_ms_per_request * 1e-3
     host_batch_s = config.host_ms_per_batch * 1e-3
+    receive_s, answer_s, network_s = (config.host_ms_per_receive * 1e-3, config.host_ms_per_answer * 1e-3,
+                                      config.network_ms * 1e-3)
+    client_path = config.client_path
+    host_free_s = -math.inf  # when the host thread (receiving calls, sending answers) is next free
+    received: deque[tuple[float, int]] = deque()  # (when the scheduler sees it, request id): FIFO, times ascending
 
     arrival_l = arrivals.tolist()
     deadline_l = (arrivals + slo * 1e-3).tolist()
@@ -171,9 +192,10 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     i = 0
     inf = math.inf
 
-    while i < n or busy:
+    while i < n or busy or received:
         next_arrival = arrival_l[i] if i < n else inf
-        if busy and busy[0][0] <= next_arrival:
+        next_received = received[0][0] if received else inf
+        if busy and busy[0][0] <= min(next_arrival, next_received):
             # One completion per event, even when two batches finish at the same instant: the server hears of its
             # batches one at a time and schedules after each (`Engine.on_result`), so the simulator does too.
             now, _, d = heapq.heappop(busy)
@@ -181,17 +203,32 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
             disp, w, sidx = d.dispatch_s, d.slot, subnet_index[d.subnet_id]
             for rid, ok in zip(d.request_ids, on_time):
                 dispatch_l[rid] = disp
-                finish_l[rid] = now
                 subnet_l[rid] = sidx
                 worker_l[rid] = w
-                status_l[rid] = _OK if ok else _LATE
+                if client_path:  # answers leave one after another, behind whatever the host thread has queued
+                    host_free_s = max(now, host_free_s) + answer_s
+                    at_client = host_free_s + network_s
+                    finish_l[rid] = at_client
+                    status_l[rid] = _OK if at_client <= deadline_l[rid] + _CLIENT_EPS_S else _LATE
+                else:
+                    finish_l[rid] = now
+                    status_l[rid] = _OK if ok else _LATE
             if corrector is not None:
                 core.correct_when_due(now, interval_s, policy_factory)  # type: ignore[arg-type]
+        elif next_received <= next_arrival:
+            now = next_received
+            while received and received[0][0] == now:
+                rid = received.popleft()[1]
+                queue.push(Request(rid, arrival_l[rid], deadline_l[rid], hint_l[rid]))
         else:
             now = next_arrival
             i0 = i
             while i < n and arrival_l[i] == now:
-                queue.push(Request(i, now, deadline_l[i], hint_l[i]))  # a rejected one keeps its REJECTED status
+                if receive_s:  # the scheduler sees it once the host thread has taken it in
+                    host_free_s = max(now, host_free_s) + receive_s
+                    received.append((host_free_s, i))
+                else:
+                    queue.push(Request(i, now, deadline_l[i], hint_l[i]))  # a rejected one keeps REJECTED
                 i += 1
             if host_req_s and busy:
                 # The same delay for every running batch keeps the heap ordered.

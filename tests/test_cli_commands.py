@@ -243,3 +243,18 @@ def test_simulate_host_cost_flags_fit_and_online_correction(capsys, tmp_path: Pa
     assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path)]) == 2  # a directory
     (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe not records\n")
     assert cli_main(["simulate", *flags, "--host-cost-from", str(tmp_path / "bad.jsonl")]) == 2
+    # the client path: given, or fitted from the client's records of the same run (here the server's own: nothing
+    # between them, so nothing to fit)
+    text = _simulate(capsys, *flags, "--host-ms-per-receive", "0.8", "--host-ms-per-answer", "0.4", "--network-ms", "2")
+    assert "client path: 0.8 ms per call taken in, 0.4 ms per answer, network 2 ms" in text
+    from dataclasses import replace
+
+    from superserve.records import read_jsonl, write_jsonl
+
+    client = tmp_path / "client.jsonl"  # as the replayer writes them: dispatch_s = when the call was sent
+    write_jsonl(client, [replace(r, dispatch_s=r.arrival_s) for r in read_jsonl(records)])
+    text = _simulate(capsys, *flags, "--host-cost-from", str(records), "--client-records", str(client))
+    assert re.search(r"client path fitted from .*: 0\.0 ms to take in a call, 0\.0 ms per answer, network 0\.00 ms",
+                     text), text
+    assert cli_main(["simulate", *flags, "--client-records", str(records)]) == 2
+    assert "needs --host-cost-from" in capsys.readouterr().err

@@ -152,6 +152,63 @@ def test_host_cost_stalls_running_batches_and_the_fit_recovers_it() -> None:
         SimConfig(host_ms_per_request=-1.0)
 
 
+def test_client_path_queues_calls_and_answers_on_one_host_thread() -> None:
+    """With a client path, a call reaches the scheduler once the host thread has taken it in (a burst waits in line),
+    a batch's answers leave one `host_ms_per_answer` apart and arrive `network_ms` later, and the status is judged on
+    when the client has the answer: a batch that ends in time on the server but not at the client is late."""
+    clipper = lambda: make_policy("clipper+", ZOO, subnet=0)  # noqa: E731 - subnet 0: 1 ms at batch 1, +0.25 ms each
+    one = simulate(np.array([0.0]), clipper(), slo_ms=50.0,
+                   config=SimConfig(workers=1, noise=False, host_ms_per_receive=0.5, host_ms_per_answer=0.25,
+                                    network_ms=2.0))
+    assert one.dispatch_s[0] * 1e3 == pytest.approx(0.5)
+    assert one.finish_s[0] * 1e3 == pytest.approx(0.5 + 1.0 + 0.25 + 2.0)
+    # a burst of 4 while the worker is busy with a first call: they leave in batches, each answered 0.25 ms apart
+    arrivals = np.array([0.0, 0.0002, 0.0002, 0.0002, 0.0002])
+    t = simulate(arrivals, clipper(), slo_ms=50.0, config=SimConfig(workers=1, noise=False, host_ms_per_answer=0.25))
+    groups = [np.sort(t.finish_s[t.dispatch_s == d]) for d in np.unique(t.dispatch_s)]
+    assert max(len(g) for g in groups) >= 2
+    for g in groups:
+        assert np.diff(g) * 1e3 == pytest.approx([0.25] * (len(g) - 1))
+    t = simulate(arrivals, clipper(), slo_ms=50.0, config=SimConfig(workers=1, noise=False, host_ms_per_receive=1.0))
+    assert t.dispatch_s[0] * 1e3 == pytest.approx(1.0)  # the first call, taken in after 1 ms
+    assert np.all(np.diff(t.dispatch_s) >= 0) and t.dispatch_s[-1] * 1e3 >= 5.0 - 1e-9  # the fifth waited for four
+    # the server is in time; the client is not: late, not shed (the scheduler never saw a problem)
+    late = simulate(arrivals, clipper(), slo_ms=10.0, config=SimConfig(workers=1, noise=False, network_ms=20.0))
+    assert late.status_is(LATE).all()
+    plain = simulate(arrivals, clipper(), slo_ms=10.0, config=SimConfig(workers=1, noise=False))
+    assert plain.status_is(OK).all() and np.array_equal(plain.dispatch_s, late.dispatch_s)
+    with pytest.raises(ValueError):
+        SimConfig(network_ms=-1.0)
+
+
+def test_client_path_fit_recovers_known_costs() -> None:
+    """Server and client records made by the fit's own model (one first-come-first-served host thread, known costs)
+    give those costs back; runs that cannot be paired are refused."""
+    from superserve.host_cost import _host_waits, fit_client_path
+    from superserve.records import RequestRecord
+
+    rng = np.random.default_rng(7)
+    arrivals = np.sort(rng.uniform(0.0, 2.0, 400))
+    server, batches, k = [], [], 0
+    while k < len(arrivals):  # batches of 1-6 calls, each ending 4 ms after its last call arrived
+        size = int(rng.integers(1, 7))
+        ids = list(range(k, min(k + size, len(arrivals))))
+        end = arrivals[ids[-1]] + 0.004
+        batches.append((end, ids))
+        server += [RequestRecord(i, arrivals[i], arrivals[i] + 1.0, OK, end - 0.003, end, "s0", 0.9, 0.0, 0)
+                   for i in ids]
+        k += size
+    waits = _host_waits(arrivals, batches, 0.0007, 0.0003)
+    offset, network = 50.0, 0.0015  # the client's clock is its own
+    client = [RequestRecord(i, offset + arrivals[i], offset + arrivals[i] + 1.0, OK, offset + arrivals[i],
+                            offset + server[i].finish_s + waits[i] + network) for i in range(len(arrivals))]
+    fit = fit_client_path(server, client)
+    assert (fit.ms_per_receive, fit.ms_per_answer) == pytest.approx((0.7, 0.3))
+    assert fit.network_ms == pytest.approx(1.5, abs=1e-6) and fit.residual_ms < 1e-6 and fit.requests == 400
+    with pytest.raises(ValueError, match="pair"):
+        fit_client_path(server, client[:-1])
+
+
 def test_online_correction_follows_a_slow_host_as_the_server_does() -> None:
     """On a host slower than the table (a large per-batch host cost), MaxAcc built from the table keeps choosing
     subnets that no longer fit and finishes them late; with the server's online correction the simulated policy learns

@@ -106,6 +106,40 @@ def test_profile_tables_have_the_right_keys_and_grow_with_batch():
     assert monotone_violations({1: percentile_stats([2.0]), 2: percentile_stats([1.0])}) == [2]
 
 
+class _SlowSpell(torch.nn.Module):
+    """A net whose forwards number `spell` (1-based) each take 20 ms longer: a slow spell of a shared host."""
+
+    def __init__(self, net: SuperNet, spell: range) -> None:
+        super().__init__()
+        self.net, self.spell, self.calls, self.space = net, spell, 0, net.space
+
+    def forward(self, x, cfg):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls in self.spell:
+            import time
+
+            time.sleep(0.02)
+        return self.net(x, cfg)
+
+
+def test_profile_passes_spread_a_slow_spell_over_every_cell() -> None:
+    """Forwards 1-4 are slow. In one pass they are 4 of the first cell's 6 repeats, and its median is the spell's; in
+    3 passes of 2 repeats each they are 2 of each cell's 6, and both medians stay the net's."""
+    torch.manual_seed(0)
+    net = SuperNet(TINY)
+    subnets = [SubnetConfig.min(TINY), SubnetConfig.max(TINY)]
+    calibrate_subnets(net, subnets, torch.randn(64, 1, 8, 8))
+    medians = {}
+    for passes in (1, 3):
+        cfg = ProfileConfig(batch_sizes=(1,), warmup=0, min_repeats=6, max_repeats=6, target_s=0.0, passes=passes)
+        tables = profile_subnets(_SlowSpell(net, range(1, 5)), subnets, cfg, progress=False)
+        medians[passes] = [tables[s.subnet_id][1].median_ms for s in subnets]
+    assert medians[1][0] > 20.0 > medians[1][1]
+    assert max(medians[3]) < 20.0
+    with pytest.raises(ValueError):
+        ProfileConfig(passes=0)
+
+
 # --- end to end -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -30,6 +30,9 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-repeats", type=int, default=ProfileConfig.min_repeats)
     p.add_argument("--max-repeats", type=int, default=ProfileConfig.max_repeats)
     p.add_argument("--target-s", type=float, default=ProfileConfig.target_s, help="timed seconds per cell")
+    p.add_argument("--passes", type=int, default=ProfileConfig.passes,
+                   help="rounds through all cells that share a cell's repeats, so that a slow spell of a shared host "
+                        f"hits a share of every cell (default {ProfileConfig.passes})")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda or cuda:N: where the subnets run while searching and profiling (cuda: timed with "
                         "CUDA synchronisation, and the zoo's host fingerprint names the GPU)")
@@ -92,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _profile_config(args: argparse.Namespace, batch_sizes=DEFAULT_BATCH_SIZES) -> ProfileConfig:
     return ProfileConfig(batch_sizes=tuple(batch_sizes), threads=args.threads, min_repeats=args.min_repeats,
-                         max_repeats=args.max_repeats, target_s=args.target_s)
+                         max_repeats=args.max_repeats, target_s=args.target_s, passes=args.passes)
 
 
 def write_plots(zoo: Zoo, zoo_path: Path, out_dir: Path | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ from policies.base import available, make_policy
 from superserve.experiments import capacity_qps
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, describe, gpu_profile, gpu_zoo, ofa_resnet50_zoo
 from superserve.metrics import summarize, time_series
-from superserve.host_cost import fit_host_cost
+from superserve.host_cost import fit_client_path, fit_host_cost
 from superserve.profile_correction import CORRECTION_INTERVAL_S
 from superserve.records import RecordError, read_jsonl, write_jsonl
 from superserve.sim import SimConfig, simulate
@@ -90,6 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the host's cost per batch over the table, ms (default 0: an ideal host)")
     host.add_argument("--host-ms-per-request", type=float, default=None,
                       help="how long each arriving call stalls the running batches, ms (default 0)")
+    host.add_argument("--client-records", metavar="RECORDS",
+                      help="with --host-cost-from: the client's records of the same run (loadtest.replayer); also "
+                           "fits the call's path outside the scheduler (taking calls in, answering, the network), so "
+                           "that latencies and SLO attainment are the client's")
+    host.add_argument("--host-ms-per-receive", type=float, default=None,
+                      help="host work to take in one call before the scheduler sees it, ms (default 0)")
+    host.add_argument("--host-ms-per-answer", type=float, default=None,
+                      help="host work to send one answer; a batch's answers leave one after another, ms (default 0)")
+    host.add_argument("--network-ms", type=float, default=None,
+                      help="fixed client-server transport, both ways together, ms (default 0)")
     host.add_argument("--correct-online", action="store_true",
                       help="correct the policy's table from the simulated service times every 0.25 s, as the server "
                            "does by default")
@@ -104,13 +114,25 @@ def run(args: argparse.Namespace) -> int:
         rate = args.rate if args.rate is not None else args.load * capacity_qps(zoo, args.workers, args.slo_ms)
         arrivals = traces.named(args.trace, rate, args.duration, np.random.default_rng(args.seed))
         per_batch, per_request, fitted = args.host_ms_per_batch, args.host_ms_per_request, None
+        receive, answer, network, path = args.host_ms_per_receive, args.host_ms_per_answer, args.network_ms, None
         if args.host_cost_from:
             if per_batch is not None or per_request is not None:
                 raise ValueError("give --host-cost-from or --host-ms-per-batch/--host-ms-per-request, not both")
-            fitted = fit_host_cost(read_jsonl(args.host_cost_from), zoo)
+            server_records = read_jsonl(args.host_cost_from)
+            fitted = fit_host_cost(server_records, zoo)
             per_batch, per_request = fitted.ms_per_batch, fitted.ms_per_request
+            if args.client_records:
+                if receive is not None or answer is not None or network is not None:
+                    raise ValueError("give --client-records or --host-ms-per-receive/--host-ms-per-answer/"
+                                     "--network-ms, not both")
+                path = fit_client_path(server_records, read_jsonl(args.client_records))
+                receive, answer, network = path.ms_per_receive, path.ms_per_answer, path.network_ms
+        elif args.client_records:
+            raise ValueError("--client-records needs --host-cost-from (the server's records of the same run)")
         config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed,
                            host_ms_per_batch=per_batch or 0.0, host_ms_per_request=per_request or 0.0,
+                           host_ms_per_receive=receive or 0.0, host_ms_per_answer=answer or 0.0,
+                           network_ms=network or 0.0,
                            correction_interval_s=CORRECTION_INTERVAL_S if args.correct_online else None)
     except (ValueError, OSError, ZooError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -120,9 +142,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"host cost fitted from {args.host_cost_from}: {fitted.ms_per_batch:.2f} ms per batch + "
               f"{fitted.ms_per_request:.2f} ms per arriving call ({fitted.batches} batches, residual "
               f"{fitted.residual_ms:.1f} ms)")
+    if path is not None:
+        print(f"client path fitted from {args.client_records}: {path.ms_per_receive:.1f} ms to take in a call, "
+              f"{path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms ({path.requests} calls, mean "
+              f"error {path.residual_ms:.1f} ms)")
     if config.host_ms_per_batch or config.host_ms_per_request or config.correction_interval_s:
         print(f"host: {config.host_ms_per_batch:g} ms per batch, {config.host_ms_per_request:g} ms per arriving call, "
               f"online correction {'on' if config.correction_interval_s else 'off'}")
+    if config.client_path:
+        print(f"client path: {config.host_ms_per_receive:g} ms per call taken in, {config.host_ms_per_answer:g} ms per "
+              f"answer, network {config.network_ms:g} ms; latencies and attainment are the client's")
     print(f"policy: {policy.name}  workers: {args.workers}  SLO: {args.slo_ms:g} ms  late requests: {args.late}")
     print(f"trace: {args.trace}, {json.dumps({k: round(v, 3) for k, v in traces.stats(arrivals).items()})}")
     start = time.perf_counter()

@@ -68,7 +68,7 @@ def check_speed(net: Any, zoo: Zoo, sample: torch.Tensor, warm_up: bool = True) 
 
 def profile_zoo(net: Any, zoo: Zoo, host: HostFingerprint, progress: bool = True) -> Zoo:
     """The same zoo with latencies measured here, at `host.threads` torch threads, on the device `net` is on (CUDA:
-    synchronised per forward by `superserve.profiler.profile_cell`)."""
+    synchronised per forward by `superserve.profiler`)."""
     from superserve.profiler import profile_subnets
 
     tables = profile_subnets(net, [e.config for e in zoo.entries], start_profile_config(zoo, host.threads),
@@ -81,10 +81,12 @@ def start_profile_config(zoo: Zoo, threads: int) -> Any:
     (not 2; batch 1 ran twice in the speed check already), at least 5 timed ones (not 7), 0.5 s of timed work per
     cell (not 1 s). On a vCPU 7.8x slower than the shipped table's host the re-profile took 168 s instead of about
     210 s (most of it at batch 32 and 64, where one forward of the big subnets takes seconds), with the same medians
-    (median ratio 1.00 over the 84 cells); online correction refines the table while serving."""
+    (median ratio 1.00 over the 84 cells); online correction refines the table while serving. Two passes through the
+    cells (not 3): each pass warms every cell up once more."""
     from superserve.profiler import ProfileConfig
 
-    return ProfileConfig(batch_sizes=zoo.batch_sizes, threads=threads, warmup=1, min_repeats=5, target_s=0.5)
+    return ProfileConfig(batch_sizes=zoo.batch_sizes, threads=threads, warmup=1, min_repeats=5, target_s=0.5,
+                         passes=2)
 
 
 def cache_path(zoo_path: Path, host: HostFingerprint) -> Path:
