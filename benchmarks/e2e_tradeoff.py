@@ -9,12 +9,12 @@ send lag and bottleneck verdict. Rates are multiples ("loads") of `superserve.ex
 worker: what the most accurate subnet sustains within half the SLO.
 
 The host. On a CPU host the server's own work (receiving, decoding, answering; the client beside it) slows its
-batches, the more the busier it is. Before the grid, one calibration run (SlackFit, a Poisson ramp from light load to
-the highest load, its own seed: arrivals no graded run sees) records the server's batches, and
+batches, the more the busier it is. Before the grid, two calibration runs (SlackFit and MaxAcc, a Poisson ramp from light load
+to the highest load, their own seed: arrivals no graded run sees) record the server's batches, and
 `superserve.host_cost.fit_host_cost` fits a per-batch cost and a per-arrival stall; the simulator then runs every
 policy with them (`SimConfig.host_ms_per_*`) and with the server's online table correction (every 0.25 s, as
-`superserve serve` does by default), so that its policies learn the slower host as the server's do. The same run, seen
-from the client too, fits the call's path outside the scheduler (`superserve.host_cost.fit_client_path`: the host
+`superserve serve` does by default), so that its policies learn the slower host as the server's do. The same runs, seen
+from the client too, fit the call's path outside the scheduler (`superserve.host_cost.fit_client_path`: the host
 thread that takes calls in and sends answers one after another, and the network), so that the simulator judges a
 request where the client does: an answer that leaves the server in time can still reach the client late
 (`--no-client-path` leaves it out). The ideal-host simulator (no host cost, no correction, no path) is reported
@@ -111,25 +111,40 @@ def stop_server(proc: subprocess.Popen) -> None:
     stop_processes([proc], timeout_s=30)
 
 
+CALIBRATION_POLICIES = ("slackfit", "maxacc")  # batches of every size on small subnets; small batches on big ones
+
+
 def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qps: float, duration_s: float,
                    slo_ms: float, seed: int, workers: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
-    """The host cost and the client path from one SlackFit run over a Poisson ramp low -> high q/s (seeded apart from
-    the graded runs), seen from both ends."""
-    records = work / "calibration.jsonl"
-    proc, url, _ = start_server(zoo_path, "slackfit", {}, work / "server_calibration.log", workers, records)
-    try:
-        spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
-        arrivals = make_trace(spec, 0.0, duration_s, seed)
-        report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
-                                             seed=seed))
-    finally:
-        stop_server(proc)
-    server_records = read_jsonl(records)
-    cost = fit_host_cost(server_records, zoo)
-    path = fit_client_path(server_records, report.records)
-    real = summarize(report.records)
-    return cost, path, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
-                        "slo_attainment": real.slo_attainment, **cost.__dict__,
+    """The host cost and the client path from one run per policy in CALIBRATION_POLICIES over a Poisson ramp
+    low -> high q/s (seeded apart from the graded runs), seen from both ends; the parameters are the mean of the runs'
+    fits (the jitter quantiles their level-wise mean)."""
+    costs, paths, runs = [], [], []
+    for policy in CALIBRATION_POLICIES:
+        records = work / f"calibration_{policy}.jsonl"
+        proc, url, _ = start_server(zoo_path, policy, {}, work / f"server_calibration_{policy}.log", workers, records)
+        try:
+            spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
+            arrivals = make_trace(spec, 0.0, duration_s, seed)
+            report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
+                                                 seed=seed))
+        finally:
+            stop_server(proc)
+        server_records = read_jsonl(records)
+        costs.append(fit_host_cost(server_records, zoo))
+        paths.append(fit_client_path(server_records, report.records))
+        real = summarize(report.records)
+        runs.append({"policy": policy, "trace": spec, "duration_s": duration_s, "seed": seed,
+                     "requests": real.requests, "slo_attainment": real.slo_attainment, **costs[-1].__dict__,
+                     **{f"client_path_{k}": v for k, v in paths[-1].__dict__.items()}})
+    cost = HostCost(float(np.mean([c.ms_per_batch for c in costs])), float(np.mean([c.ms_per_request for c in costs])),
+                    sum(c.batches for c in costs), float(np.mean([c.mean_arrivals_per_batch for c in costs])),
+                    float(np.mean([c.residual_ms for c in costs])))
+    path = ClientPath(float(np.mean([p.ms_per_receive for p in paths])), float(np.mean([p.ms_per_answer for p in paths])),
+                      float(np.mean([p.network_ms for p in paths])), sum(p.requests for p in paths),
+                      float(np.mean([p.residual_ms for p in paths])),
+                      tuple(np.mean([p.jitter_ms for p in paths], axis=0).round(4).tolist()))
+    return cost, path, {"runs": runs, "ms_per_batch": cost.ms_per_batch, "ms_per_request": cost.ms_per_request,
                         **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
 
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                    "correction_interval_s": EngineConfig().correction_interval_s}
     if not args.no_client_path:
         host_config |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
-                        "network_ms": path.network_ms}
+                        "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
     for label, family, params in policies:
@@ -317,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "client_path_ms_per_receive": None if args.no_client_path else path.ms_per_receive,
         "client_path_ms_per_answer": None if args.no_client_path else path.ms_per_answer,
         "client_path_network_ms": None if args.no_client_path else round(path.network_ms, 3),
+        "client_path_jitter_p90_ms": None if args.no_client_path else round(float(np.interp(
+            0.9, np.linspace(0, 1, len(path.jitter_ms)), path.jitter_ms)), 3) if path.jitter_ms else None,
         "best_policy_same_real_and_sim_runs": sum(c["best_attainment_policy_real"] == c["best_attainment_policy_sim"]
                                                   for c in comparisons),
         "capacity_qps": round(capacity, 1), "slo_ms": args.slo_ms, "duration_s_per_run": args.duration,

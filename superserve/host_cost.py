@@ -85,6 +85,12 @@ class ClientPath:
     network_ms: float
     requests: int  # served calls the fit used
     residual_ms: float  # mean absolute error of the fitted model over them
+    # what is left per call around network_ms, at the levels of JITTER_LEVELS: the path's tail (a call stuck behind
+    # the interpreter lock, a client that sent late), for `SimConfig.network_jitter_ms`
+    jitter_ms: tuple[float, ...] = ()
+
+
+JITTER_LEVELS = tuple(np.linspace(0.0, 1.0, 41).tolist())  # quantile levels of ClientPath.jitter_ms
 
 
 _PATH_GRID_MS = np.round(np.arange(0.0, 1.55, 0.1), 2)  # candidate receive / answer costs per call
@@ -117,7 +123,9 @@ def fit_client_path(server_records: Iterable[RequestRecord], client_records: Ite
     the server's own time (received to answered) is modelled as `network_ms` plus its wait on one first-come-first-
     served host thread that takes in each call and sends each answer of a finished batch one after another
     (`_host_waits`, replayed on the server's event times); the two per-call costs are chosen on a 0.1 ms grid by
-    least mean absolute error, `network_ms` is the median of what is left."""
+    least mean absolute error, `network_ms` is the median of what is left and `jitter_ms` its quantiles around it
+    (the simulator draws from them: the tail, not the median, decides whether a call planned to finish a few ms
+    before its deadline is late at the client)."""
     srv = sorted(server_records, key=lambda r: r.arrival_s)
     cli = sorted((r for r in client_records if r.dispatch_s is not None), key=lambda r: r.dispatch_s)  # type: ignore
     if len(srv) != len(cli):
@@ -138,12 +146,16 @@ def fit_client_path(server_records: Iterable[RequestRecord], client_records: Ite
                      for ks in groups.values())
     idx, obs = np.array(served), np.array(extra) * 1e3
     best: tuple[float, float, float, float] | None = None
+    best_rest = obs
     for receive in _PATH_GRID_MS:
         for answer in _PATH_GRID_MS:
             rest = obs - _host_waits(arrivals, batches, receive * 1e-3, answer * 1e-3)[idx] * 1e3
             network = float(np.median(rest))
             err = float(np.mean(np.abs(rest - network)))
             if best is None or err < best[3] - 1e-9:
-                best = (float(receive), float(answer), network, err)
+                best, best_rest = (float(receive), float(answer), network, err), rest
     assert best is not None
-    return ClientPath(best[0], best[1], max(best[2], 0.0), len(served), best[3])
+    network = max(best[2], 0.0)
+    jitter = np.quantile(best_rest - network, JITTER_LEVELS)
+    return ClientPath(best[0], best[1], network, len(served), best[3],
+                      tuple(round(float(x), 4) for x in np.maximum(jitter, -network)))

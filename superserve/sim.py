@@ -68,6 +68,9 @@ class SimConfig:
     host_ms_per_receive: float = 0.0
     host_ms_per_answer: float = 0.0
     network_ms: float = 0.0
+    # Quantiles (at evenly spaced levels from 0 to 1) of a per-answer delay around `network_ms`, drawn for each answer
+    # (seeded by `seed`); () = none. `superserve.host_cost.fit_client_path` measures them.
+    network_jitter_ms: tuple[float, ...] = ()
     # Correct the policy's latency table online from the simulated service times, as the server does (its
     # `correction_interval_s`, default 0.25): needs `simulate(..., policy_factory=...)` to rebuild the policy. None =
     # the policy keeps the table it was built with (the default: the service times then follow that table anyway,
@@ -82,12 +85,14 @@ class SimConfig:
         if not all(x >= 0 for x in (self.host_ms_per_request, self.host_ms_per_batch, self.host_ms_per_receive,
                                      self.host_ms_per_answer, self.network_ms)):
             raise ValueError("host_ms_per_* and network_ms must be >= 0")
+        if len(self.network_jitter_ms) == 1 or list(self.network_jitter_ms) != sorted(self.network_jitter_ms):
+            raise ValueError("network_jitter_ms must be () or at least 2 quantiles in ascending order")
         if self.correction_interval_s is not None and not self.correction_interval_s > 0:
             raise ValueError(f"correction_interval_s must be > 0 or None, got {self.correction_interval_s}")
 
     @property
     def client_path(self) -> bool:
-        return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms)
+        return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms or self.network_jitter_ms)
 
 
 class ServiceTimes:
@@ -167,6 +172,8 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                                       config.network_ms * 1e-3)
     client_path = config.client_path
     host_free_s = -math.inf  # when the host thread (receiving calls, sending answers) is next free
+    jitter_q = np.asarray(config.network_jitter_ms, dtype=np.float64) * 1e-3
+    jitter_rng = np.random.default_rng([config.seed, 1])  # apart from the service-time noise's stream
     received: deque[tuple[float, int]] = deque()  # (when the scheduler sees it, request id): FIFO, times ascending
 
     arrival_l = arrivals.tolist()
@@ -208,6 +215,12 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                 if client_path:  # answers leave one after another, behind whatever the host thread has queued
                     host_free_s = max(now, host_free_s) + answer_s
                     at_client = host_free_s + network_s
+                    if len(jitter_q):
+                        u = jitter_rng.random() * (len(jitter_q) - 1)
+                        k = int(u)
+                        lo = jitter_q[k]
+                        at_client = max(host_free_s, at_client + lo + (u - k) * (jitter_q[min(k + 1, len(jitter_q) - 1)]
+                                                                                - lo))
                     finish_l[rid] = at_client
                     status_l[rid] = _OK if at_client <= deadline_l[rid] + _CLIENT_EPS_S else _LATE
                 else:

@@ -179,6 +179,18 @@ def test_client_path_queues_calls_and_answers_on_one_host_thread() -> None:
     assert plain.status_is(OK).all() and np.array_equal(plain.dispatch_s, late.dispatch_s)
     with pytest.raises(ValueError):
         SimConfig(network_ms=-1.0)
+    # jitter: each answer's delay drawn from the quantiles (here uniform 0-10 ms around network 1 ms), seeded
+    spread = np.linspace(0.0, 2.0, 2000)
+    runs = [simulate(spread, clipper(), slo_ms=50.0, config=SimConfig(workers=8, noise=False, network_ms=1.0,
+                                                                     network_jitter_ms=(0.0, 10.0), seed=seed))
+            for seed in (0, 0, 1)]
+    plain = simulate(spread, clipper(), slo_ms=50.0, config=SimConfig(workers=8, noise=False, network_ms=1.0))
+    extra_ms = (runs[0].finish_s - plain.finish_s) * 1e3
+    assert extra_ms.min() >= 0.0 and extra_ms.max() <= 10.0 and 4.0 < extra_ms.mean() < 6.0
+    assert np.array_equal(runs[0].finish_s, runs[1].finish_s) and not np.array_equal(runs[0].finish_s,
+                                                                                   runs[2].finish_s)
+    with pytest.raises(ValueError):
+        SimConfig(network_jitter_ms=(2.0, 1.0))
 
 
 def test_client_path_fit_recovers_known_costs() -> None:
@@ -205,6 +217,7 @@ def test_client_path_fit_recovers_known_costs() -> None:
     fit = fit_client_path(server, client)
     assert (fit.ms_per_receive, fit.ms_per_answer) == pytest.approx((0.7, 0.3))
     assert fit.network_ms == pytest.approx(1.5, abs=1e-6) and fit.residual_ms < 1e-6 and fit.requests == 400
+    assert len(fit.jitter_ms) > 2 and max(abs(x) for x in fit.jitter_ms) < 1e-6  # nothing left around the median
     with pytest.raises(ValueError, match="pair"):
         fit_client_path(server, client[:-1])
 

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         arrivals = traces.named(args.trace, rate, args.duration, np.random.default_rng(args.seed))
         per_batch, per_request, fitted = args.host_ms_per_batch, args.host_ms_per_request, None
         receive, answer, network, path = args.host_ms_per_receive, args.host_ms_per_answer, args.network_ms, None
+        jitter: tuple[float, ...] = ()
         if args.host_cost_from:
             if per_batch is not None or per_request is not None:
                 raise ValueError("give --host-cost-from or --host-ms-per-batch/--host-ms-per-request, not both")
@@ -127,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
                                      "--network-ms, not both")
                 path = fit_client_path(server_records, read_jsonl(args.client_records))
                 receive, answer, network = path.ms_per_receive, path.ms_per_answer, path.network_ms
+                jitter = path.jitter_ms
         elif args.client_records:
             raise ValueError("--client-records needs --host-cost-from (the server's records of the same run)")
         config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed,
                            host_ms_per_batch=per_batch or 0.0, host_ms_per_request=per_request or 0.0,
                            host_ms_per_receive=receive or 0.0, host_ms_per_answer=answer or 0.0,
-                           network_ms=network or 0.0,
+                           network_ms=network or 0.0, network_jitter_ms=jitter,
                            correction_interval_s=CORRECTION_INTERVAL_S if args.correct_online else None)
     except (ValueError, OSError, ZooError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if path is not None:
         print(f"client path fitted from {args.client_records}: {path.ms_per_receive:.1f} ms to take in a call, "
               f"{path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms ({path.requests} calls, mean "
-              f"error {path.residual_ms:.1f} ms)")
+              f"error {path.residual_ms:.1f} ms; each answer's delay drawn around the network's from the fitted spread, "
+              f"{path.jitter_ms[0]:+.1f} to {path.jitter_ms[-1]:+.1f} ms)")
     if config.host_ms_per_batch or config.host_ms_per_request or config.correction_interval_s:
         print(f"host: {config.host_ms_per_batch:g} ms per batch, {config.host_ms_per_request:g} ms per arriving call, "
               f"online correction {'on' if config.correction_interval_s else 'off'}")
