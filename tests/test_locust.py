@@ -53,9 +53,13 @@ def test_headless_constant_users_report_every_call(server, tmp_path):
 
     server.stop()  # flushes the server's records
     records = read_jsonl(server.config.records_path)
-    # A call in flight when Locust stops is answered by the server but never reported by Locust (one per user).
+    # A call in flight when Locust stops is never reported by Locust (one per user): the server answered it, or
+    # recorded it cancelled when Locust hung up before the answer.
     assert int(total["Request Count"]) <= len(records) <= int(total["Request Count"]) + 2
-    assert all(r.min_accuracy == 0.96 and r.accuracy >= 0.96 for r in records)
+    served = [r for r in records if r.status != "cancelled"]
+    assert len(records) - len(served) <= 2 and len(served) >= int(total["Request Count"])
+    assert all(r.min_accuracy == 0.96 for r in records)
+    assert all(r.accuracy is not None and r.accuracy >= 0.96 for r in served)
     assert {round((r.deadline_s - r.arrival_s) * 1e3) for r in records} == {4000}
 
 
