@@ -114,29 +114,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 CALIBRATION_POLICIES = ("slackfit", "maxacc")  # batches of every size on small subnets; small batches on big ones
 
 
-def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qps: float, duration_s: float,
-                   slo_ms: float, seed: int, workers: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
-    """The host cost and the client path from one run per policy in CALIBRATION_POLICIES over a Poisson ramp
-    low -> high q/s (seeded apart from the graded runs), seen from both ends; the parameters are the mean of the runs'
-    fits (the jitter quantiles their level-wise mean)."""
-    costs, paths, runs = [], [], []
-    for policy in CALIBRATION_POLICIES:
-        records = work / f"calibration_{policy}.jsonl"
-        proc, url, _ = start_server(zoo_path, policy, {}, work / f"server_calibration_{policy}.log", workers, records)
-        try:
-            spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
-            arrivals = make_trace(spec, 0.0, duration_s, seed)
-            report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
-                                                 seed=seed))
-        finally:
-            stop_server(proc)
-        server_records = read_jsonl(records)
-        costs.append(fit_host_cost(server_records, zoo))
-        paths.append(fit_client_path(server_records, report.records))
-        real = summarize(report.records)
-        runs.append({"policy": policy, "trace": spec, "duration_s": duration_s, "seed": seed,
-                     "requests": real.requests, "slo_attainment": real.slo_attainment, **costs[-1].__dict__,
-                     **{f"client_path_{k}": v for k, v in paths[-1].__dict__.items()}})
+def mean_fit(costs: list[HostCost], paths: list[ClientPath]) -> tuple[HostCost, ClientPath]:
+    """The mean of several runs' fits (the jitter quantiles their level-wise mean)."""
     cost = HostCost(float(np.mean([c.ms_per_batch for c in costs])), float(np.mean([c.ms_per_request for c in costs])),
                     sum(c.batches for c in costs), float(np.mean([c.mean_arrivals_per_batch for c in costs])),
                     float(np.mean([c.residual_ms for c in costs])))
@@ -144,8 +123,58 @@ def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qp
                       float(np.mean([p.network_ms for p in paths])), sum(p.requests for p in paths),
                       float(np.mean([p.residual_ms for p in paths])),
                       tuple(np.mean([p.jitter_ms for p in paths], axis=0).round(4).tolist()))
+    return cost, path
+
+
+def calibration_run(url: str, records: Path, zoo: Zoo, low_qps: float, high_qps: float, duration_s: float,
+                    slo_ms: float, seed: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
+    """Replay a Poisson ramp low -> high q/s (seeded apart from the graded runs) to a running server that writes
+    `records`, and fit its host cost and client path from what both ends saw."""
+    spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
+    arrivals = make_trace(spec, 0.0, duration_s, seed)
+    report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0, seed=seed))
+    server_records: list = []
+    for _ in range(50):  # the server appends its records every 0.1 s: wait until every call is there
+        time.sleep(0.1)
+        server_records = read_jsonl(records) if records.exists() else []
+        if len(server_records) >= len(arrivals):
+            break
+    cost, path = fit_host_cost(server_records, zoo), fit_client_path(server_records, report.records)
+    real = summarize(report.records)
+    return cost, path, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
+                        "slo_attainment": real.slo_attainment, **cost.__dict__,
+                        **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
+
+
+def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qps: float, duration_s: float,
+                   slo_ms: float, seed: int, workers: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
+    """The host cost and the client path from one run per policy in CALIBRATION_POLICIES over a Poisson ramp
+    low -> high q/s (seeded apart from the graded runs), seen from both ends; the parameters are the mean of the runs'
+    fits."""
+    costs, paths, runs = [], [], []
+    for policy in CALIBRATION_POLICIES:
+        records = work / f"calibration_{policy}.jsonl"
+        proc, url, _ = start_server(zoo_path, policy, {}, work / f"server_calibration_{policy}.log", workers, records)
+        try:
+            cost, path, run = calibration_run(url, records, zoo, low_qps, high_qps, duration_s, slo_ms, seed)
+        finally:
+            stop_server(proc)
+        costs.append(cost)
+        paths.append(path)
+        runs.append({"policy": policy, **run})
+    cost, path = mean_fit(costs, paths)
     return cost, path, {"runs": runs, "ms_per_batch": cost.ms_per_batch, "ms_per_request": cost.ms_per_request,
                         **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
+
+
+def sim_config(host: HostCost, path: ClientPath | None, seed: int) -> SimConfig:
+    """The simulator on a host with this cost (and client path, unless None), correcting its table as the server."""
+    extra: dict[str, Any] = {}
+    if path is not None:
+        extra = {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
+                 "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
+    return SimConfig(workers=1, seed=seed, host_ms_per_request=host.ms_per_request, host_ms_per_batch=host.ms_per_batch,
+                     correction_interval_s=EngineConfig().correction_interval_s, **extra)
 
 
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
@@ -214,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-repeats", type=int, default=2,
                         help="replays of each run on the server (>= 2 measures the server's own run-to-run spread)")
     parser.add_argument("--calibration-s", type=float, default=20.0,
-                        help="seconds of the host-cost calibration run (0: simulate an ideal host only)")
+                        help="seconds of each global calibration run before the grid (a SlackFit and a MaxAcc server;"
+                             " 0: none, the ideal host unless --server-calibration-s)")
+    parser.add_argument("--server-calibration-s", type=float, default=20.0,
+                        help="seconds of each policy server's own calibration ramp before its graded runs (0: none, "
+                             "simulate every policy with the global calibration)")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
@@ -241,27 +274,35 @@ def main(argv: list[str] | None = None) -> int:
           f" capacity {capacity:.1f} q/s; {len(policies)} policies x {len(runs)} runs x {args.duration:g} s",
           flush=True)
     host, path, calibration = HostCost(0.0, 0.0, 0, 0.0, 0.0), ClientPath(0.0, 0.0, 0.0, 0, 0.0), {}
+    low_qps, high_qps = min(loads) * capacity, min(max(loads) * capacity, args.max_rate)
     if args.calibration_s > 0:
-        high = min(max(loads) * capacity, args.max_rate)
-        host, path, calibration = calibrate_host(zoo_path, zoo, work, min(loads) * capacity, high,
-                                                 args.calibration_s, args.slo_ms, args.seed + 1000,
-                                                 args.server_workers)
+        host, path, calibration = calibrate_host(zoo_path, zoo, work, low_qps, high_qps, args.calibration_s,
+                                                 args.slo_ms, args.seed + 1000, args.server_workers)
         print(f"host cost: {host.ms_per_batch:.2f} ms per batch + {host.ms_per_request:.2f} ms per arrival during it "
               f"({host.batches} batches, residual {host.residual_ms:.1f} ms); client path: {path.ms_per_receive:.1f} "
               f"ms per call taken in, {path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms "
               f"(mean error {path.residual_ms:.1f} ms)", flush=True)
-    host_config = {"host_ms_per_request": host.ms_per_request, "host_ms_per_batch": host.ms_per_batch,
-                   "correction_interval_s": EngineConfig().correction_interval_s}
-    if not args.no_client_path:
-        host_config |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
-                        "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
+    global_config = sim_config(host, None if args.no_client_path else path, args.seed)
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
+    server_calibrations: dict[str, dict[str, Any]] = {}
     for label, family, params in policies:
+        records = work / f"server_{family}_{len(startups)}.jsonl"
         proc, url, startup_s = start_server(zoo_path, family, params, work / f"server_{family}.log",
-                                                 args.server_workers)
+                                            args.server_workers, records if args.server_calibration_s > 0 else None)
         startups[label] = round(startup_s, 2)
         try:
+            config = global_config
+            if args.server_calibration_s > 0:
+                # this server's own speed (it moves from one server start to the next on a shared host), on a ramp of
+                # its own seed before its graded runs
+                own_host, own_path, run = calibration_run(url, records, zoo, low_qps, high_qps,
+                                                          args.server_calibration_s, args.slo_ms, args.seed + 2000)
+                server_calibrations[label] = run
+                config = sim_config(own_host, None if args.no_client_path else own_path, args.seed)
+                print(f"  {label}: own calibration {own_host.ms_per_batch:.2f} ms per batch + "
+                      f"{own_host.ms_per_request:.2f} per arrival; path {own_path.ms_per_receive:.1f} + "
+                      f"{own_path.ms_per_answer:.1f} + {own_path.network_ms:.2f} ms", flush=True)
             for trace, load in runs:
                 rate = min(load * capacity, args.max_rate)
                 arrivals = make_trace(trace, rate, args.duration, args.seed)
@@ -274,22 +315,23 @@ def main(argv: list[str] | None = None) -> int:
                 def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
                     return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
 
-                sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
-                                         config=SimConfig(workers=1, seed=args.seed, **host_config),
-                                         policy_factory=factory))
+                sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config, policy_factory=factory))
+                sim_global = sim if config is global_config else summarize(
+                    simulate(arrivals, factory(zoo), args.slo_ms, config=global_config, policy_factory=factory))
                 ideal = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
                                            config=SimConfig(workers=1, seed=args.seed)))
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
-                             "sim_ideal_host": ideal.as_dict(), "real_attainment_repeats": repeats,
+                             "sim_global_calibration": sim_global.as_dict(), "sim_ideal_host": ideal.as_dict(),
+                             "real_attainment_repeats": repeats,
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
                                                           "client_bottleneck")}})
                 print(f"  {label:28s} {trace:8s} load {load:<4g} {rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
                       f" acc {100 * real.mean_accuracy:5.2f}% | sim att {sim.slo_attainment:.3f} acc "
-                      f"{100 * sim.mean_accuracy:5.2f}% | repeats {' '.join(f'{x:.3f}' for x in repeats[1:])} | "
-                      f"lag p99 {c['send_lag_p99_ms']:.1f} ms"
+                      f"{100 * sim.mean_accuracy:5.2f}% (global calibration {sim_global.slo_attainment:.3f}) | "
+                      f"repeats {' '.join(f'{x:.3f}' for x in repeats[1:])} | lag p99 {c['send_lag_p99_ms']:.1f} ms"
                       f"{' CLIENT-BOUND' if c['client_bottleneck'] else ''}", flush=True)
         finally:
             stop_server(proc)
@@ -313,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     d_repeat = [abs(r["real_attainment_repeats"][0] - x) for r in rows for x in r["real_attainment_repeats"][1:]]
     d_att_mean = [abs(float(np.mean(r["real_attainment_repeats"])) - r["sim"]["slo_attainment"]) for r in rows]
     d_att_ideal = [abs(r["real"]["slo_attainment"] - r["sim_ideal_host"]["slo_attainment"]) for r in rows]
+    d_att_global = [abs(r["real"]["slo_attainment"] - r["sim_global_calibration"]["slo_attainment"]) for r in rows]
+    d_att_global_mean = [abs(float(np.mean(r["real_attainment_repeats"])) -
+                             r["sim_global_calibration"]["slo_attainment"]) for r in rows]
+    own = [c["ms_per_batch"] for c in server_calibrations.values()]
     d_acc = [abs(r["real"]["mean_accuracy"] - r["sim"]["mean_accuracy"]) for r in rows
              if not (math.isnan(r["real"]["mean_accuracy"]) or math.isnan(r["sim"]["mean_accuracy"]))]
     headline: dict[str, Any] = {
@@ -325,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         "real_mean_of_repeats_vs_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_mean) /
                                                                               max(len(d_att_mean), 1), 2),
         "real_repeats": args.real_repeats,
+        "server_calibration_s": args.server_calibration_s,
+        "real_vs_sim_global_calibration_mean_abs_attainment_diff_points": round(100 * sum(d_att_global) /
+                                                                                max(len(d_att_global), 1), 2),
+        "real_mean_of_repeats_vs_sim_global_calibration_mean_abs_attainment_diff_points": round(
+            100 * sum(d_att_global_mean) / max(len(d_att_global_mean), 1), 2),
+        "server_own_host_cost_ms_per_batch_min": round(min(own), 3) if own else None,
+        "server_own_host_cost_ms_per_batch_max": round(max(own), 3) if own else None,
         "real_vs_ideal_host_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_ideal) /
                                                                          max(len(d_att_ideal), 1), 2),
         "host_cost_ms_per_batch": round(host.ms_per_batch, 3),
@@ -363,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                      "seed": args.seed, "workers": 1, "server_worker_processes": args.server_workers,
                      "threads_per_worker": 1, "rpc_overhead_ms": RPC_OVERHEAD_MS,
                      "capacity_qps": capacity, "max_rate_qps": args.max_rate, "policies": [p[0] for p in policies],
-                     "server_startup_s": startups, "cpus": os.cpu_count(), "host_cost_calibration": calibration},
+                     "server_startup_s": startups, "cpus": os.cpu_count(), "host_cost_calibration": calibration,
+                     "server_calibration_s": args.server_calibration_s, "server_calibrations": server_calibrations},
            "comparisons": comparisons, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(headline, indent=1))

@@ -15,7 +15,9 @@ the learning curve; the "flat" budget is the smallest one after which the smalle
 accuracy (best method) gains less than `--flat-points` to the next budget; the same per method says which curves
 are still climbing there.
 Headline, per dataset and schedule: DεpS minus the best baseline (best = highest seed mean) on the smallest subnet,
-the largest and the front mean, with a 95% t-interval over the seed-paired differences. Runs go `--jobs` at a time
+the largest and the front mean, with a 95% t-interval over the seed-paired differences, at the flat budget and
+(`..._largest_budget_...`) at the grid's largest budget, where a baseline still climbing at the flat one has caught up
+or not. Runs go `--jobs` at a time
 in separate processes (1 torch thread each); finished runs are reused from `--work-dir` (resumed if interrupted).
 
     nice -n 15 python benchmarks/training_methods.py --data digits --budgets 4,8,16,32 --seeds 0,1,2 --jobs 2
@@ -395,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             headline[f"{data}_flat_budget_fme_{m}"] = own
             headline[f"{data}_flat_found_within_grid_{m}"] = own_found
         # compare where the curve is flat (or at the largest budget when it never flattens within the grid)
-        where = {"equal": flat, "paper": papers[data]}
+        # and at the grid's largest budget: the flat rule follows the best method, a baseline may still be climbing
+        headline[f"{data}_largest_budget_fme"] = grids[data][-1]
+        where = {"equal": flat, "paper": papers[data], "largest_budget": grids[data][-1]}
         for schedule, budget in where.items():
-            d = deltas(mine, methods, schedule, budget)
+            d = deltas(mine, methods, "equal" if schedule == "largest_budget" else schedule, budget)
             for key, value in d.items():
                 head, _, tail = key.partition("_")  # smallest / largest / front, then points / ci95_points
                 headline[f"deps_minus_best_baseline_{head}_{data}_{schedule}_{tail}"] = value
