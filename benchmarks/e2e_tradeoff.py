@@ -133,6 +133,17 @@ def mean_fit(costs: list[HostCost], paths: list[ClientPath]) -> tuple[HostCost, 
     return cost, path
 
 
+def wait_for_records(records: Path, count: int) -> list:
+    """The server's records once it has written `count` of them (it appends every 0.1 s), or what it has after 5 s."""
+    seen: list = []
+    for _ in range(50):
+        time.sleep(0.1)
+        seen = read_jsonl(records) if records.exists() else []
+        if len(seen) >= count:
+            break
+    return seen
+
+
 def calibration_run(url: str, records: Path, zoo: Zoo, low_qps: float, high_qps: float, duration_s: float,
                     slo_ms: float, seed: int) -> tuple[HostCost, ClientPath, dict[str, Any]]:
     """Replay a Poisson ramp low -> high q/s (seeded apart from the graded runs) to a running server that writes
@@ -140,12 +151,7 @@ def calibration_run(url: str, records: Path, zoo: Zoo, low_qps: float, high_qps:
     spec = f"ramp:{low_qps:.3f}:{high_qps:.3f}"
     arrivals = make_trace(spec, 0.0, duration_s, seed)
     report = replay(arrivals, ReplaySpec(url=url, slo_ms=slo_ms, max_in_flight=2000, drain_timeout_s=5.0, seed=seed))
-    server_records: list = []
-    for _ in range(50):  # the server appends its records every 0.1 s: wait until every call is there
-        time.sleep(0.1)
-        server_records = read_jsonl(records) if records.exists() else []
-        if len(server_records) >= len(arrivals):
-            break
+    server_records = wait_for_records(records, len(arrivals))
     cost, path = fit_host_cost(server_records, zoo), fit_client_path(server_records, report.records)
     real = summarize(report.records)
     return cost, path, {"trace": spec, "duration_s": duration_s, "seed": seed, "requests": real.requests,
@@ -256,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of each policy server's own calibration ramp before its graded runs; the "
                              "simulator then uses that server's fit, the global one is reported beside it (default 0: "
                              "every policy with the global calibration)")
+    parser.add_argument("--rolling-calibration", action="store_true",
+                        help="also simulate each run with the host cost and client path fitted on the run before it "
+                             "on the same server (reported beside the others; the first run of a server has none)")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
@@ -296,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     server_calibrations: dict[str, dict[str, Any]] = {}
     for label, family, params in policies:
         records = work / f"server_{family}_{len(startups)}.jsonl"
+        keep_records = args.server_calibration_s > 0 or args.rolling_calibration
         proc, url, startup_s = start_server(zoo_path, family, params, work / f"server_{family}.log",
-                                            args.server_workers, records if args.server_calibration_s > 0 else None)
+                                            args.server_workers, records if keep_records else None)
+        rolling: SimConfig | None = None  # fitted on the previous graded run of this server
         startups[label] = round(startup_s, 2)
         try:
             config = global_config
@@ -316,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 arrivals = make_trace(trace, rate, args.duration, args.seed)
                 spec = ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
                                   seed=args.seed)
+                before = len(read_jsonl(records)) if args.rolling_calibration and records.exists() else 0
                 report = replay(arrivals, spec)
+                seen = wait_for_records(records, before + len(arrivals)) if args.rolling_calibration else []
                 real = summarize(report.records)
                 repeats = [real.slo_attainment] + [summarize(replay(arrivals, spec).records).slo_attainment
                                                    for _ in range(args.real_repeats - 1)]
@@ -328,17 +341,27 @@ def main(argv: list[str] | None = None) -> int:
                     simulate(arrivals, factory(zoo), args.slo_ms, config=global_config, policy_factory=factory))
                 ideal = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
                                            config=SimConfig(workers=1, seed=args.seed)))
+                sim_rolling = None if rolling is None else summarize(
+                    simulate(arrivals, factory(zoo), args.slo_ms, config=rolling, policy_factory=factory)).as_dict()
+                if args.rolling_calibration:
+                    try:  # this run predicts the next one on this server, never itself
+                        rolling = sim_config(fit_host_cost(seen[before:], zoo), None if args.no_client_path else
+                                             fit_client_path(seen[before:], report.records), args.seed)
+                    except ValueError:  # too few batches or calls to fit: keep the previous fit
+                        pass
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
                              "sim_global_calibration": sim_global.as_dict(), "sim_ideal_host": ideal.as_dict(),
+                             "sim_rolling_calibration": sim_rolling,
                              "real_attainment_repeats": repeats,
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
                                                           "client_bottleneck")}})
                 print(f"  {label:28s} {trace:8s} load {load:<4g} {rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
                       f" acc {100 * real.mean_accuracy:5.2f}% | sim att {sim.slo_attainment:.3f} acc "
-                      f"{100 * sim.mean_accuracy:5.2f}% (global calibration {sim_global.slo_attainment:.3f}) | "
+                      f"{100 * sim.mean_accuracy:5.2f}% (global calibration {sim_global.slo_attainment:.3f}"
+                      f"{'' if sim_rolling is None else ', rolling %.3f' % sim_rolling['slo_attainment']}) | "
                       f"repeats {' '.join(f'{x:.3f}' for x in repeats[1:])} | lag p99 {c['send_lag_p99_ms']:.1f} ms"
                       f"{' CLIENT-BOUND' if c['client_bottleneck'] else ''}", flush=True)
         finally:
@@ -367,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     d_att_global_mean = [abs(float(np.mean(r["real_attainment_repeats"])) -
                              r["sim_global_calibration"]["slo_attainment"]) for r in rows]
     own = [c["ms_per_batch"] for c in server_calibrations.values()]
+    rolled = [r for r in rows if r["sim_rolling_calibration"] is not None]
+    d_rolling = [abs(r["real"]["slo_attainment"] - r["sim_rolling_calibration"]["slo_attainment"]) for r in rolled]
+    d_rolling_global = [abs(r["real"]["slo_attainment"] - r["sim_global_calibration"]["slo_attainment"])
+                        for r in rolled]
     d_acc = [abs(r["real"]["mean_accuracy"] - r["sim"]["mean_accuracy"]) for r in rows
              if not (math.isnan(r["real"]["mean_accuracy"]) or math.isnan(r["sim"]["mean_accuracy"]))]
     headline: dict[str, Any] = {
@@ -384,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 max(len(d_att_global), 1), 2),
         "real_mean_of_repeats_vs_sim_global_calibration_mean_abs_attainment_diff_points": round(
             100 * sum(d_att_global_mean) / max(len(d_att_global_mean), 1), 2),
+        "rolling_calibration_runs": len(rolled),
+        "real_vs_sim_rolling_calibration_mean_abs_attainment_diff_points": round(100 * float(np.mean(d_rolling)), 2)
+        if rolled else None,
+        "real_vs_sim_global_calibration_on_the_same_runs_mean_abs_attainment_diff_points": round(
+            100 * float(np.mean(d_rolling_global)), 2) if rolled else None,
         "server_own_host_cost_ms_per_batch_min": round(min(own), 3) if own else None,
         "server_own_host_cost_ms_per_batch_max": round(max(own), 3) if own else None,
         "real_vs_ideal_host_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_ideal) /
