@@ -25,7 +25,10 @@ speed of this shared host moves from one server start to the next) and simulates
 reporting the global calibration's prediction beside it. Measured (20 s runs, 20 s ramps,
 `results/e2e_tradeoff_20s_server_calibration.json`): worse, 6.96 points against the global calibration's 5.24 in the
 same run; one 20 s ramp through one policy fitted 0.65 to 5.0 ms per batch across the seven servers, a spread the
-graded runs did not follow, so the pooled SlackFit + MaxAcc calibration stays the default.
+graded runs did not follow, so the pooled SlackFit + MaxAcc calibration stays the default. `--rolling-calibration`
+also simulates each run with the fit of the run before it on the same server (never its own): worse too, 5.29
+points against the global calibration's 4.91 on the same 49 runs (10 s runs,
+`results/e2e_tradeoff_10s_rolling.json`): one run's fit is noisier than the drift it would follow.
 
 How close the simulator can get is bounded by how well the server agrees with itself: with `--real-repeats 2` (the
 default) every run is replayed twice on the same server, and the mean absolute difference between the two replays
