@@ -193,6 +193,35 @@ def sim_config(host: HostCost, path: ClientPath | None, seed: int) -> SimConfig:
                      correction_interval_s=EngineConfig().correction_interval_s, **extra)
 
 
+def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCost, ClientPath]],
+                   policies: list[tuple[str, str, dict[str, Any]]], zoo: Zoo, args: argparse.Namespace
+                   ) -> dict[str, Any]:
+    """Simulate every policy's runs again with the mean of the fits of the graded runs on the other policies' servers
+    (never its own), and make that the rows' `sim`. Returns each policy's fit."""
+    fits: dict[str, Any] = {}
+    for label, family, params in policies:
+        others = [(c, p) for lab, c, p in run_fits if lab != label]
+        if not others:
+            raise RuntimeError("--cross-calibration needs fitted runs on at least two policies' servers")
+        cost, path = mean_fit([c for c, _ in others], [p for _, p in others])
+        config = sim_config(cost, None if args.no_client_path else path, args.seed)
+        fits[label] = {"runs": len(others), "ms_per_batch": round(cost.ms_per_batch, 3),
+                       "ms_per_request": round(cost.ms_per_request, 3),
+                       **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
+
+        def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
+            return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
+
+        for r in (r for r in rows if r["policy"] == label):
+            arrivals = make_trace(r["trace"], r["rate_qps"], args.duration, args.seed)
+            sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config, policy_factory=factory))
+            r["sim"] = r["sim_cross_calibration"] = sim.as_dict()
+            print(f"  {label:28s} {r['trace']:8s} load {r['load']:<4g}: real att {r['real']['slo_attainment']:.3f} |"
+                  f" cross-calibrated sim att {sim.slo_attainment:.3f} ({cost.ms_per_batch:.2f} ms per batch + "
+                  f"{cost.ms_per_request:.2f} per arrival, from {len(others)} runs)", flush=True)
+    return fits
+
+
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
     acc = 0.0 if math.isnan(s["mean_accuracy"]) else s["mean_accuracy"]
     return Point(label, family, trace, load, rate, s["requests"], s["slo_attainment"], acc, s["p99_latency_ms"],
@@ -268,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rolling-calibration", action="store_true",
                         help="also simulate each run with the host cost and client path fitted on the run before it "
                              "on the same server (reported beside the others; the first run of a server has none)")
+    parser.add_argument("--cross-calibration", action="store_true",
+                        help="simulate each policy with the mean host cost and client path fitted on the graded runs "
+                             "of the OTHER policies' servers (never its own), the global calibration beside it: the "
+                             "host as it was through the whole grid under the graded traces, not during one ramp "
+                             "before it")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
@@ -306,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
     server_calibrations: dict[str, dict[str, Any]] = {}
+    run_fits: list[tuple[str, HostCost, ClientPath]] = []  # (policy label, fits) per graded run
+    cross_calibration: dict[str, Any] = {}
     for label, family, params in policies:
         records = work / f"server_{family}_{len(startups)}.jsonl"
-        keep_records = args.server_calibration_s > 0 or args.rolling_calibration
+        fit_runs = args.rolling_calibration or args.cross_calibration  # fit every graded run from both ends
+        keep_records = args.server_calibration_s > 0 or fit_runs
         proc, url, startup_s = start_server(zoo_path, family, params, work / f"server_{family}.log",
                                             args.server_workers, records if keep_records else None)
         rolling: SimConfig | None = None  # fitted on the previous graded run of this server
@@ -330,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                 arrivals = make_trace(trace, rate, args.duration, args.seed)
                 spec = ReplaySpec(url=url, slo_ms=args.slo_ms, max_in_flight=2000, drain_timeout_s=5.0,
                                   seed=args.seed)
-                before = len(read_jsonl(records)) if args.rolling_calibration and records.exists() else 0
+                before = len(read_jsonl(records)) if fit_runs and records.exists() else 0
                 report = replay(arrivals, spec)
-                seen = wait_for_records(records, before + len(arrivals)) if args.rolling_calibration else []
+                seen = wait_for_records(records, before + len(arrivals)) if fit_runs else []
                 real = summarize(report.records)
                 repeats = [real.slo_attainment] + [summarize(replay(arrivals, spec).records).slo_attainment
                                                    for _ in range(args.real_repeats - 1)]
@@ -346,17 +383,23 @@ def main(argv: list[str] | None = None) -> int:
                                            config=SimConfig(workers=1, seed=args.seed)))
                 sim_rolling = None if rolling is None else summarize(
                     simulate(arrivals, factory(zoo), args.slo_ms, config=rolling, policy_factory=factory)).as_dict()
-                if args.rolling_calibration:
-                    try:  # this run predicts the next one on this server, never itself
-                        rolling = sim_config(fit_host_cost(seen[before:], zoo), None if args.no_client_path else
-                                             fit_client_path(seen[before:], report.records), args.seed)
-                    except ValueError:  # too few batches or calls to fit: keep the previous fit
+                run_fit = None
+                if fit_runs:
+                    try:
+                        run_fit = (fit_host_cost(seen[before:], zoo), fit_client_path(seen[before:], report.records))
+                    except ValueError:  # too few batches or calls to fit
                         pass
+                if run_fit is not None:
+                    run_fits.append((label, *run_fit))
+                if args.rolling_calibration and run_fit is not None:  # predicts the next run on this server
+                    rolling = sim_config(run_fit[0], None if args.no_client_path else run_fit[1], args.seed)
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
                              "sim_global_calibration": sim_global.as_dict(), "sim_ideal_host": ideal.as_dict(),
-                             "sim_rolling_calibration": sim_rolling,
+                             "sim_rolling_calibration": sim_rolling, "sim_cross_calibration": None,
+                             "run_fit": None if run_fit is None else {**run_fit[0].__dict__, **{
+                                 f"client_path_{k}": v for k, v in run_fit[1].__dict__.items()}},
                              "real_attainment_repeats": repeats,
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
@@ -370,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(proc)
 
+    if args.cross_calibration:
+        cross_calibration = cross_simulate(rows, run_fits, policies, zoo, args)
     # --- agreement and "at equal" comparisons --------------------------------------------------------------------
     comparisons = []
     for trace, load in runs:
@@ -419,6 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         if rolled else None,
         "real_vs_sim_global_calibration_on_the_same_runs_mean_abs_attainment_diff_points": round(
             100 * float(np.mean(d_rolling_global)), 2) if rolled else None,
+        "cross_calibration": args.cross_calibration,
+        "cross_calibration_ms_per_batch_min": min((f["ms_per_batch"] for f in cross_calibration.values()),
+                                                  default=None),
+        "cross_calibration_ms_per_batch_max": max((f["ms_per_batch"] for f in cross_calibration.values()),
+                                                  default=None),
+        "graded_runs_fitted": len(run_fits),
+        "graded_runs_host_cost_ms_per_batch_mean": round(float(np.mean([c.ms_per_batch for _, c, _ in run_fits])), 3)
+        if run_fits else None,
+        "graded_runs_host_cost_ms_per_request_mean": round(float(np.mean([c.ms_per_request for _, c, _ in run_fits])),
+                                                           3) if run_fits else None,
         "server_own_host_cost_ms_per_batch_min": round(min(own), 3) if own else None,
         "server_own_host_cost_ms_per_batch_max": round(max(own), 3) if own else None,
         "real_vs_ideal_host_sim_mean_abs_attainment_diff_points": round(100 * sum(d_att_ideal) /
@@ -460,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                      "threads_per_worker": 1, "rpc_overhead_ms": RPC_OVERHEAD_MS,
                      "capacity_qps": capacity, "max_rate_qps": args.max_rate, "policies": [p[0] for p in policies],
                      "server_startup_s": startups, "cpus": os.cpu_count(), "host_cost_calibration": calibration,
-                     "server_calibration_s": args.server_calibration_s, "server_calibrations": server_calibrations},
+                     "server_calibration_s": args.server_calibration_s, "server_calibrations": server_calibrations,
+                     "cross_calibration": cross_calibration},
            "comparisons": comparisons, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(headline, indent=1))
