@@ -128,7 +128,12 @@ def mean_fit(costs: list[HostCost], paths: list[ClientPath]) -> tuple[HostCost, 
     """The mean of several runs' fits (the jitter quantiles their level-wise mean)."""
     cost = HostCost(float(np.mean([c.ms_per_batch for c in costs])), float(np.mean([c.ms_per_request for c in costs])),
                     sum(c.batches for c in costs), float(np.mean([c.mean_arrivals_per_batch for c in costs])),
-                    float(np.mean([c.residual_ms for c in costs])))
+                    float(np.mean([c.residual_ms for c in costs])),
+                    tuple(np.mean([c.residual_quantiles_ms for c in costs], axis=0).round(4).tolist())
+                    if all(c.residual_quantiles_ms for c in costs) else (),
+                    float(np.mean([c.stall_rate_per_s for c in costs])),
+                    tuple(np.mean([c.stall_ms_quantiles for c in stalled], axis=0).round(4).tolist())
+                    if (stalled := [c for c in costs if c.stall_ms_quantiles]) else ())
     path = ClientPath(float(np.mean([p.ms_per_receive for p in paths])), float(np.mean([p.ms_per_answer for p in paths])),
                       float(np.mean([p.network_ms for p in paths])), sum(p.requests for p in paths),
                       float(np.mean([p.residual_ms for p in paths])),
@@ -183,11 +188,18 @@ def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qp
                         **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
 
-def sim_config(host: HostCost, path: ClientPath | None, seed: int) -> SimConfig:
-    """The simulator on a host with this cost (and client path, unless None), correcting its table as the server."""
+def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: bool = False) -> SimConfig:
+    """The simulator on a host with this cost (and client path, unless None), correcting its table as the server.
+    With `host_spread` each batch's time also spreads around the fitted line as the host's did (the fit's residual
+    quantiles, in place of the table's own log-normal noise, which they include) and suffers the host's stalls at
+    their fitted rate per second of batch time."""
     extra: dict[str, Any] = {}
+    if host_spread and host.residual_quantiles_ms:
+        extra = {"host_batch_jitter_ms": host.residual_quantiles_ms, "noise": False}
+        if host.stall_rate_per_s > 0:
+            extra |= {"host_stall_rate_per_s": host.stall_rate_per_s, "host_stall_ms": host.stall_ms_quantiles}
     if path is not None:
-        extra = {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
+        extra |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
                  "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
     return SimConfig(workers=1, seed=seed, host_ms_per_request=host.ms_per_request, host_ms_per_batch=host.ms_per_batch,
                      correction_interval_s=EngineConfig().correction_interval_s, **extra)
@@ -204,9 +216,11 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
         if not others:
             raise RuntimeError("--cross-calibration needs fitted runs on at least two policies' servers")
         cost, path = mean_fit([c for c, _ in others], [p for _, p in others])
-        config = sim_config(cost, None if args.no_client_path else path, args.seed)
+        configs = {spread: sim_config(cost, None if args.no_client_path else path, args.seed, spread)
+                   for spread in (False, True)}
         fits[label] = {"runs": len(others), "ms_per_batch": round(cost.ms_per_batch, 3),
                        "ms_per_request": round(cost.ms_per_request, 3),
+                       "stall_rate_per_s": round(cost.stall_rate_per_s, 4), "stall_ms_quantiles": cost.stall_ms_quantiles,
                        **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
         def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
@@ -214,12 +228,28 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
 
         for r in (r for r in rows if r["policy"] == label):
             arrivals = make_trace(r["trace"], r["rate_qps"], args.duration, args.seed)
-            sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config, policy_factory=factory))
-            r["sim"] = r["sim_cross_calibration"] = sim.as_dict()
+            sims = {spread: summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config,
+                                               policy_factory=factory)) for spread, config in configs.items()}
+            r["sim_cross_calibration"] = sims[False].as_dict()
+            r["sim_cross_calibration_host_spread"] = sims[True].as_dict()
+            r["sim"] = r["sim_cross_calibration_host_spread" if args.host_spread else "sim_cross_calibration"]
             print(f"  {label:28s} {r['trace']:8s} load {r['load']:<4g}: real att {r['real']['slo_attainment']:.3f} |"
-                  f" cross-calibrated sim att {sim.slo_attainment:.3f} ({cost.ms_per_batch:.2f} ms per batch + "
-                  f"{cost.ms_per_request:.2f} per arrival, from {len(others)} runs)", flush=True)
+                  f" cross-calibrated sim att {sims[False].slo_attainment:.3f}, with the host's spread "
+                  f"{sims[True].slo_attainment:.3f} ({cost.ms_per_batch:.2f} ms per batch + "
+                  f"{cost.ms_per_request:.2f} per arrival, {cost.stall_rate_per_s:.2f} stalls/s, from {len(others)} "
+                  f"runs)", flush=True)
     return fits
+
+
+def _mad(rows: list[dict[str, Any]], key: str, mean_of_repeats: bool = False) -> float | None:
+    """Mean absolute attainment difference, points, between the server (its first replay, or the mean of its
+    replays) and the simulation `key` of the same runs; None where the rows have no such simulation."""
+    have = [r for r in rows if r.get(key) is not None]
+    if not have:
+        return None
+    real = [float(np.mean(r["real_attainment_repeats"])) if mean_of_repeats else r["real"]["slo_attainment"]
+            for r in have]
+    return round(100 * float(np.mean([abs(x - r[key]["slo_attainment"]) for x, r in zip(real, have)])), 2)
 
 
 def point(label: str, family: str, trace: str, load: float, rate: float, s: dict[str, Any]) -> Point:
@@ -302,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                              "of the OTHER policies' servers (never its own), the global calibration beside it: the "
                              "host as it was through the whole grid under the graded traces, not during one ramp "
                              "before it")
+    parser.add_argument("--host-spread", action="store_true",
+                        help="simulate batch times with the spread and the stalls the host cost fit measured around "
+                             "its line instead of the table's log-normal noise (--cross-calibration reports both)")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
@@ -336,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({host.batches} batches, residual {host.residual_ms:.1f} ms); client path: {path.ms_per_receive:.1f} "
               f"ms per call taken in, {path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms "
               f"(mean error {path.residual_ms:.1f} ms)", flush=True)
-    global_config = sim_config(host, None if args.no_client_path else path, args.seed)
+    global_config = sim_config(host, None if args.no_client_path else path, args.seed,
+                               args.host_spread)
+    spread_config = sim_config(host, None if args.no_client_path else path, args.seed, True)
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
     server_calibrations: dict[str, dict[str, Any]] = {}
@@ -358,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 own_host, own_path, run = calibration_run(url, records, zoo, low_qps, high_qps,
                                                           args.server_calibration_s, args.slo_ms, args.seed + 2000)
                 server_calibrations[label] = run
-                config = sim_config(own_host, None if args.no_client_path else own_path, args.seed)
+                config = sim_config(own_host, None if args.no_client_path else own_path, args.seed,
+                                    args.host_spread)
                 print(f"  {label}: own calibration {own_host.ms_per_batch:.2f} ms per batch + "
                       f"{own_host.ms_per_request:.2f} per arrival; path {own_path.ms_per_receive:.1f} + "
                       f"{own_path.ms_per_answer:.1f} + {own_path.network_ms:.2f} ms", flush=True)
@@ -379,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config, policy_factory=factory))
                 sim_global = sim if config is global_config else summarize(
                     simulate(arrivals, factory(zoo), args.slo_ms, config=global_config, policy_factory=factory))
+                sim_spread = sim_global if args.host_spread else summarize(
+                    simulate(arrivals, factory(zoo), args.slo_ms, config=spread_config, policy_factory=factory))
                 ideal = summarize(simulate(arrivals, factory(zoo), args.slo_ms,
                                            config=SimConfig(workers=1, seed=args.seed)))
                 sim_rolling = None if rolling is None else summarize(
@@ -392,11 +430,13 @@ def main(argv: list[str] | None = None) -> int:
                 if run_fit is not None:
                     run_fits.append((label, *run_fit))
                 if args.rolling_calibration and run_fit is not None:  # predicts the next run on this server
-                    rolling = sim_config(run_fit[0], None if args.no_client_path else run_fit[1], args.seed)
+                    rolling = sim_config(run_fit[0], None if args.no_client_path else run_fit[1], args.seed,
+                                         args.host_spread)
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
                              "sim_global_calibration": sim_global.as_dict(), "sim_ideal_host": ideal.as_dict(),
+                             "sim_global_calibration_host_spread": sim_spread.as_dict(),
                              "sim_rolling_calibration": sim_rolling, "sim_cross_calibration": None,
                              "run_fit": None if run_fit is None else {**run_fit[0].__dict__, **{
                                  f"client_path_{k}": v for k, v in run_fit[1].__dict__.items()}},
@@ -465,6 +505,16 @@ def main(argv: list[str] | None = None) -> int:
         "real_vs_sim_global_calibration_on_the_same_runs_mean_abs_attainment_diff_points": round(
             100 * float(np.mean(d_rolling_global)), 2) if rolled else None,
         "cross_calibration": args.cross_calibration,
+        "host_spread": args.host_spread,
+        "real_vs_sim_global_calibration_host_spread_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_global_calibration_host_spread"),
+        "real_vs_sim_cross_calibration_mean_abs_attainment_diff_points": _mad(rows, "sim_cross_calibration"),
+        "real_vs_sim_cross_calibration_host_spread_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_host_spread"),
+        "real_mean_of_repeats_vs_sim_cross_calibration_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration", mean_of_repeats=True),
+        "real_mean_of_repeats_vs_sim_cross_calibration_host_spread_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_host_spread", mean_of_repeats=True),
         "cross_calibration_ms_per_batch_min": min((f["ms_per_batch"] for f in cross_calibration.values()),
                                                   default=None),
         "cross_calibration_ms_per_batch_max": max((f["ms_per_batch"] for f in cross_calibration.values()),

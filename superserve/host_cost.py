@@ -26,6 +26,9 @@ import numpy as np
 from superserve.records import LATE, OK, RequestRecord
 from superserve.zoo import Zoo
 
+JITTER_LEVELS = tuple(np.linspace(0.0, 1.0, 41).tolist())  # quantile levels of the fitted spreads below
+STALL_MIN_MS = 10.0  # a batch this much beyond the host-cost line, or more, may be a stall
+
 
 @dataclass(frozen=True)
 class HostCost:
@@ -34,11 +37,19 @@ class HostCost:
     batches: int  # batches the fit used
     mean_arrivals_per_batch: float
     residual_ms: float  # root mean square of the fit's residuals
+    # the residuals' quantiles at the levels of JITTER_LEVELS, stalls left out: the spread of a batch's time around
+    # the fitted line (the table's own noise with the host's), for `SimConfig.host_batch_jitter_ms`
+    residual_quantiles_ms: tuple[float, ...] = ()
+    # stalls: batches that took far longer than the line (`stall_threshold_ms`), counted per second of batch time
+    # (a stall hits a batch that is running when it comes: the longer the batch, the likelier), and the quantiles
+    # of their extra time; for `SimConfig.host_stall_rate_per_s` and `host_stall_ms`
+    stall_rate_per_s: float = 0.0
+    stall_ms_quantiles: tuple[float, ...] = ()
 
 
-def batch_excess(records: Iterable[RequestRecord], zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
-    """Per served batch: (arrivals while it ran, observed minus the table's median ms). A batch is the requests one
-    worker started at one instant on one subnet."""
+def batch_excess(records: Iterable[RequestRecord], zoo: Zoo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per served batch: (arrivals while it ran, observed minus the table's median ms, observed ms). A batch is the
+    requests one worker started at one instant on one subnet."""
     recs = list(records)
     arrivals = np.sort(np.array([r.arrival_s for r in recs], dtype=float))
     batches: dict[tuple[int | None, float, str], list[RequestRecord]] = defaultdict(list)
@@ -47,7 +58,7 @@ def batch_excess(records: Iterable[RequestRecord], zoo: Zoo) -> tuple[np.ndarray
             batches[(r.worker_id, r.dispatch_s, r.subnet_id)].append(r)
     by_id = {e.subnet_id: e for e in zoo.entries}
     sizes = np.array(zoo.batch_sizes, dtype=float)
-    during, excess = [], []
+    during, excess, observed = [], [], []
     for (_, start, sid), rs in batches.items():
         entry = by_id.get(sid)
         if entry is None:
@@ -56,11 +67,19 @@ def batch_excess(records: Iterable[RequestRecord], zoo: Zoo) -> tuple[np.ndarray
         table_ms = float(np.interp(len(rs), sizes, [entry.latency_ms[b].median_ms for b in zoo.batch_sizes]))
         during.append(np.searchsorted(arrivals, finish, "left") - np.searchsorted(arrivals, start, "right"))
         excess.append((finish - start) * 1e3 - table_ms)
-    return np.array(during, dtype=float), np.array(excess, dtype=float)
+        observed.append((finish - start) * 1e3)
+    return np.array(during, dtype=float), np.array(excess, dtype=float), np.array(observed, dtype=float)
+
+
+def stall_threshold_ms(rest: np.ndarray) -> float:
+    """Residuals above this are stalls, not spread: 6 robust standard deviations (1.4826 MAD) above the median, and
+    never under STALL_MIN_MS."""
+    med = float(np.median(rest))
+    return max(STALL_MIN_MS, med + 6 * 1.4826 * float(np.median(np.abs(rest - med))))
 
 
 def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo) -> HostCost:
-    during, excess = batch_excess(records, zoo)
+    during, excess, observed = batch_excess(records, zoo)
     if len(during) < 2:
         raise ValueError(f"need at least 2 served batches to fit a host cost, got {len(during)}")
     from scipy import stats  # 0.7 s to import: only when fitting
@@ -72,8 +91,15 @@ def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo) -> HostCost:
         if c < 0:  # more arrivals never make a batch faster: refit the constant alone
             a, c = float(np.median(excess)), 0.0
     a, c = max(float(a), 0.0), max(float(c), 0.0)
-    residual = float(np.sqrt(np.mean((excess - a - c * during) ** 2)))
-    return HostCost(a, c, len(during), float(np.mean(during)), residual)
+    rest = excess - a - c * during
+    residual = float(np.sqrt(np.mean(rest ** 2)))
+    stalled = rest > stall_threshold_ms(rest)
+    stalls = rest[stalled]
+    # per second of batch time without the stalls, as the simulator draws them
+    rate = float(len(stalls) / ((observed.sum() - stalls.sum()) * 1e-3)) if len(stalls) else 0.0
+    return HostCost(a, c, len(during), float(np.mean(during)), residual,
+                    tuple(round(float(x), 4) for x in np.quantile(rest[~stalled], JITTER_LEVELS)), rate,
+                    tuple(round(float(x), 4) for x in np.quantile(stalls, JITTER_LEVELS)) if len(stalls) else ())
 
 
 @dataclass(frozen=True)
@@ -88,9 +114,6 @@ class ClientPath:
     # what is left per call around network_ms, at the levels of JITTER_LEVELS: the path's tail (a call stuck behind
     # the interpreter lock, a client that sent late), for `SimConfig.network_jitter_ms`
     jitter_ms: tuple[float, ...] = ()
-
-
-JITTER_LEVELS = tuple(np.linspace(0.0, 1.0, 41).tolist())  # quantile levels of ClientPath.jitter_ms
 
 
 _PATH_GRID_MS = np.round(np.arange(0.0, 1.55, 0.1), 2)  # candidate receive / answer costs per call

@@ -71,6 +71,16 @@ class SimConfig:
     # Quantiles (at evenly spaced levels from 0 to 1) of a per-answer delay around `network_ms`, drawn for each answer
     # (seeded by `seed`); () = none. `superserve.host_cost.fit_client_path` measures them.
     network_jitter_ms: tuple[float, ...] = ()
+    # Quantiles (evenly spaced levels) of a delay added to every batch's time, drawn per batch (seeded by `seed`);
+    # () = none. `HostCost.residual_quantiles_ms` measures them on a host: the spread of observed batch times around
+    # table median + host cost, heavier-tailed on a shared CPU host than the table's own p99 says. They include the
+    # table's noise, so use them with `noise=False`.
+    host_batch_jitter_ms: tuple[float, ...] = ()
+    # Host stalls (another tenant or the collector taking the CPU for tens of ms), at `host_stall_rate_per_s` per
+    # second of batch time: a batch of t seconds suffers Poisson(rate x t) of them, each as long as a draw from the
+    # quantiles `host_stall_ms` (`HostCost.stall_rate_per_s`, `stall_ms_quantiles`). 0 = none.
+    host_stall_rate_per_s: float = 0.0
+    host_stall_ms: tuple[float, ...] = ()
     # Correct the policy's latency table online from the simulated service times, as the server does (its
     # `correction_interval_s`, default 0.25): needs `simulate(..., policy_factory=...)` to rebuild the policy. None =
     # the policy keeps the table it was built with (the default: the service times then follow that table anyway,
@@ -85,14 +95,26 @@ class SimConfig:
         if not all(x >= 0 for x in (self.host_ms_per_request, self.host_ms_per_batch, self.host_ms_per_receive,
                                      self.host_ms_per_answer, self.network_ms)):
             raise ValueError("host_ms_per_* and network_ms must be >= 0")
-        if len(self.network_jitter_ms) == 1 or list(self.network_jitter_ms) != sorted(self.network_jitter_ms):
-            raise ValueError("network_jitter_ms must be () or at least 2 quantiles in ascending order")
+        if self.host_stall_rate_per_s < 0 or (self.host_stall_rate_per_s > 0 and not self.host_stall_ms):
+            raise ValueError("host_stall_rate_per_s must be >= 0, and > 0 only with host_stall_ms")
+        for name in ("network_jitter_ms", "host_batch_jitter_ms", "host_stall_ms"):
+            q = getattr(self, name)
+            if len(q) == 1 or list(q) != sorted(q):
+                raise ValueError(f"{name} must be () or at least 2 quantiles in ascending order")
         if self.correction_interval_s is not None and not self.correction_interval_s > 0:
             raise ValueError(f"correction_interval_s must be > 0 or None, got {self.correction_interval_s}")
 
     @property
     def client_path(self) -> bool:
         return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms or self.network_jitter_ms)
+
+
+def _draw(quantiles: np.ndarray, rng: np.random.Generator) -> float:
+    """One draw from the distribution given by its quantiles at evenly spaced levels (linear in between)."""
+    u = rng.random() * (len(quantiles) - 1)
+    k = int(u)
+    lo = float(quantiles[k])
+    return lo + (u - k) * (float(quantiles[min(k + 1, len(quantiles) - 1)]) - lo)
 
 
 class ServiceTimes:
@@ -174,6 +196,10 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     host_free_s = -math.inf  # when the host thread (receiving calls, sending answers) is next free
     jitter_q = np.asarray(config.network_jitter_ms, dtype=np.float64) * 1e-3
     jitter_rng = np.random.default_rng([config.seed, 1])  # apart from the service-time noise's stream
+    batch_q = np.asarray(config.host_batch_jitter_ms, dtype=np.float64) * 1e-3
+    batch_rng = np.random.default_rng([config.seed, 2])
+    stall_rate = config.host_stall_rate_per_s
+    stall_q = np.asarray(config.host_stall_ms, dtype=np.float64) * 1e-3
     received: deque[tuple[float, int]] = deque()  # (when the scheduler sees it, request id): FIFO, times ascending
 
     arrival_l = arrivals.tolist()
@@ -216,11 +242,7 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                     host_free_s = max(now, host_free_s) + answer_s
                     at_client = host_free_s + network_s
                     if len(jitter_q):
-                        u = jitter_rng.random() * (len(jitter_q) - 1)
-                        k = int(u)
-                        lo = jitter_q[k]
-                        at_client = max(host_free_s, at_client + lo + (u - k) * (jitter_q[min(k + 1, len(jitter_q) - 1)]
-                                                                                - lo))
+                        at_client = max(host_free_s, at_client + _draw(jitter_q, jitter_rng))
                     finish_l[rid] = at_client
                     status_l[rid] = _OK if at_client <= deadline_l[rid] + _CLIENT_EPS_S else _LATE
                 else:
@@ -251,6 +273,11 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
         if idle and len(queue) or core.late:
             for d in core.schedule(now):
                 t = service(subnet_index[d.subnet_id], len(d.request_ids)) + host_batch_s
+                if len(batch_q):  # never below a tenth of the table's time: the spread is measured, not a speed-up
+                    t = max(0.1 * t, t + _draw(batch_q, batch_rng))
+                if stall_rate:
+                    for _ in range(batch_rng.poisson(stall_rate * t)):
+                        t += _draw(stall_q, batch_rng)
                 if d.switched:
                     t += switch_s
                 heapq.heappush(busy, (now + t, seq, d))

@@ -29,7 +29,7 @@ def test_each_policy_is_simulated_with_the_other_servers_fits_only():
 
     zoo = Zoo.load(DEFAULT_ZOO)
     policies = [("maxacc", "maxacc", {}), ("maxbatch", "maxbatch", {})]
-    args = argparse.Namespace(duration=2.0, seed=0, slo_ms=100.0, no_client_path=True)
+    args = argparse.Namespace(duration=2.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
     rows = [{"policy": label, "family": family, "trace": "gamma:8", "load": 1.0, "rate_qps": 40.0,
              "real": {"slo_attainment": 1.0}, "sim": None} for label, family, _ in policies]
     path = ClientPath(0.0, 0.0, 0.0, 10, 0.0, ())
@@ -40,7 +40,8 @@ def test_each_policy_is_simulated_with_the_other_servers_fits_only():
     assert out["maxacc"]["ms_per_batch"] == 0.0 and out["maxacc"]["runs"] == 1
     assert out["maxbatch"]["ms_per_batch"] == pytest.approx(400.0) and out["maxbatch"]["runs"] == 2
     acc_row, batch_row = rows
-    assert acc_row["sim"] is acc_row["sim_cross_calibration"]
+    assert acc_row["sim"] is acc_row["sim_cross_calibration"]  # the log-normal model unless --host-spread
+    assert acc_row["sim_cross_calibration_host_spread"] is not None
     assert acc_row["sim"]["slo_attainment"] > 0.9  # an ideal host at 40 q/s: MaxAcc keeps up
     assert batch_row["sim"]["slo_attainment"] < 0.2  # 400 ms per batch against a 100 ms SLO
 
@@ -51,7 +52,7 @@ def test_cross_calibration_needs_another_servers_runs():
     from superserve.host_cost import ClientPath, HostCost
     from superserve.zoo import Zoo
 
-    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True)
+    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
     fits = [("maxacc", HostCost(1.0, 0.0, 10, 1.0, 0.0), ClientPath(0.0, 0.0, 0.0, 10, 0.0, ()))]
     with pytest.raises(RuntimeError, match="two policies"):
         e2e.cross_simulate([], fits, [("maxacc", "maxacc", {})], Zoo.load(DEFAULT_ZOO), args)

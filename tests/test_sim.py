@@ -152,6 +152,41 @@ def test_host_cost_stalls_running_batches_and_the_fit_recovers_it() -> None:
         SimConfig(host_ms_per_request=-1.0)
 
 
+def test_host_stalls_hit_long_batches_and_the_fit_recovers_their_rate() -> None:
+    """Stalls come per second of batch time, so a simulated host with them is slower and misses more deadlines; the
+    fit on its records finds stalls of the simulated length at about the simulated rate, the spread around the line
+    without them, and an ideal host none."""
+    from superserve.host_cost import fit_host_cost
+
+    arrivals = gamma(300.0, 4.0, 10.0, np.random.default_rng(5))
+    base = dict(workers=2, noise=False, host_ms_per_batch=0.5)
+    calm = simulate(arrivals, make_policy("maxbatch", ZOO), slo_ms=30.0, config=SimConfig(**base))
+    stalled = simulate(arrivals, make_policy("maxbatch", ZOO), slo_ms=30.0,
+                       config=SimConfig(**base, host_stall_rate_per_s=20.0, host_stall_ms=(40.0, 50.0)))
+    check_conservation(stalled, len(arrivals), 2)
+    assert summarize(stalled).slo_attainment < summarize(calm).slo_attainment
+    fit = fit_host_cost(stalled.to_records(), ZOO)
+    q = fit.stall_ms_quantiles
+    assert 40.0 - 1e-6 <= q[0] and 40.0 <= q[len(q) // 2] <= 50.0 and q[-1] <= 100.0 + 1e-6  # 2 stalls at most here
+    assert fit.stall_rate_per_s == pytest.approx(20.0, rel=0.3)
+    assert max(abs(x) for x in fit.residual_quantiles_ms) < 1.0  # no noise: only the stalls stray from the line
+    none = fit_host_cost(calm.to_records(), ZOO)
+    assert none.stall_rate_per_s == 0.0 and none.stall_ms_quantiles == ()
+    for bad in (dict(host_stall_rate_per_s=1.0), dict(host_stall_rate_per_s=-1.0, host_stall_ms=(1.0, 2.0)),
+                dict(host_batch_jitter_ms=(3.0, 1.0))):
+        with pytest.raises(ValueError):
+            SimConfig(**bad)
+
+
+def test_batch_jitter_spreads_batch_times_by_the_given_quantiles() -> None:
+    arrivals = np.arange(200) * 0.05  # one request at a time, never queued
+    plain = simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=100.0, config=SimConfig(workers=1, noise=False))
+    spread = simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=100.0,
+                      config=SimConfig(workers=1, noise=False, host_batch_jitter_ms=(2.0, 4.0)))
+    extra_ms = (spread.finish_s - spread.dispatch_s - (plain.finish_s - plain.dispatch_s)) * 1e3
+    assert extra_ms.min() >= 2.0 - 1e-6 and extra_ms.max() <= 4.0 + 1e-6 and np.ptp(extra_ms) > 1.0
+
+
 def test_client_path_queues_calls_and_answers_on_one_host_thread() -> None:
     """With a client path, a call reaches the scheduler once the host thread has taken it in (a burst waits in line),
     a batch's answers leave one `host_ms_per_answer` apart and arrive `network_ms` later, and the status is judged on
