@@ -30,6 +30,11 @@ also simulates each run with the fit of the run before it on the same server (ne
 points against the global calibration's 4.91 on the same 49 runs (10 s runs,
 `results/e2e_tradeoff_10s_rolling.json`): one run's fit is noisier than the drift it would follow.
 
+`--cross-calibration` simulates each policy with the mean fit of the graded runs on the other policies' servers
+(never its own): 6.41 against the global calibration's 6.56, and 6.94 against 8.43 in a second run
+(`results/e2e_tradeoff_10s_cross.json`, `results/e2e_tradeoff_10s_spread.json`); the host spread and stalls
+(`--host-spread`, both reported with --cross-calibration) moved it to 6.82.
+
 How close the simulator can get is bounded by how well the server agrees with itself: with `--real-repeats 2` (the
 default) every run is replayed twice on the same server, and the mean absolute difference between the two replays
 (`real_repeat_mean_abs_attainment_diff_points`) is the noise floor the sim-vs-real figure is read against.
