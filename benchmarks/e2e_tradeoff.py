@@ -210,6 +210,13 @@ def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: 
                      correction_interval_s=EngineConfig().correction_interval_s, **extra)
 
 
+def policy_factory(family: str, params: dict[str, Any]) -> Any:
+    """Builds the policy the server runs (same params and RPC overhead), for the simulator to rebuild on correction."""
+    def factory(z: Zoo) -> Any:
+        return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
+    return factory
+
+
 def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCost, ClientPath]],
                    policies: list[tuple[str, str, dict[str, Any]]], zoo: Zoo, args: argparse.Namespace
                    ) -> dict[str, Any]:
@@ -228,9 +235,7 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
                        "stall_rate_per_s": round(cost.stall_rate_per_s, 4), "stall_ms_quantiles": cost.stall_ms_quantiles,
                        **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
-        def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
-            return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
-
+        factory = policy_factory(family, params)
         for r in (r for r in rows if r["policy"] == label):
             arrivals = make_trace(r["trace"], r["rate_qps"], args.duration, args.seed)
             sims = {spread: summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config,
@@ -414,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 real = summarize(report.records)
                 repeats = [real.slo_attainment] + [summarize(replay(arrivals, spec).records).slo_attainment
                                                    for _ in range(args.real_repeats - 1)]
-                def factory(z: Zoo, family: str = family, params: dict[str, Any] = params) -> Any:
-                    return make_policy(family, z, overhead_ms=RPC_OVERHEAD_MS, **params)
-
+                factory = policy_factory(family, params)
                 sim = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config, policy_factory=factory))
                 sim_global = sim if config is global_config else summarize(
                     simulate(arrivals, factory(zoo), args.slo_ms, config=global_config, policy_factory=factory))
