@@ -56,3 +56,28 @@ def test_cross_calibration_needs_another_servers_runs():
     fits = [("maxacc", HostCost(1.0, 0.0, 10, 1.0, 0.0), ClientPath(0.0, 0.0, 0.0, 10, 0.0, ()))]
     with pytest.raises(RuntimeError, match="two policies"):
         e2e.cross_simulate([], fits, [("maxacc", "maxacc", {})], Zoo.load(DEFAULT_ZOO), args)
+
+
+def test_a_refused_cross_calibration_leaves_every_row_as_it_was():
+    """Only one server's runs were fitted: the other policy could be re-simulated, this one not; the benchmark then
+    falls back to the global calibration, so no row may have been switched to a cross-calibrated simulation."""
+    e2e = _load()
+    from superserve.defaults import DEFAULT_ZOO
+    from superserve.host_cost import ClientPath, HostCost
+    from superserve.zoo import Zoo
+
+    policies = [("maxbatch", "maxbatch", {}), ("maxacc", "maxacc", {})]
+    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
+    rows = [{"policy": label, "family": family, "trace": "gamma:8", "load": 1.0, "rate_qps": 40.0,
+             "real": {"slo_attainment": 1.0}, "sim": {"slo_attainment": 0.5}} for label, family, _ in policies]
+    fits = [("maxacc", HostCost(1.0, 0.0, 10, 1.0, 0.0), ClientPath(0.0, 0.0, 0.0, 10, 0.0, ()))]
+    with pytest.raises(RuntimeError, match="two policies"):
+        e2e.cross_simulate(rows, fits, policies, Zoo.load(DEFAULT_ZOO), args)
+    assert all(r["sim"] == {"slo_attainment": 0.5} and "sim_cross_calibration" not in r for r in rows)
+
+
+
+def test_cross_calibration_is_the_default_and_can_be_turned_off():
+    e2e = _load()
+    assert e2e.parse_args([]).cross_calibration is True
+    assert e2e.parse_args(["--no-cross-calibration"]).cross_calibration is False
