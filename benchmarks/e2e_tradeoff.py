@@ -138,7 +138,8 @@ def mean_fit(costs: list[HostCost], paths: list[ClientPath]) -> tuple[HostCost, 
                     if all(c.residual_quantiles_ms for c in costs) else (),
                     float(np.mean([c.stall_rate_per_s for c in costs])),
                     tuple(np.mean([c.stall_ms_quantiles for c in stalled], axis=0).round(4).tolist())
-                    if (stalled := [c for c in costs if c.stall_ms_quantiles]) else ())
+                    if (stalled := [c for c in costs if c.stall_ms_quantiles]) else (),
+                    float(np.mean([c.table_scale for c in costs])))
     path = ClientPath(float(np.mean([p.ms_per_receive for p in paths])), float(np.mean([p.ms_per_answer for p in paths])),
                       float(np.mean([p.network_ms for p in paths])), sum(p.requests for p in paths),
                       float(np.mean([p.residual_ms for p in paths])),
@@ -207,6 +208,7 @@ def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: 
         extra |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
                  "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
     return SimConfig(workers=1, seed=seed, host_ms_per_request=host.ms_per_request, host_ms_per_batch=host.ms_per_batch,
+                     host_table_scale=host.table_scale,
                      correction_interval_s=EngineConfig().correction_interval_s, **extra)
 
 
@@ -218,10 +220,11 @@ def policy_factory(family: str, params: dict[str, Any]) -> Any:
 
 
 def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCost, ClientPath]],
-                   policies: list[tuple[str, str, dict[str, Any]]], zoo: Zoo, args: argparse.Namespace
-                   ) -> dict[str, Any]:
+                   policies: list[tuple[str, str, dict[str, Any]]], zoo: Zoo, args: argparse.Namespace,
+                   key: str = "sim_cross_calibration") -> dict[str, Any]:
     """Simulate every policy's runs again with the mean of the fits of the graded runs on the other policies' servers
-    (never its own), and make that the rows' `sim`. Returns each policy's fit."""
+    (never its own), as the rows' `key` (and `key`_host_spread, with the fits' spread and stalls). Returns each
+    policy's fit."""
     fitted = {lab for lab, _, _ in run_fits}
     if any(not fitted - {label} for label, _, _ in policies):  # checked first: the rows stay whole if refused
         raise RuntimeError("--cross-calibration needs fitted runs on at least two policies' servers")
@@ -232,7 +235,7 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
         configs = {spread: sim_config(cost, None if args.no_client_path else path, args.seed, spread)
                    for spread in (False, True)}
         fits[label] = {"runs": len(others), "ms_per_batch": round(cost.ms_per_batch, 3),
-                       "ms_per_request": round(cost.ms_per_request, 3),
+                       "ms_per_request": round(cost.ms_per_request, 3), "table_scale": round(cost.table_scale, 4),
                        "stall_rate_per_s": round(cost.stall_rate_per_s, 4), "stall_ms_quantiles": cost.stall_ms_quantiles,
                        **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
@@ -241,12 +244,11 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
             arrivals = make_trace(r["trace"], r["rate_qps"], args.duration, args.seed)
             sims = {spread: summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=config,
                                                policy_factory=factory)) for spread, config in configs.items()}
-            r["sim_cross_calibration"] = sims[False].as_dict()
-            r["sim_cross_calibration_host_spread"] = sims[True].as_dict()
-            r["sim"] = r["sim_cross_calibration_host_spread" if args.host_spread else "sim_cross_calibration"]
+            r[key] = sims[False].as_dict()
+            r[f"{key}_host_spread"] = sims[True].as_dict()
             print(f"  {label:28s} {r['trace']:8s} load {r['load']:<4g}: real att {r['real']['slo_attainment']:.3f} |"
-                  f" cross-calibrated sim att {sims[False].slo_attainment:.3f}, with the host's spread "
-                  f"{sims[True].slo_attainment:.3f} ({cost.ms_per_batch:.2f} ms per batch + "
+                  f" {key} att {sims[False].slo_attainment:.3f}, with the host's spread "
+                  f"{sims[True].slo_attainment:.3f} (table x {cost.table_scale:.3f} + {cost.ms_per_batch:.2f} ms per batch + "
                   f"{cost.ms_per_request:.2f} per arrival, {cost.stall_rate_per_s:.2f} stalls/s, from {len(others)} "
                   f"runs)", flush=True)
     return fits
@@ -343,6 +345,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "of the OTHER policies' servers (never its own), the global calibration beside it: the "
                              "host as it was through the whole grid under the graded traces, not during one ramp "
                              "before it (default; needs two policies or more, else the global calibration)")
+    parser.add_argument("--table-scale", action=argparse.BooleanOptionalAction, default=True,
+                        help="with the cross-calibration, fit each run's batch times as the table's times x a factor +"
+                             " a per-batch cost + a stall per arrival (`fit_host_cost(..., table_scale=True)`), not "
+                             "the cost alone: the frozen table is off by a factor on a shared host (default; both are "
+                             "reported)")
     parser.add_argument("--host-spread", action="store_true",
                         help="simulate batch times with the spread and the stalls the host cost fit measured around "
                              "its line instead of the table's log-normal noise (--cross-calibration reports both)")
@@ -392,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     startups: dict[str, float] = {}
     server_calibrations: dict[str, dict[str, Any]] = {}
     run_fits: list[tuple[str, HostCost, ClientPath]] = []  # (policy label, fits) per graded run
+    scaled_fits: list[tuple[str, HostCost, ClientPath]] = []  # the same with the table's factor fitted
     cross_calibration: dict[str, Any] = {}
+    cross_calibration_scaled: dict[str, Any] = {}
     for label, family, params in policies:
         records = work / f"server_{family}_{len(startups)}.jsonl"
         fit_runs = args.rolling_calibration or args.cross_calibration  # fit every graded run from both ends
@@ -439,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 if fit_runs:
                     try:
                         run_fit = (fit_host_cost(seen[before:], zoo), fit_client_path(seen[before:], report.records))
+                        scaled_fits.append((label, fit_host_cost(seen[before:], zoo, table_scale=True), run_fit[1]))
                     except ValueError:  # too few batches or calls to fit
                         pass
                 if run_fit is not None:
@@ -454,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                              "sim_rolling_calibration": sim_rolling, "sim_cross_calibration": None,
                              "run_fit": None if run_fit is None else {**run_fit[0].__dict__, **{
                                  f"client_path_{k}": v for k, v in run_fit[1].__dict__.items()}},
+                             "run_fit_table_scale": None if run_fit is None else scaled_fits[-1][1].__dict__,
                              "real_attainment_repeats": repeats,
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
@@ -470,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cross_calibration:
         try:
             cross_calibration = cross_simulate(rows, run_fits, policies, zoo, args)
+            cross_calibration_scaled = cross_simulate(rows, scaled_fits, policies, zoo, args,
+                                                      "sim_cross_calibration_table_scale")
+            key = "sim_cross_calibration" + ("_table_scale" if args.table_scale else "")
+            for r in rows:
+                r["sim"] = r[key + ("_host_spread" if args.host_spread else "")]
         except RuntimeError as e:  # one policy, or no other server's run could be fitted
             print(f"cross-calibration skipped ({e}): the global calibration is the simulator's", flush=True)
             args.cross_calibration = False
@@ -531,6 +547,17 @@ def main(argv: list[str] | None = None) -> int:
             _mad(rows, "sim_cross_calibration_host_spread"),
         "real_mean_of_repeats_vs_sim_cross_calibration_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration", mean_of_repeats=True),
+        "table_scale": args.table_scale,
+        "real_vs_sim_cross_calibration_table_scale_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_table_scale"),
+        "real_vs_sim_cross_calibration_table_scale_host_spread_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_table_scale_host_spread"),
+        "real_mean_of_repeats_vs_sim_cross_calibration_table_scale_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_table_scale", mean_of_repeats=True),
+        "cross_calibration_table_scale_min": min((f["table_scale"] for f in cross_calibration_scaled.values()),
+                                                 default=None),
+        "cross_calibration_table_scale_max": max((f["table_scale"] for f in cross_calibration_scaled.values()),
+                                                 default=None),
         "real_mean_of_repeats_vs_sim_cross_calibration_host_spread_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration_host_spread", mean_of_repeats=True),
         "cross_calibration_ms_per_batch_min": min((f["ms_per_batch"] for f in cross_calibration.values()),
@@ -584,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                      "capacity_qps": capacity, "max_rate_qps": args.max_rate, "policies": [p[0] for p in policies],
                      "server_startup_s": startups, "cpus": os.cpu_count(), "host_cost_calibration": calibration,
                      "server_calibration_s": args.server_calibration_s, "server_calibrations": server_calibrations,
-                     "cross_calibration": cross_calibration},
+                     "cross_calibration": cross_calibration, "cross_calibration_table_scale": cross_calibration_scaled},
            "comparisons": comparisons, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(headline, indent=1))

@@ -45,6 +45,8 @@ class HostCost:
     # of their extra time; for `SimConfig.host_stall_rate_per_s` and `host_stall_ms`
     stall_rate_per_s: float = 0.0
     stall_ms_quantiles: tuple[float, ...] = ()
+    # the factor on the table's time, fitted with `fit_host_cost(..., table_scale=True)` (1: the additive model)
+    table_scale: float = 1.0
 
 
 def batch_excess(records: Iterable[RequestRecord], zoo: Zoo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,20 +80,37 @@ def stall_threshold_ms(rest: np.ndarray) -> float:
     return max(STALL_MIN_MS, med + 6 * 1.4826 * float(np.median(np.abs(rest - med))))
 
 
-def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo) -> HostCost:
+def _fit_scaled(during: np.ndarray, excess: np.ndarray, table: np.ndarray) -> tuple[float, float, float]:
+    """excess = a + (scale - 1) x table + c x during, robustly (soft-L1 loss, 1 ms scale: a stalled batch counts
+    about linearly, not squared); a >= 0 and c >= 0 as in the additive fit, scale in [0.5, 3]."""
+    from scipy.optimize import least_squares
+
+    x = np.column_stack([np.ones_like(table), table, during])
+    fit = least_squares(lambda p: x @ p - excess, x0=np.array([max(float(np.median(excess)), 0.0), 0.0, 0.0]),
+                        bounds=([0.0, -0.5, 0.0], [np.inf, 2.0, np.inf]), loss="soft_l1", f_scale=1.0)
+    a, m, c = (float(v) for v in fit.x)
+    return a, 1.0 + m, c
+
+
+def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo, table_scale: bool = False) -> HostCost:
+    """Fit the host cost of a run. With `table_scale` the table's time also gets a fitted factor (`_fit_scaled`)."""
     during, excess, observed = batch_excess(records, zoo)
     if len(during) < 2:
         raise ValueError(f"need at least 2 served batches to fit a host cost, got {len(during)}")
     from scipy import stats  # 0.7 s to import: only when fitting
 
-    if np.ptp(during) == 0:  # no spread in arrivals: only the per-batch cost is identifiable
+    table = observed - excess
+    scale = 1.0
+    if table_scale:
+        a, scale, c = _fit_scaled(during, excess, table)
+    elif np.ptp(during) == 0:  # no spread in arrivals: only the per-batch cost is identifiable
         a, c = float(np.median(excess)), 0.0
     else:
         c, a = (float(x) for x in stats.theilslopes(excess, during)[:2])
         if c < 0:  # more arrivals never make a batch faster: refit the constant alone
             a, c = float(np.median(excess)), 0.0
     a, c = max(float(a), 0.0), max(float(c), 0.0)
-    rest = excess - a - c * during
+    rest = excess - a - (scale - 1.0) * table - c * during
     residual = float(np.sqrt(np.mean(rest ** 2)))
     stalled = rest > stall_threshold_ms(rest)
     stalls = rest[stalled]
@@ -99,7 +118,8 @@ def fit_host_cost(records: Iterable[RequestRecord], zoo: Zoo) -> HostCost:
     rate = float(len(stalls) / ((observed.sum() - stalls.sum()) * 1e-3)) if len(stalls) else 0.0
     return HostCost(a, c, len(during), float(np.mean(during)), residual,
                     tuple(round(float(x), 4) for x in np.quantile(rest[~stalled], JITTER_LEVELS)), rate,
-                    tuple(round(float(x), 4) for x in np.quantile(stalls, JITTER_LEVELS)) if len(stalls) else ())
+                    tuple(round(float(x), 4) for x in np.quantile(stalls, JITTER_LEVELS)) if len(stalls) else (),
+                    scale)
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,36 @@ def test_each_policy_is_simulated_with_the_other_servers_fits_only():
     assert out["maxacc"]["ms_per_batch"] == 0.0 and out["maxacc"]["runs"] == 1
     assert out["maxbatch"]["ms_per_batch"] == pytest.approx(400.0) and out["maxbatch"]["runs"] == 2
     acc_row, batch_row = rows
-    assert acc_row["sim"] is acc_row["sim_cross_calibration"]  # the log-normal model unless --host-spread
     assert acc_row["sim_cross_calibration_host_spread"] is not None
-    assert acc_row["sim"]["slo_attainment"] > 0.9  # an ideal host at 40 q/s: MaxAcc keeps up
-    assert batch_row["sim"]["slo_attainment"] < 0.2  # 400 ms per batch against a 100 ms SLO
+    assert acc_row["sim_cross_calibration"]["slo_attainment"] > 0.9  # an ideal host at 40 q/s: MaxAcc keeps up
+    assert batch_row["sim_cross_calibration"]["slo_attainment"] < 0.2  # 400 ms per batch against a 100 ms SLO
+    assert acc_row["sim"] is None  # which simulation grades the server is main's choice
+
+
+def test_the_table_factor_of_the_other_servers_reaches_the_simulation():
+    """With the table-scale fits, a policy is simulated with the others' factor: on a host 3x slower than its table
+    MaxAcc (correcting its table online, as the server) falls back to smaller subnets and still misses more
+    deadlines, where on a host as fast as the table it keeps up with the most accurate one."""
+    e2e = _load()
+    from superserve.defaults import DEFAULT_ZOO
+    from superserve.host_cost import ClientPath, HostCost
+    from superserve.zoo import Zoo
+
+    zoo = Zoo.load(DEFAULT_ZOO)
+    policies = [("maxacc", "maxacc", {}), ("maxbatch", "maxbatch", {})]
+    args = argparse.Namespace(duration=3.0, seed=0, slo_ms=30.0, no_client_path=True, host_spread=False)
+    path = ClientPath(0.0, 0.0, 0.0, 10, 0.0, ())
+    attainment = {}
+    for scale in (1.0, 3.0):
+        rows = [{"policy": "maxacc", "family": "maxacc", "trace": "gamma:2", "load": 1.0, "rate_qps": 100.0,
+                 "real": {"slo_attainment": 1.0}, "sim": None}]
+        fits = [("maxbatch", HostCost(0.0, 0.0, 10, 1.0, 0.0, table_scale=scale), path),
+                ("maxacc", HostCost(0.0, 0.0, 10, 1.0, 0.0, table_scale=1.0), path)]
+        out = e2e.cross_simulate(rows, fits, policies, zoo, args, key="sim_scaled")
+        assert out["maxacc"]["table_scale"] == scale
+        attainment[scale] = rows[0]["sim_scaled"]["slo_attainment"], rows[0]["sim_scaled"]["mean_accuracy"]
+    (att_fast, acc_fast), (att_slow, acc_slow) = attainment[1.0], attainment[3.0]
+    assert att_slow < att_fast - 0.05 and acc_slow < acc_fast - 0.005, attainment
 
 
 def test_cross_calibration_needs_another_servers_runs():

@@ -274,3 +274,30 @@ def test_online_correction_follows_a_slow_host_as_the_server_does() -> None:
         simulate(arrivals, make_policy("maxacc", ZOO), slo_ms=25.0, config=corrected_config)
     with pytest.raises(ValueError):
         SimConfig(correction_interval_s=0.0)
+
+
+def test_a_table_off_by_a_factor_is_simulated_and_fitted_as_one() -> None:
+    """A host 30% slower than its table (the table profiled at a quieter moment) stretches every batch by a factor;
+    the fit with `table_scale` gives back the factor, the per-batch cost and the per-arrival stall, and leaves far
+    less unexplained than the additive fit, which can only add the same ms to a short and a long batch."""
+    from superserve.host_cost import batch_excess, fit_host_cost
+
+    arrivals = gamma(200.0, 4.0, 6.0, np.random.default_rng(11))
+    host = dict(workers=2, noise=False, host_ms_per_request=0.2, host_ms_per_batch=0.5)
+    plain = simulate(arrivals, make_policy("slackfit", ZOO), slo_ms=60.0, config=SimConfig(**host))
+    slow = simulate(arrivals, make_policy("slackfit", ZOO), slo_ms=60.0,
+                    config=SimConfig(**host, host_table_scale=1.3))
+    check_conservation(slow, len(arrivals), 2)
+    assert summarize(slow).p50_latency_ms > summarize(plain).p50_latency_ms
+    _, excess, observed = batch_excess(slow.to_records(), ZOO)
+    table = observed - excess
+    assert table.max() > 3 * table.min()  # batches of several sizes: the factor is identifiable
+    fit = fit_host_cost(slow.to_records(), ZOO, table_scale=True)
+    assert fit.table_scale == pytest.approx(1.3, abs=0.01)
+    assert fit.ms_per_batch == pytest.approx(0.5, abs=0.05) and fit.ms_per_request == pytest.approx(0.2, abs=0.02)
+    additive = fit_host_cost(slow.to_records(), ZOO)
+    assert additive.table_scale == 1.0 and additive.residual_ms > 5 * fit.residual_ms
+    same = fit_host_cost(plain.to_records(), ZOO, table_scale=True)
+    assert same.table_scale == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ValueError):
+        SimConfig(host_table_scale=0.0)
