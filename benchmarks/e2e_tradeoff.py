@@ -35,6 +35,13 @@ runs on the other policies' servers (never its own), the global calibration repo
 (`results/e2e_tradeoff_10s_cross.json`, `results/e2e_tradeoff_10s_spread.json`); the host spread and stalls
 (`--host-spread`, both reported with --cross-calibration) moved it to 6.82.
 
+The table itself is frozen at the start (`frozen_host_zoo`: the file's, or a re-profile when the spot check finds
+this host slower), and on a shared host it is off by a factor: the same host gave capacities of 119 and 155 q/s
+from it within hours. A constant per batch cannot follow a factor across batches of 0.5 to 370 ms, so by default
+(`--no-table-scale` turns it off) each graded run is also fitted as table x factor + cost per batch + stall per
+arrival (`fit_host_cost(..., table_scale=True)`) and the cross-calibrated simulator uses that; the additive fit's
+prediction is reported beside it.
+
 How close the simulator can get is bounded by how well the server agrees with itself: with `--real-repeats 2` (the
 default) every run is replayed twice on the same server, and the mean absolute difference between the two replays
 (`real_repeat_mean_abs_attainment_diff_points`) is the noise floor the sim-vs-real figure is read against.
