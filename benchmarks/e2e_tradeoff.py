@@ -88,7 +88,7 @@ from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 from superserve.experiments import capacity_qps, compare, Point, spread_indices  # noqa: E402
 from superserve.host_cost import ClientPath, HostCost, fit_client_path, fit_host_cost  # noqa: E402
 from superserve.metrics import summarize  # noqa: E402
-from superserve.records import read_jsonl  # noqa: E402
+from superserve.records import read_jsonl, write_jsonl  # noqa: E402
 from superserve.sim import SimConfig, simulate  # noqa: E402
 from superserve.zoo import Zoo  # noqa: E402
 
@@ -360,6 +360,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host-spread", action="store_true",
                         help="simulate batch times with the spread and the stalls the host cost fit measured around "
                              "its line instead of the table's log-normal noise (--cross-calibration reports both)")
+    parser.add_argument("--keep-records", type=Path, default=None, metavar="DIR",
+                        help="write each graded run's server and client records (first replay) and the frozen zoo "
+                             "there, to fit other host models offline against the same runs (needs the "
+                             "cross-calibration)")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
@@ -382,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="e2e_tradeoff_"))
     zoo_path = work / "zoo.json"  # the servers below run it with --reprofile never, the simulator too
     zoo = frozen_host_zoo(DEFAULT_ZOO, DEFAULT_CHECKPOINT, zoo_path)
+    if args.keep_records is not None:
+        args.keep_records.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(zoo_path, args.keep_records / "zoo.json")
     capacity = capacity_qps(zoo, 1, args.slo_ms)
     policies = lineup(zoo)
     if args.policies:
@@ -462,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                         pass
                 if run_fit is not None:
                     run_fits.append((label, *run_fit))
+                if args.keep_records is not None and fit_runs:  # for fitting other host models offline
+                    stem = args.keep_records / f"{len(rows):02d}_{family}_{trace_key(trace)}_load_{load:g}"
+                    write_jsonl(f"{stem}_server.jsonl", seen[before:])
+                    write_jsonl(f"{stem}_client.jsonl", report.records)
                 if args.rolling_calibration and run_fit is not None:  # predicts the next run on this server
                     rolling = sim_config(run_fit[0], None if args.no_client_path else run_fit[1], args.seed,
                                          args.host_spread)
