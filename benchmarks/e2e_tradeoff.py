@@ -262,6 +262,13 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
     return fits
 
 
+def _span(fits: dict[str, Any], key: str) -> dict[str, Any]:
+    """cross_calibration_{key}_min / _max over the policies' cross-calibrated fits (None without any)."""
+    values = [f[key] for f in fits.values()]
+    return {f"cross_calibration_{key}_min": min(values, default=None),
+            f"cross_calibration_{key}_max": max(values, default=None)}
+
+
 def _mad(rows: list[dict[str, Any]], key: str, mean_of_repeats: bool = False) -> float | None:
     """Mean absolute attainment difference, points, between the server (its first replay, or the mean of its
     replays) and the simulation `key` of the same runs; None where the rows have no such simulation."""
@@ -576,16 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             _mad(rows, "sim_cross_calibration_table_scale_host_spread"),
         "real_mean_of_repeats_vs_sim_cross_calibration_table_scale_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration_table_scale", mean_of_repeats=True),
-        "cross_calibration_table_scale_min": min((f["table_scale"] for f in cross_calibration_scaled.values()),
-                                                 default=None),
-        "cross_calibration_table_scale_max": max((f["table_scale"] for f in cross_calibration_scaled.values()),
-                                                 default=None),
+        **_span(cross_calibration_scaled, "table_scale"),
         "real_mean_of_repeats_vs_sim_cross_calibration_host_spread_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration_host_spread", mean_of_repeats=True),
-        "cross_calibration_ms_per_batch_min": min((f["ms_per_batch"] for f in cross_calibration.values()),
-                                                  default=None),
-        "cross_calibration_ms_per_batch_max": max((f["ms_per_batch"] for f in cross_calibration.values()),
-                                                  default=None),
+        **_span(cross_calibration, "ms_per_batch"),
         "graded_runs_fitted": len(run_fits),
         "graded_runs_host_cost_ms_per_batch_mean": round(float(np.mean([c.ms_per_batch for _, c, _ in run_fits])), 3)
         if run_fits else None,
