@@ -367,6 +367,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host-spread", action="store_true",
                         help="simulate batch times with the spread and the stalls the host cost fit measured around "
                              "its line instead of the table's log-normal noise (--cross-calibration reports both)")
+    parser.add_argument("--table", choices=("fresh", "auto"), default="fresh",
+                        help="fresh (default): profile the zoo's table on this host now, for the whole run; auto: "
+                             "the server's start-up choice (the file's or the cached table, if its spot check fits)")
     parser.add_argument("--keep-records", type=Path, default=None, metavar="DIR",
                         help="write each graded run's server and client records (first replay) and the frozen zoo "
                              "there, to fit other host models offline against the same runs (needs the "
@@ -392,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(t, x) for t in ("azure", "gamma:8") for x in loads] + [("gamma:2", mid), ("gamma:4", mid)]
     work = Path(tempfile.mkdtemp(prefix="e2e_tradeoff_"))
     zoo_path = work / "zoo.json"  # the servers below run it with --reprofile never, the simulator too
-    zoo = frozen_host_zoo(DEFAULT_ZOO, DEFAULT_CHECKPOINT, zoo_path)
+    t_table = time.perf_counter()
+    zoo = frozen_host_zoo(DEFAULT_ZOO, DEFAULT_CHECKPOINT, zoo_path,
+                          reprofile="always" if args.table == "fresh" else "auto")
+    table_s = time.perf_counter() - t_table
     if args.keep_records is not None:
         args.keep_records.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(zoo_path, args.keep_records / "zoo.json")
@@ -628,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": command_line(), "headline": headline,
            "host": {"cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
            "setup": {"zoo": str(DEFAULT_ZOO), "zoo_host": zoo.host.__dict__, "checkpoint": str(DEFAULT_CHECKPOINT),
+                     "table": args.table, "table_profile_s": round(table_s, 1),
                      "slo_ms": args.slo_ms, "loads": loads, "runs": runs, "duration_s": args.duration,
                      "seed": args.seed, "workers": 1, "server_worker_processes": args.server_workers,
                      "threads_per_worker": 1, "rpc_overhead_ms": RPC_OVERHEAD_MS,

@@ -194,3 +194,25 @@ def test_a_passing_stall_does_not_cost_a_reprofile(loaded, serving_assets, tmp_p
     monkeypatch.setattr(profiling, "check_speed", lambda *a, **_: profiling.SpeedCheck(next(ratios), len(zoo.entries)))
     assert _server(zoo_path, ckpt, "auto").load_zoo(net, sample) == zoo
     assert fake.calls == 0
+
+
+def test_load_model_spot_checks_at_the_workers_thread_count(serving_assets, tmp_path, monkeypatch):
+    # frozen_host_zoo calls load_model outside start_model, where torch runs on every core: a check at 2 threads
+    # passed a table 1.75x too fast for the 1-thread workers.
+    zoo_path, ckpt = serving_assets
+    monkeypatch.setenv("SUPERSERVE_CACHE", str(tmp_path / "cache"))
+    seen: list[int] = []
+
+    def check(net, zoo, sample, warm_up=True):  # noqa: ANN001, ANN202, ARG001
+        seen.append(torch.get_num_threads())
+        return profiling.SpeedCheck(1.0, len(zoo.entries))
+
+    monkeypatch.setattr(profiling, "check_speed", check)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _server(zoo_path, ckpt, "auto").load_model()
+        assert seen == [1]
+        assert torch.get_num_threads() == 2  # the caller's setting comes back
+    finally:
+        torch.set_num_threads(before)

@@ -88,13 +88,14 @@ def model_spec(name: str, zoo: Zoo, meta: dict[str, Any], max_images: int) -> Mo
                      float(raw_max), max_images)
 
 
-def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = True) -> Zoo:
+def frozen_host_zoo(zoo_path: Path, checkpoint: Path, out: Path, quiet: bool = True,
+                    reprofile: Literal["auto", "always"] = "auto") -> Zoo:
     """The zoo as the server resolves it on this host (its table re-profiled and cached when the file's does not fit
-    here), saved to `out` so that servers started with reprofile="never" and the simulator all use the same table
-    for a whole run (a server started later, beside a noisy neighbour, must not re-profile under it). For the demo and
-    the benchmarks."""
+    here, or always with `reprofile="always"`), saved to `out` so that servers started with reprofile="never" and the
+    simulator all use the same table for a whole run (a server started later, beside a noisy neighbour, must not
+    re-profile under it). For the demo and the benchmarks."""
     zoo = Server(ServeConfig(port=0, metrics_port=None, zoo_path=zoo_path, checkpoint_path=checkpoint,
-                             quiet=quiet)).load_model()[1]
+                             quiet=quiet, reprofile=reprofile)).load_model()[1]
     zoo.save(out)
     return zoo
 
@@ -245,7 +246,15 @@ class Server:
         net, data = load_checkpoint(cfg.checkpoint_path, map_location=device)
         space = net.space
         sample = torch.zeros(1, space.in_channels, space.image_size, space.image_size, device=device)
-        zoo = self.zoo = self.load_zoo(net, sample, background)
+        # The spot check must time the subnets at the workers' thread count, as the table was profiled: a caller
+        # outside start_model (frozen_host_zoo) runs at torch's default, all cores, and a table 1.75x too fast
+        # for one thread passed the 1.5x check at two.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads_per_worker)
+        try:
+            zoo = self.zoo = self.load_zoo(net, sample, background)
+        finally:
+            torch.set_num_threads(threads)
         missing = [e.subnet_id for e in zoo.entries if e.subnet_id not in net.norm_table.stats]
         if missing:
             raise ValueError(f"checkpoint {cfg.checkpoint_path} has no SubnetNorm statistics for zoo subnets "
