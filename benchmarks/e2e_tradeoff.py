@@ -151,7 +151,9 @@ def mean_fit(costs: list[HostCost], paths: list[ClientPath]) -> tuple[HostCost, 
     path = ClientPath(float(np.mean([p.ms_per_receive for p in paths])), float(np.mean([p.ms_per_answer for p in paths])),
                       float(np.mean([p.network_ms for p in paths])), sum(p.requests for p in paths),
                       float(np.mean([p.residual_ms for p in paths])),
-                      tuple(np.mean([p.jitter_ms for p in paths], axis=0).round(4).tolist()))
+                      tuple(np.mean([p.jitter_ms for p in paths], axis=0).round(4).tolist()),
+                      tuple(np.mean([p.send_lag_ms for p in lagged], axis=0).round(4).tolist())
+                      if (lagged := [p for p in paths if p.send_lag_ms]) else ())
     return cost, path
 
 
@@ -202,11 +204,14 @@ def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qp
                         **{f"client_path_{k}": v for k, v in path.__dict__.items()}}
 
 
-def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: bool = False) -> SimConfig:
+def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: bool = False,
+               server_clock: bool = True) -> SimConfig:
     """The simulator on a host with this cost (and client path, unless None), correcting its table as the server.
     With `host_spread` each batch's time also spreads around the fitted line as the host's did (the fit's residual
     quantiles, in place of the table's own log-normal noise, which they include) and suffers the host's stalls at
-    their fitted rate per second of batch time."""
+    their fitted rate per second of batch time. With `server_clock` (the default) calls reach the simulated server
+    after the client's send lag and the inbound half of the network, and its deadlines count from there, as the
+    server's do (`SimConfig.network_in_ms`, `client_send_lag_ms`)."""
     extra: dict[str, Any] = {}
     if host_spread and host.residual_quantiles_ms:
         extra = {"host_batch_jitter_ms": host.residual_quantiles_ms, "noise": False}
@@ -215,6 +220,10 @@ def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: 
     if path is not None:
         extra |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
                  "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
+        if server_clock:
+            # The two processes' clocks do not share a zero, so the transport cannot be split by measurement: half
+            # each way, as on loopback with requests and answers of similar size.
+            extra |= {"network_in_ms": path.network_ms / 2, "client_send_lag_ms": path.send_lag_ms}
     return SimConfig(workers=1, seed=seed, host_ms_per_request=host.ms_per_request, host_ms_per_batch=host.ms_per_batch,
                      host_table_scale=host.table_scale,
                      correction_interval_s=EngineConfig().correction_interval_s, **extra)
@@ -240,8 +249,9 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
     for label, family, params in policies:
         others = [(c, p) for lab, c, p in run_fits if lab != label]
         cost, path = mean_fit([c for c, _ in others], [p for _, p in others])
-        configs = {spread: sim_config(cost, None if args.no_client_path else path, args.seed, spread)
-                   for spread in (False, True)}
+        configs = {spread: sim_config(cost, None if args.no_client_path else path, args.seed, spread,
+                                      args.server_clock) for spread in (False, True)}
+        client_clock = sim_config(cost, None if args.no_client_path else path, args.seed, args.host_spread, False)
         fits[label] = {"runs": len(others), "ms_per_batch": round(cost.ms_per_batch, 3),
                        "ms_per_request": round(cost.ms_per_request, 3), "table_scale": round(cost.table_scale, 4),
                        "stall_rate_per_s": round(cost.stall_rate_per_s, 4), "stall_ms_quantiles": cost.stall_ms_quantiles,
@@ -254,6 +264,9 @@ def cross_simulate(rows: list[dict[str, Any]], run_fits: list[tuple[str, HostCos
                                                policy_factory=factory)) for spread, config in configs.items()}
             r[key] = sims[False].as_dict()
             r[f"{key}_host_spread"] = sims[True].as_dict()
+            # the same with the server's clock started at the scheduled arrival (the model before the server clock)
+            r[f"{key}_client_clock"] = summarize(simulate(arrivals, factory(zoo), args.slo_ms, config=client_clock,
+                                                          policy_factory=factory)).as_dict()
             print(f"  {label:28s} {r['trace']:8s} load {r['load']:<4g}: real att {r['real']['slo_attainment']:.3f} |"
                   f" {key} att {sims[False].slo_attainment:.3f}, with the host's spread "
                   f"{sims[True].slo_attainment:.3f} (table x {cost.table_scale:.3f} + {cost.ms_per_batch:.2f} ms per batch + "
@@ -370,6 +383,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table", choices=("fresh", "auto"), default="fresh",
                         help="fresh (default): profile the zoo's table on this host now, for the whole run; auto: "
                              "the server's start-up choice (the file's or the cached table, if its spot check fits)")
+    parser.add_argument("--server-clock", action=argparse.BooleanOptionalAction, default=True,
+                        help="simulate calls reaching the server after the client's send lag and half the network, "
+                             "with the server's deadlines counted from there, as the server counts them (default; "
+                             "the cross-calibrated figure without it is reported beside)")
     parser.add_argument("--keep-records", type=Path, default=None, metavar="DIR",
                         help="write each graded run's server and client records (first replay) and the frozen zoo "
                              "there, to fit other host models offline against the same runs (needs the "
@@ -420,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
               f"ms per call taken in, {path.ms_per_answer:.1f} ms per answer, network {path.network_ms:.2f} ms "
               f"(mean error {path.residual_ms:.1f} ms)", flush=True)
     global_config = sim_config(host, None if args.no_client_path else path, args.seed,
-                               args.host_spread)
-    spread_config = sim_config(host, None if args.no_client_path else path, args.seed, True)
+                               args.host_spread, args.server_clock)
+    spread_config = sim_config(host, None if args.no_client_path else path, args.seed, True, args.server_clock)
     rows: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []  # the --keep-records manifest (benchmarks/e2e_rescore.py reads it)
     startups: dict[str, float] = {}
     server_calibrations: dict[str, dict[str, Any]] = {}
     run_fits: list[tuple[str, HostCost, ClientPath]] = []  # (policy label, fits) per graded run
@@ -446,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.server_calibration_s, args.slo_ms, args.seed + 2000)
                 server_calibrations[label] = run
                 config = sim_config(own_host, None if args.no_client_path else own_path, args.seed,
-                                    args.host_spread)
+                                    args.host_spread, args.server_clock)
                 print(f"  {label}: own calibration {own_host.ms_per_batch:.2f} ms per batch + "
                       f"{own_host.ms_per_request:.2f} per arrival; path {own_path.ms_per_receive:.1f} + "
                       f"{own_path.ms_per_answer:.1f} + {own_path.network_ms:.2f} ms", flush=True)
@@ -486,9 +504,13 @@ def main(argv: list[str] | None = None) -> int:
                     stem = args.keep_records / f"{len(rows):02d}_{family}_{trace_key(trace)}_load_{load:g}"
                     write_jsonl(f"{stem}_server.jsonl", seen[before:])
                     write_jsonl(f"{stem}_client.jsonl", report.records)
+                    kept.append({"stem": stem.name, "policy": label, "family": family, "params": params,
+                                 "trace": trace, "load": load, "rate_qps": rate, "duration_s": args.duration,
+                                 "seed": args.seed, "slo_ms": args.slo_ms})
+                    (args.keep_records / "runs.json").write_text(json.dumps(kept, indent=1) + "\n")
                 if args.rolling_calibration and run_fit is not None:  # predicts the next run on this server
                     rolling = sim_config(run_fit[0], None if args.no_client_path else run_fit[1], args.seed,
-                                         args.host_spread)
+                                         args.host_spread, args.server_clock)
                 c = report.client_summary()
                 rows.append({"policy": label, "family": family, "trace": trace, "load": load, "rate_qps": rate,
                              "requests": real.requests, "real": real.as_dict(), "sim": sim.as_dict(),
@@ -582,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
             _mad(rows, "sim_cross_calibration_host_spread"),
         "real_mean_of_repeats_vs_sim_cross_calibration_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration", mean_of_repeats=True),
+        "server_clock": args.server_clock,
+        "real_vs_sim_cross_calibration_client_clock_mean_abs_attainment_diff_points":
+            _mad(rows, "sim_cross_calibration_client_clock"),
         "table_scale": args.table_scale,
         "real_vs_sim_cross_calibration_table_scale_mean_abs_attainment_diff_points":
             _mad(rows, "sim_cross_calibration_table_scale"),

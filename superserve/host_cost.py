@@ -134,6 +134,9 @@ class ClientPath:
     # what is left per call around network_ms, at the levels of JITTER_LEVELS: the path's tail (a call stuck behind
     # the interpreter lock, a client that sent late), for `SimConfig.network_jitter_ms`
     jitter_ms: tuple[float, ...] = ()
+    # the client's send lag (scheduled to sent), at the levels of JITTER_LEVELS: a call reaches the server that much
+    # late, and the server's deadline counts from its arrival there (for `SimConfig.client_send_lag_ms`)
+    send_lag_ms: tuple[float, ...] = ()
 
 
 _PATH_GRID_MS = np.round(np.arange(0.0, 1.55, 0.1), 2)  # candidate receive / answer costs per call
@@ -200,5 +203,7 @@ def fit_client_path(server_records: Iterable[RequestRecord], client_records: Ite
     assert best is not None
     network = max(best[2], 0.0)
     jitter = np.quantile(best_rest - network, JITTER_LEVELS)
+    lag = np.maximum(np.quantile([(c.dispatch_s - c.arrival_s) * 1e3 for c in cli], JITTER_LEVELS), 0.0)  # type: ignore
     return ClientPath(best[0], best[1], network, len(served), best[3],
-                      tuple(round(float(x), 4) for x in np.maximum(jitter, -network)))
+                      tuple(round(float(x), 4) for x in np.maximum(jitter, -network)),
+                      tuple(round(float(x), 4) for x in lag))

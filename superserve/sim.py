@@ -74,6 +74,14 @@ class SimConfig:
     # Quantiles (at evenly spaced levels from 0 to 1) of a per-answer delay around `network_ms`, drawn for each answer
     # (seeded by `seed`); () = none. `superserve.host_cost.fit_client_path` measures them.
     network_jitter_ms: tuple[float, ...] = ()
+    # Where the server's clock starts: a call reaches the server `network_in_ms` (part of `network_ms`, the rest is
+    # the answer's way back) plus a draw from `client_send_lag_ms` (quantiles at evenly spaced levels: the client's
+    # event loop sending late) after its scheduled arrival, and the server counts the deadline from there (the
+    # engine's `arrival_s`) while the client judges it from the scheduled time: the server plans against a deadline
+    # that much later than the client's. Calls reach the server in the order they were scheduled. 0 / () = the server
+    # sees each call when it was meant to leave.
+    network_in_ms: float = 0.0
+    client_send_lag_ms: tuple[float, ...] = ()
     # Quantiles (evenly spaced levels) of a delay added to every batch's time, drawn per batch (seeded by `seed`);
     # () = none. `HostCost.residual_quantiles_ms` measures them on a host: the spread of observed batch times around
     # table median + host cost, heavier-tailed on a shared CPU host than the table's own p99 says. They include the
@@ -102,7 +110,11 @@ class SimConfig:
             raise ValueError(f"host_table_scale must be > 0, got {self.host_table_scale}")
         if self.host_stall_rate_per_s < 0 or (self.host_stall_rate_per_s > 0 and not self.host_stall_ms):
             raise ValueError("host_stall_rate_per_s must be >= 0, and > 0 only with host_stall_ms")
-        for name in ("network_jitter_ms", "host_batch_jitter_ms", "host_stall_ms"):
+        if not 0 <= self.network_in_ms <= self.network_ms:
+            raise ValueError(f"network_in_ms must be within [0, network_ms], got {self.network_in_ms}")
+        if self.client_send_lag_ms and min(self.client_send_lag_ms) < 0:
+            raise ValueError("client_send_lag_ms must be >= 0")
+        for name in ("network_jitter_ms", "host_batch_jitter_ms", "host_stall_ms", "client_send_lag_ms"):
             q = getattr(self, name)
             if len(q) == 1 or list(q) != sorted(q):
                 raise ValueError(f"{name} must be () or at least 2 quantiles in ascending order")
@@ -111,7 +123,8 @@ class SimConfig:
 
     @property
     def client_path(self) -> bool:
-        return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms or self.network_jitter_ms)
+        return bool(self.host_ms_per_receive or self.host_ms_per_answer or self.network_ms or self.network_jitter_ms
+                    or self.client_send_lag_ms)
 
 
 def _draw(quantiles: np.ndarray, rng: np.random.Generator) -> float:
@@ -196,8 +209,14 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     host_req_s = config.host_ms_per_request * 1e-3
     host_batch_s = config.host_ms_per_batch * 1e-3
     table_scale = config.host_table_scale
-    receive_s, answer_s, network_s = (config.host_ms_per_receive * 1e-3, config.host_ms_per_answer * 1e-3,
-                                      config.network_ms * 1e-3)
+    receive_s, answer_s = config.host_ms_per_receive * 1e-3, config.host_ms_per_answer * 1e-3
+    network_in_s = config.network_in_ms * 1e-3
+    network_s = config.network_ms * 1e-3 - network_in_s  # the answer's way back
+    lag_q = np.asarray(config.client_send_lag_ms, dtype=np.float64) * 1e-3
+    lag_rng = np.random.default_rng([config.seed, 3])
+    inbound = bool(network_in_s or len(lag_q))  # calls reach the server after their scheduled arrival
+    reaching: deque[tuple[float, int]] = deque()  # (when the call reaches the server, request id): times ascending
+    last_reach_s = -math.inf
     client_path = config.client_path
     host_free_s = -math.inf  # when the host thread (receiving calls, sending answers) is next free
     jitter_q = np.asarray(config.network_jitter_ms, dtype=np.float64) * 1e-3
@@ -210,6 +229,8 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
 
     arrival_l = arrivals.tolist()
     deadline_l = (arrivals + slo * 1e-3).tolist()
+    slo_s_l = (slo * 1e-3).tolist()
+    server_arrival_l = arrival_l if not inbound else [math.nan] * n  # the server's clock: its deadline counts from it
     hint_l = min_acc.tolist()
     nan = float("nan")
     dispatch_l = [nan] * n
@@ -231,10 +252,20 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
     i = 0
     inf = math.inf
 
-    while i < n or busy or received:
+    def take_in(rid: int, now: float) -> None:  # the call is at the server: its host thread takes it in
+        nonlocal host_free_s
+        if receive_s:  # the scheduler sees it once the host thread has taken it in
+            host_free_s = max(now, host_free_s) + receive_s
+            received.append((host_free_s, rid))
+        else:
+            t = server_arrival_l[rid]
+            queue.push(Request(rid, t, t + slo_s_l[rid], hint_l[rid]))  # a rejected one keeps REJECTED
+
+    while i < n or busy or received or reaching:
         next_arrival = arrival_l[i] if i < n else inf
         next_received = received[0][0] if received else inf
-        if busy and busy[0][0] <= min(next_arrival, next_received):
+        next_reach = reaching[0][0] if reaching else inf
+        if busy and busy[0][0] <= min(next_arrival, next_received, next_reach):
             # One completion per event, even when two batches finish at the same instant: the server hears of its
             # batches one at a time and schedules after each (`Engine.on_result`), so the simulator does too.
             now, _, d = heapq.heappop(busy)
@@ -256,24 +287,33 @@ def _simulate(arrivals_s: Sequence[float] | np.ndarray, policy: Policy, slo_ms: 
                     status_l[rid] = _OK if ok else _LATE
             if corrector is not None:
                 core.correct_when_due(now, interval_s, policy_factory)  # type: ignore[arg-type]
-        elif next_received <= next_arrival:
+        elif next_received <= min(next_arrival, next_reach):
             now = next_received
             while received and received[0][0] == now:
                 rid = received.popleft()[1]
-                queue.push(Request(rid, arrival_l[rid], deadline_l[rid], hint_l[rid]))
+                t = server_arrival_l[rid]
+                queue.push(Request(rid, t, t + slo_s_l[rid], hint_l[rid]))
         else:
-            now = next_arrival
-            i0 = i
-            while i < n and arrival_l[i] == now:
-                if receive_s:  # the scheduler sees it once the host thread has taken it in
-                    host_free_s = max(now, host_free_s) + receive_s
-                    received.append((host_free_s, i))
-                else:
-                    queue.push(Request(i, now, deadline_l[i], hint_l[i]))  # a rejected one keeps REJECTED
-                i += 1
-            if host_req_s and busy:
+            taken = 0  # calls the server takes in at this instant
+            if next_reach <= next_arrival:
+                now = next_reach
+                while reaching and reaching[0][0] == now:
+                    take_in(reaching.popleft()[1], now)
+                    taken += 1
+            else:
+                now = next_arrival
+                while i < n and arrival_l[i] == now:
+                    if inbound:  # on its way: the server's clock starts when it gets there
+                        reach = max(last_reach_s, now + network_in_s + (_draw(lag_q, lag_rng) if len(lag_q) else 0.0))
+                        last_reach_s = server_arrival_l[i] = reach
+                        reaching.append((reach, i))
+                    else:
+                        take_in(i, now)
+                        taken += 1
+                    i += 1
+            if host_req_s and busy and taken:
                 # The same delay for every running batch keeps the heap ordered.
-                stall = host_req_s * (i - i0)
+                stall = host_req_s * taken
                 for j, (f, s, d) in enumerate(busy):
                     busy[j] = (f + stall, s, d)
         if idle and len(queue) or core.late:

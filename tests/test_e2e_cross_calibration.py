@@ -29,7 +29,8 @@ def test_each_policy_is_simulated_with_the_other_servers_fits_only():
 
     zoo = Zoo.load(DEFAULT_ZOO)
     policies = [("maxacc", "maxacc", {}), ("maxbatch", "maxbatch", {})]
-    args = argparse.Namespace(duration=2.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
+    args = argparse.Namespace(duration=2.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False,
+                              server_clock=True)
     rows = [{"policy": label, "family": family, "trace": "gamma:8", "load": 1.0, "rate_qps": 40.0,
              "real": {"slo_attainment": 1.0}, "sim": None} for label, family, _ in policies]
     path = ClientPath(0.0, 0.0, 0.0, 10, 0.0, ())
@@ -57,7 +58,8 @@ def test_the_table_factor_of_the_other_servers_reaches_the_simulation():
 
     zoo = Zoo.load(DEFAULT_ZOO)
     policies = [("maxacc", "maxacc", {}), ("maxbatch", "maxbatch", {})]
-    args = argparse.Namespace(duration=3.0, seed=0, slo_ms=30.0, no_client_path=True, host_spread=False)
+    args = argparse.Namespace(duration=3.0, seed=0, slo_ms=30.0, no_client_path=True, host_spread=False,
+                              server_clock=True)
     path = ClientPath(0.0, 0.0, 0.0, 10, 0.0, ())
     attainment = {}
     for scale in (1.0, 3.0):
@@ -78,7 +80,8 @@ def test_cross_calibration_needs_another_servers_runs():
     from superserve.host_cost import ClientPath, HostCost
     from superserve.zoo import Zoo
 
-    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
+    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False,
+                              server_clock=True)
     fits = [("maxacc", HostCost(1.0, 0.0, 10, 1.0, 0.0), ClientPath(0.0, 0.0, 0.0, 10, 0.0, ()))]
     with pytest.raises(RuntimeError, match="two policies"):
         e2e.cross_simulate([], fits, [("maxacc", "maxacc", {})], Zoo.load(DEFAULT_ZOO), args)
@@ -93,7 +96,8 @@ def test_a_refused_cross_calibration_leaves_every_row_as_it_was():
     from superserve.zoo import Zoo
 
     policies = [("maxbatch", "maxbatch", {}), ("maxacc", "maxacc", {})]
-    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False)
+    args = argparse.Namespace(duration=1.0, seed=0, slo_ms=100.0, no_client_path=True, host_spread=False,
+                              server_clock=True)
     rows = [{"policy": label, "family": family, "trace": "gamma:8", "load": 1.0, "rate_qps": 40.0,
              "real": {"slo_attainment": 1.0}, "sim": {"slo_attainment": 0.5}} for label, family, _ in policies]
     fits = [("maxacc", HostCost(1.0, 0.0, 10, 1.0, 0.0), ClientPath(0.0, 0.0, 0.0, 10, 0.0, ()))]
@@ -107,3 +111,24 @@ def test_cross_calibration_is_the_default_and_can_be_turned_off():
     e2e = _load()
     assert e2e.parse_args([]).cross_calibration is True
     assert e2e.parse_args(["--no-cross-calibration"]).cross_calibration is False
+
+
+def test_the_server_clock_and_a_fresh_table_are_the_defaults():
+    """By default the simulated server sees a call after the client's send lag and half the measured transport (its
+    deadline counted from there); --no-server-clock starts it at the scheduled arrival. The table is profiled afresh
+    unless --table auto."""
+    e2e = _load()
+    from superserve.host_cost import ClientPath, HostCost
+
+    args = e2e.parse_args([])
+    assert args.server_clock is True and args.table == "fresh"
+    assert e2e.parse_args(["--no-server-clock", "--table", "auto"]).server_clock is False
+    path = ClientPath(0.3, 0.2, 1.2, 10, 0.1, (-0.5, 0.0, 2.0), (0.1, 0.8, 3.0))
+    cost = HostCost(1.0, 0.5, 10, 1.0, 0.0)
+    on = e2e.sim_config(cost, path, 0)
+    assert on.network_ms == 1.2 and on.network_in_ms == pytest.approx(0.6)
+    assert on.client_send_lag_ms == (0.1, 0.8, 3.0)
+    off = e2e.sim_config(cost, path, 0, server_clock=False)
+    assert off.network_in_ms == 0.0 and off.client_send_lag_ms == ()
+    _, both = e2e.mean_fit([cost, cost], [path, ClientPath(0.3, 0.2, 1.2, 10, 0.1, (-0.5, 0.0, 2.0))])
+    assert both.send_lag_ms == (0.1, 0.8, 3.0)  # runs without a measured lag do not dilute it

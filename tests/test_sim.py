@@ -228,6 +228,36 @@ def test_client_path_queues_calls_and_answers_on_one_host_thread() -> None:
         SimConfig(network_jitter_ms=(2.0, 1.0))
 
 
+def test_calls_reach_the_server_late_and_its_deadline_counts_from_there() -> None:
+    """With `network_in_ms` and `client_send_lag_ms`, a call reaches the scheduler that much after its scheduled
+    arrival and the server's deadline counts from there (the engine's), while the client judges from the scheduled
+    time: a batch the server finishes inside its own deadline is late at the client. Order is kept; seeded."""
+    clipper = lambda: make_policy("clipper+", ZOO, subnet=0)  # noqa: E731 - subnet 0: 1 ms at batch 1
+    one = np.array([0.0])
+    lagged = SimConfig(workers=1, noise=False, network_ms=1.0, network_in_ms=0.5, client_send_lag_ms=(3.0, 3.0))
+    t = simulate(one, clipper(), slo_ms=4.9, config=lagged)
+    assert t.dispatch_s[0] * 1e3 == pytest.approx(3.5)  # sent 3 ms late, 0.5 ms on the way in
+    assert t.finish_s[0] * 1e3 == pytest.approx(3.5 + 1.0 + 0.5)  # the rest of network_ms on the way back
+    assert t.status_is(LATE).all()  # 5 ms > the client's 4.9 ms SLO: the server (deadline 8.4 ms) saw no problem
+    on_time = simulate(one, clipper(), slo_ms=4.9, config=SimConfig(workers=1, noise=False, network_ms=1.0))
+    assert on_time.status_is(OK).all() and on_time.finish_s[0] * 1e3 == pytest.approx(2.0)
+    # the server sheds what is infeasible by its own clock only: a 0.8 ms SLO cannot be met from 3.5 ms on
+    assert simulate(one, clipper(), slo_ms=0.8, config=lagged).status_is(SHED).all()
+    spread = np.linspace(0.0, 1.0, 500)
+    drawn = [simulate(spread, clipper(), slo_ms=50.0,
+                      config=SimConfig(workers=2, noise=False, client_send_lag_ms=(0.0, 4.0), seed=seed))
+             for seed in (0, 0, 1)]
+    lag_ms = (drawn[0].dispatch_s - spread) * 1e3
+    assert lag_ms.min() >= 0.0 and lag_ms.max() <= 4.0 + 1e-9 and 1.0 < lag_ms.mean() < 3.0
+    assert np.all(np.diff(drawn[0].dispatch_s[drawn[0].worker_id == 0]) >= 0)
+    assert np.array_equal(drawn[0].finish_s, drawn[1].finish_s)
+    assert not np.array_equal(drawn[0].finish_s, drawn[2].finish_s)
+    for bad in (dict(network_ms=1.0, network_in_ms=2.0), dict(client_send_lag_ms=(-1.0, 1.0)),
+                dict(client_send_lag_ms=(2.0, 1.0))):
+        with pytest.raises(ValueError):
+            SimConfig(**bad)
+
+
 def test_client_path_fit_recovers_known_costs() -> None:
     """Server and client records made by the fit's own model (one first-come-first-served host thread, known costs)
     give those costs back; runs that cannot be paired are refused."""
@@ -247,9 +277,13 @@ def test_client_path_fit_recovers_known_costs() -> None:
         k += size
     waits = _host_waits(arrivals, batches, 0.0007, 0.0003)
     offset, network = 50.0, 0.0015  # the client's clock is its own
-    client = [RequestRecord(i, offset + arrivals[i], offset + arrivals[i] + 1.0, OK, offset + arrivals[i],
-                            offset + server[i].finish_s + waits[i] + network) for i in range(len(arrivals))]
+    lag = 0.002 * (np.arange(len(arrivals)) % 2)  # every other call sent 2 ms late
+    client = [RequestRecord(i, offset + arrivals[i] - lag[i], offset + arrivals[i] - lag[i] + 1.0, OK,
+                            offset + arrivals[i], offset + server[i].finish_s + waits[i] + network)
+              for i in range(len(arrivals))]
     fit = fit_client_path(server, client)
+    assert fit.send_lag_ms[0] == 0.0 and fit.send_lag_ms[-1] == pytest.approx(2.0)
+    assert np.mean(fit.send_lag_ms) == pytest.approx(1.0, abs=0.1)
     assert (fit.ms_per_receive, fit.ms_per_answer) == pytest.approx((0.7, 0.3))
     assert fit.network_ms == pytest.approx(1.5, abs=1e-6) and fit.residual_ms < 1e-6 and fit.requests == 400
     assert len(fit.jitter_ms) > 2 and max(abs(x) for x in fit.jitter_ms) < 1e-6  # nothing left around the median
