@@ -35,8 +35,24 @@ runs on the other policies' servers (never its own), the global calibration repo
 (`results/e2e_tradeoff_10s_cross.json`, `results/e2e_tradeoff_10s_spread.json`); the host spread and stalls
 (`--host-spread`, both reported with --cross-calibration) moved it to 6.82.
 
-The table itself is frozen at the start (`frozen_host_zoo`: the file's, or a re-profile when the spot check finds
-this host slower), and a shared host drifts from it (the same host gave capacities of 119 and 155 q/s within hours).
+The table is profiled afresh on this host at the start and frozen for the whole run (`--table fresh`, the default;
+`frozen_host_zoo(reprofile="always")`, about 80 s here); `--table auto` takes the server's start-up choice instead.
+Why: the start-up spot check used to run at torch's default thread count when called outside a server (two threads
+here against the table's one) and passed the shipped table on a host where the one-thread workers ran 1.75x slower
+than it; the per-batch host cost then absorbed a gap that grows with the subnet, and runs were graded against the
+wrong table (a subset of 12 runs: 13.9 points with that table, 1.66 with a fresh one). The first full run with a
+fresh table (10 s runs, quiet host, `results/e2e_tradeoff_10s_fresh_table.json`): 4.19 points cross-calibrated,
+against the global calibration's 6.99, the server against itself 2.81, the ideal host 13.57. A shared host still
+drifts from any table (the same host gave capacities of 119 and 155 q/s within hours).
+
+Where the server's clock starts (`--server-clock`, the default): the server counts a call's deadline from when the
+call reaches it, while the client counts from when the call was scheduled to leave, so the server plans against a
+deadline later than the client's by the client's send lag and the way in. The simulator does the same with the send
+lag fitted from the client's records (`ClientPath.send_lag_ms`) and half the fitted transport each way (the two
+processes' clocks share no zero, so the split is assumed). On the kept records of the fresh-table run
+(`benchmarks/e2e_rescore.py`, `results/e2e_rescore_10s_fresh_table.json`): 4.02 points against 4.19 without it, the
+simulator's mean optimism 0.81 points against 1.71; MaxAcc, which fills batches to its deadline, stays the worst
+predicted policy (12.3 points; its two replays agree within 5, so it is the model, not noise).
 `--table-scale` also fits each graded run as table x factor + cost per batch + stall per arrival
 (`fit_host_cost(..., table_scale=True)`) and simulates with the cross-calibrated mean of that. Measured (5 s runs, one
 replay, a host busy with training; not committed): worse, 6.06 points against the additive fit's 5.37 on the same
