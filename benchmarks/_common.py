@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import shlex
 import shutil
@@ -34,6 +35,17 @@ def write_result(name: str, headline: dict[str, float | int | str], detail: dict
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps({"command": command_line(), "headline": headline, **detail}, indent=1) + "\n")
     return path
+
+
+def host_info(load_average_1m_at_start: float) -> dict[str, Any]:
+    """What a result needs to say about the host it ran on: figures from hosts 2-8x apart in speed do not compare.
+    The load average is taken at start by the caller (at the end it mostly shows the benchmark itself)."""
+    from superserve.zoo import HostFingerprint
+
+    return {"cpus": os.cpu_count(), "processor": HostFingerprint.current(torch_version="-").processor,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_1m_at_start": round(load_average_1m_at_start, 2),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
 
 
 def measured_model_load_ms() -> float | None:

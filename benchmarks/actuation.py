@@ -49,11 +49,14 @@ def pct(values, q):
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.save's deprecation notice
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subnets", type=int, default=10)
-    parser.add_argument("--switches", type=int, default=2000)
-    parser.add_argument("--loads", type=int, default=60)
-    parser.add_argument("--latency-repeats", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subnets", type=int, default=10, help="subnets switched among (default %(default)s)")
+    parser.add_argument("--switches", type=int, default=2000, help="timed SubNetAct switches (default %(default)s)")
+    parser.add_argument("--loads", type=int, default=60,
+                        help="timed standalone-model loads from disk (default %(default)s)")
+    parser.add_argument("--latency-repeats", type=int, default=200,
+                        help="timed batch-1 forwards per latency figure (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the subnets picked and of an OFA supernet's random weights (default %(default)s)")
     parser.add_argument("--supernet", default="native", choices=("native", "ofa_resnet50", "ofa_mbv3"),
                         help="native: the shipped checkpoint; ofa_*: once-for-all's, randomly initialised")
     parser.add_argument("--image-size", type=int, default=224, help="input side of an OFA supernet")

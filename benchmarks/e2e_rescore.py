@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the run's seed, for records without runs.json")
     parser.add_argument("--slo-ms", type=float, default=100.0, help="for records without runs.json")
     parser.add_argument("--max-rate", type=float, default=400.0, help="for records without runs.json")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_rescore.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_rescore.json",
+                        help="result JSON; the PNG goes beside it (default %(default)s)")
     args = parser.parse_args(argv)
     zoo = Zoo.load(args.records / "zoo.json")
     runs = manifest(args.records, zoo, args)

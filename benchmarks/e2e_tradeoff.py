@@ -363,13 +363,15 @@ def plot(rows: list[dict[str, Any]], runs: list[tuple[str, float]], path: Path, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (default 8)")
-    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--slo-ms", type=float, default=100.0,
+                        help="SLO every request carries, ms (default %(default)s)")
     parser.add_argument("--loads", default="0.5,2,5", help="multiples of capacity_qps (light, heavy, overload)")
     parser.add_argument("--runs", default=None, help="trace@load,... (default: azure, gamma:8 at every load; "
                                                      "gamma:2, gamma:4 at the middle load)")
     parser.add_argument("--policies", default=None, help="comma-separated labels to keep (default: all)")
     parser.add_argument("--max-rate", type=float, default=400.0, help="cap on a run's mean rate, q/s")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the traces, the replays and the simulator (default %(default)s)")
     parser.add_argument("--server-workers", type=int, default=0,
                         help="0: one embedded worker thread (default); N: N worker processes (superserve serve --workers)")
     parser.add_argument("--real-repeats", type=int, default=2,
@@ -409,7 +411,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "cross-calibration)")
     parser.add_argument("--no-client-path", action="store_true",
                         help="simulate without the fitted client path (answers at the client the instant batches end)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e_tradeoff.json",
+                        help="result JSON; the PNG goes beside it (default %(default)s)")
     args = parser.parse_args(argv)
     if args.real_repeats < 1:
         parser.error("--real-repeats must be >= 1")

@@ -299,11 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", type=float, nargs="+", default=list(LOADS),
                         help="benign loads of the naive vs fingerprinted sweep (x top subnet batch-1 throughput)")
     parser.add_argument("--epochs", type=int, default=15, help="surrogate training epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--noise-scales", type=float, nargs="*", default=list(NOISE_SCALES))
-    parser.add_argument("--pareto-ps", type=float, nargs="*", default=list(PARETO_PS))
-    parser.add_argument("--fastest-ps", type=float, nargs="*", default=list(FASTEST_PS))
-    parser.add_argument("--spread-qs", type=float, nargs="*", default=list(SPREAD_QS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
+                        help="seeds; each seeds one attack, trace and surrogate per setting (default 0..9)")
+    parser.add_argument("--noise-scales", type=float, nargs="*", default=list(NOISE_SCALES),
+                        help="PSML noise settings: accuracy std s (default %(default)s)")
+    parser.add_argument("--pareto-ps", type=float, nargs="*", default=list(PARETO_PS),
+                        help="Pareto-neighbour defense settings: probability p (default %(default)s)")
+    parser.add_argument("--fastest-ps", type=float, nargs="*", default=list(FASTEST_PS),
+                        help="pinned-to-fastest defense settings: probability p (default %(default)s)")
+    parser.add_argument("--spread-qs", type=float, nargs="*", default=list(SPREAD_QS),
+                        help="spread defense settings (p = 0.3): share q of loose requests spread (default "
+                             "%(default)s)")
     parser.add_argument("--goodput-floor", type=float, default=80.0, help="pick defense settings above this goodput")
     parser.add_argument("--adaptive", action="store_true", help="also the 3-vote attacker vs each chosen setting")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 loads, 2 settings per defense, budget 400")

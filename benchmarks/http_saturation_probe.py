@@ -65,12 +65,16 @@ def block(srv: Server, clients: so.Clients, door: str, concurrency: int, block_s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--block-s", type=float, default=8.0)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--client-procs", type=int, default=4)
-    p.add_argument("--switch-intervals-ms", default="5,0.5")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "http_saturation_probe.json")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="gRPC/HTTP block pairs per switch interval (default %(default)s)")
+    p.add_argument("--block-s", type=float, default=8.0, help="seconds per block (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=64,
+                   help="calls in flight, over all client processes (default %(default)s)")
+    p.add_argument("--client-procs", type=int, default=4, help="client processes (default %(default)s)")
+    p.add_argument("--switch-intervals-ms", default="5,0.5",
+                   help="GIL switch intervals to try, ms, comma-separated (default %(default)s)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "http_saturation_probe.json",
+                   help="result JSON (default %(default)s)")
     args = p.parse_args(argv)
     intervals = [float(v) for v in args.switch_intervals_ms.split(",")]
     load_at_start = os.getloadavg()[0]

@@ -103,8 +103,10 @@ def probe(args: list[str]) -> int:
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.save's deprecation notice
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ks", default="1,5,10,20,50")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ks", default="1,5,10,20,50",
+                        help="numbers of served subnets K, comma-separated (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the subnets picked and of an OFA supernet's random weights (default %(default)s)")
     parser.add_argument("--no-rss", action="store_true", help="skip the subprocess RSS measurement")
     parser.add_argument("--supernet", default="native", choices=("native", "ofa_resnet50", "ofa_mbv3"),
                         help="native: the shipped checkpoint; ofa_*: once-for-all's, randomly initialised")

@@ -462,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="mean rates as multiples of capacity_qps (the most accurate subnet's sustainable rate "
                              "on this host), comma-separated; every trace runs at every load (default 1,2)")
     parser.add_argument("--rates", default=None, help="mean rates in q/s instead of --loads, comma-separated")
-    parser.add_argument("--slo-ms", type=float, default=100.0)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--slo-ms", type=float, default=100.0,
+                        help="SLO every request carries, ms (default %(default)s)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="systems to run, comma-separated (default %(default)s)")
     parser.add_argument("--extra-subnets", default="",
                         help="comma-separated zoo subnet ids the peers also serve (role 'extra'), e.g. one near "
                              "SlackFit's mean accuracy so that 'at equal accuracy' compares with a measured peer")
@@ -480,12 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model process, for every system")
     parser.add_argument("--server-cpus", default="1", help="CPU list the servers are pinned to ('' = no pinning)")
     parser.add_argument("--client-cpus", default="0", help="CPU list the client is pinned to ('' = no pinning)")
-    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0,
+                        help="seconds of warm-up load before each measured replay (default %(default)s)")
     parser.add_argument("--saturate-s", type=float, default=5.0,
                         help="per configuration, seconds of closed-loop saturation (32 outstanding) to measure its "
                              "throughput on the server CPUs; 0 = skip")
     parser.add_argument("--drain-s", type=float, default=5.0, help="replayer drain timeout after the last send")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the traces and the request images (default %(default)s)")
     parser.add_argument("--venv-dir", type=Path, default=Path(tempfile.gettempdir()) / "superserve-peers",
                         help="where the peers' virtualenvs live (made on first use; never inside the repo)")
     parser.add_argument("--peer-python", default="/usr/bin/python3.11",
@@ -497,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                              "per-host cache when it has one")
     parser.add_argument("--setup-only", action="store_true", help="make the peer venvs and exit")
     parser.add_argument("--remove-venvs", action="store_true", help="delete --venv-dir and exit")
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--zoo", type=Path, default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="supernet checkpoint (default: the shipped one)")
+    parser.add_argument("--zoo", type=Path, default=None, help="zoo file (default: the shipped one)")
     parser.add_argument("--out", default="peers", help="result name under benchmarks/results/")
     args = parser.parse_args(argv)
 

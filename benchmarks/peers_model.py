@@ -69,12 +69,12 @@ class FixedSubnet:
 def server_arg_parser(description: str) -> argparse.ArgumentParser:
     """The flags every peer server script takes (benchmarks/peers.py passes them); each adds its own."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--zoo", required=True)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--subnet-id", required=True)
-    p.add_argument("--model-name", default="subnet")
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--zoo", required=True, help="zoo file the subnet comes from")
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint the subnet is exported from")
+    p.add_argument("--subnet-id", required=True, help="zoo id of the subnet to serve")
+    p.add_argument("--model-name", default="subnet", help="model name clients ask for (default %(default)s)")
+    p.add_argument("--grpc-port", type=int, required=True, help="gRPC port to listen on")
+    p.add_argument("--http-port", type=int, required=True, help="HTTP port to listen on")
+    p.add_argument("--max-batch", type=int, default=16, help="largest batch the server forms (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     return p

@@ -21,7 +21,7 @@ from peers_model import INPUT_NAME, FixedSubnet, server_arg_parser  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = server_arg_parser(__doc__.splitlines()[0])
-    p.add_argument("--metrics-port", type=int, required=True)
+    p.add_argument("--metrics-port", type=int, required=True, help="Triton's Prometheus metrics port")
     p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher max_queue_delay_microseconds")
     p.add_argument("--queue-timeout-ms", type=float, default=0.0,
                    help="> 0: the batcher rejects requests queued longer than this (Triton's queue policy)")

@@ -289,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-seconds", type=float, default=15.0, help="length of the worker-kill phase")
     p.add_argument("--rate-qps", type=float, default=40.0, help="steady load during the worker kill (calls/s)")
     p.add_argument("--burst", type=int, default=400, help="calls in the SLO-accounting burst")
-    p.add_argument("--burst-slo-ms", type=float, default=100.0)
+    p.add_argument("--burst-slo-ms", type=float, default=100.0,
+                   help="SLO of the burst's calls, ms (default %(default)s)")
     p.add_argument("--skip-cluster", action="store_true", help="leave out the Redis cluster's faults")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the malformed calls, the worker-kill load and the cluster faults (default "
+                        "%(default)s)")
     args = p.parse_args(argv)
     headline: dict[str, float] = {}
     headline.update(hostile_phase(args.malformed, args.seed))

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="observation per fault from its start (at least its length + 4 s; default %(default)s)")
     p.add_argument("--rate-qps", type=float, default=20.0, help="client calls per second (default %(default)s)")
     p.add_argument("--slo-ms", type=float, default=1000.0, help="each call's SLO (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the traces (default %(default)s)")
     args = p.parse_args(argv)
     headline = measure_cluster_faults(args.seconds_per_fault, args.seed, args.rate_qps, args.slo_ms)
     for k, v in headline.items():

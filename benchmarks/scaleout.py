@@ -163,17 +163,21 @@ def run_serve(args: argparse.Namespace, zoo_path: Path, ckpt: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("serve", "sim", "all"), default="all")
-    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument("--part", choices=("serve", "sim", "all"), default="all",
+                   help="serve: the real server over Redis; sim: the simulator; all: both (default %(default)s)")
+    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="supernet checkpoint (default: the shipped one)")
+    p.add_argument("--slo-ms", type=float, default=100.0, help="SLO every request carries, ms (default %(default)s)")
     p.add_argument("--duration-s", type=float, default=6.0, help="per measurement (serve)")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=16, help="calls in flight at saturation (default %(default)s)")
     p.add_argument("--load", type=float, default=0.8, help="trace rate / embedded saturation throughput")
-    p.add_argument("--sequential-calls", type=int, default=100)
-    p.add_argument("--sim-rate-per-worker", type=float, default=300.0)
-    p.add_argument("--sim-duration-s", type=float, default=20.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequential-calls", type=int, default=100,
+                   help="calls, one at a time, for the median latency (default %(default)s)")
+    p.add_argument("--sim-rate-per-worker", type=float, default=300.0,
+                   help="simulator: trace rate per worker, q/s (default %(default)s)")
+    p.add_argument("--sim-duration-s", type=float, default=20.0, help="simulator: trace seconds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the traces (default %(default)s)")
     args = p.parse_args(argv)
     if args.part in ("sim", "all"):
         run_sim(args, args.zoo)

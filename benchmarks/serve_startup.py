@@ -106,12 +106,14 @@ def first_answer_s(zoo: Path, checkpoint: Path, cache: Path, wait_swap_s: float 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="supernet checkpoint (default: the shipped one)")
+    p.add_argument("--repeats", type=int, default=2, help="start-ups timed per mode (default %(default)s)")
     p.add_argument("--swap-timeout-s", type=float, default=900.0,
                    help="how long to wait for the background re-profile's table to go live (first 3x-off run)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_startup.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_startup.json",
+                   help="result JSON (default %(default)s)")
     args = p.parse_args(argv)
     load_at_start = os.getloadavg()[0]
     torch_s = torch_import_s()

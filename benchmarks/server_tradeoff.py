@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import command_line, host_info  # noqa: E402
 from superserve.server.app import frozen_host_zoo  # noqa: E402
 from loadtest import traces  # noqa: E402
 from loadtest.replayer import ReplaySpec, replay_in_subprocess  # noqa: E402
@@ -66,17 +67,23 @@ def serve_and_replay(args, arrivals, slo_ms, images, policy, params, correction:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--duration-s", type=float, default=12.0)
-    p.add_argument("--cv2", type=float, default=8.0)
-    p.add_argument("--rate-qps", type=float, default=None)
-    p.add_argument("--slo-ms", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server_tradeoff.json")
+    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="supernet checkpoint (default: the shipped one)")
+    p.add_argument("--duration-s", type=float, default=12.0, help="trace seconds per run (default %(default)s)")
+    p.add_argument("--cv2", type=float, default=8.0,
+                   help="burstiness of the gamma trace, CV^2 of the inter-arrival times (default %(default)s)")
+    p.add_argument("--rate-qps", type=float, default=None,
+                   help="mean rate, q/s (default: sized from the zoo as the demo does)")
+    p.add_argument("--slo-ms", type=float, default=None,
+                   help="SLO every request carries, ms (default: sized from the zoo as the demo does)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trace (default %(default)s)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server_tradeoff.json",
+                   help="result JSON (default %(default)s)")
     args = p.parse_args(argv)
     # Resolved once, before part 2's noisy neighbour (the drift online correction is there to absorb), so that the
     # load is sized and the simulator predicts with the latencies the server schedules with.
+    load_at_start = os.getloadavg()[0]
     zoo_source = args.zoo
     args.zoo = Path(tempfile.mkdtemp(prefix="server_tradeoff_")) / "zoo.json"
     zoo = frozen_host_zoo(zoo_source, args.checkpoint, args.zoo)
@@ -131,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     st = traces.stats(arrivals)
     result = {
-        "command": "nice python benchmarks/server_tradeoff.py" + ("".join(" " + a for a in (argv or sys.argv[1:]))),
-        "zoo": str(zoo_source), "zoo_profiled_on": zoo.host.__dict__, "host_load_avg_1min": os.getloadavg()[0],
+        "command": command_line(),
+        "host": host_info(load_at_start),
+        "zoo": str(zoo_source), "zoo_profiled_on": zoo.host.__dict__,
         "trace": {"kind": f"gamma:{args.cv2:g}", "duration_s": args.duration_s, "mean_rate_qps": round(rate, 1),
                   "requests": st["requests"], "peak_1s_rate_qps": st["peak_1s_rate_qps"], "slo_ms": round(slo_ms, 2),
                   "seed": args.seed},

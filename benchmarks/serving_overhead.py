@@ -522,8 +522,9 @@ class Direct:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="supernet checkpoint (default: the shipped one)")
     p.add_argument("--duration-s", type=float, default=8.0, help="saturation seconds per system (gRPC, HTTP, ...)")
     p.add_argument("--sat-rounds", type=int, default=4,
                    help="saturation rounds (each: a block per system, each followed by its in-process replay) "
@@ -537,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-queue-delay-us", type=int, default=0,
                    help="Triton's dynamic batcher max_queue_delay (default 0, Triton's own default)")
     p.add_argument("--no-triton", action="store_true", help="skip the Triton side-by-side")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_overhead.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_overhead.json",
+                   help="result JSON (default %(default)s)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="serving_overhead_"))
     records = work / "records.jsonl"

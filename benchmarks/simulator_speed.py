@@ -29,10 +29,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default=None)
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--loads", default="0.5,4")
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--zoo", default=None, help="zoo file (default: the shipped one)")
+    parser.add_argument("--sizes", default="10000,100000,1000000",
+                        help="requests per run, comma-separated (default %(default)s)")
+    parser.add_argument("--loads", default="0.5,4",
+                        help="loads, multiples of the most accurate subnet's sustainable rate, comma-separated "
+                             "(default %(default)s)")
+    parser.add_argument("--workers", type=int, default=8, help="simulated workers (default %(default)s)")
     args = parser.parse_args(argv)
     zoo, label = load_zoo(args.zoo)
     sizes = [int(x) for x in args.sizes.split(",")]

@@ -33,13 +33,15 @@ RULES = ("fit", "paper")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default=None)
+    parser.add_argument("--zoo", default=None, help="zoo file (default: the shipped one)")
     parser.add_argument("--duration", type=float, default=2.0, help="trace seconds on the CPU zoo")
     parser.add_argument("--gpu-duration", type=float, default=5.0, help="trace seconds on the GPU zoos")
     parser.add_argument("--gpu-workers", type=int, default=1, help="simulated GPUs for the GPU zoos (default 1)")
-    parser.add_argument("--traces", default="gamma:4,azure")
-    parser.add_argument("--loads", default="0.5,2,4,8")
-    parser.add_argument("--gpu-profiles", default=",".join(GPU_PROFILES))
+    parser.add_argument("--traces", default="gamma:4,azure", help="trace specs, comma-separated (default %(default)s)")
+    parser.add_argument("--loads", default="0.5,2,4,8",
+                        help="loads, multiples of capacity, comma-separated (default %(default)s)")
+    parser.add_argument("--gpu-profiles", default=",".join(GPU_PROFILES),
+                        help="GPU latency profiles, comma-separated (default %(default)s)")
     args = parser.parse_args(argv)
     base, label = load_zoo(args.zoo)
     zoos = [("cpu", base, args.duration, 8)]

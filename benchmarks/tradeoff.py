@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="trace seconds on the CPU zoo (default 3)")
     parser.add_argument("--gpu-duration", type=float, default=5.0, help="trace seconds on GPU zoos (default 5)")
     parser.add_argument("--zoos", default="cpu," + ",".join(f"gpu_{p.replace('-', '_')}" for p in GPU_PROFILES)
-                        + ",paper")
-    parser.add_argument("--loads", default=",".join(f"{x:g}" for x in LOADS))
+                        + ",paper", help="zoos, comma-separated: cpu, gpu_<profile>, paper (default: all)")
+    parser.add_argument("--loads", default=",".join(f"{x:g}" for x in LOADS),
+                        help="loads, multiples of capacity, comma-separated (default %(default)s)")
     parser.add_argument("--paced-loads", default=None,
                         help="loads of the real-pacing Azure runs (default: --loads); each is 600 trace seconds")
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")

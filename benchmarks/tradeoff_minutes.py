@@ -51,10 +51,12 @@ def per_minute(t: RecordTable, minutes: int, smallest: int) -> list[dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loads", default="2,4,8")
+    parser.add_argument("--loads", default="2,4,8",
+                        help="loads, multiples of capacity, comma-separated (default %(default)s)")
     parser.add_argument("--policies", default=None,
                         help="configuration names, comma-separated (default: SlackFit and every Clipper+)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "tradeoff_minutes.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tradeoff_minutes.json",
+                        help="result JSON (default %(default)s)")
     args = parser.parse_args(argv)
     loads = [float(x) for x in args.loads.split(",")]
     zoo = ofa_resnet50_zoo(DEFAULT_GPU_PROFILE)

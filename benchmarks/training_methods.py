@@ -291,13 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="DεpS FME budget of the paper-schedule runs (default: the largest budget; 0: skip them)")
     p.add_argument("--paper-budget-mnist5k", type=float, default=None,
                    help="the same for mnist5k (default: --paper-budget; 0: skip them)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="training methods, comma-separated (default %(default)s)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--space", choices=tuple(SPACES), default="deps-code",
                    help="deps-code: one kernel, depth 2-4, expand 0.5-1 (shaped like the DεpS code's space); "
                         "small: our served space's choices (kernel 3/5, depth 1-4, expand 0.25-1); both narrow")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default %(default)s)")
     p.add_argument("--common", type=int, default=10, help="random subnets in the common set (plus min and max)")
     p.add_argument("--flat-points", type=float, default=1.0, help="gain below which the curve counts as flat")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes, 1 thread each)")
@@ -308,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier training_methods.json: take its runs where dataset, space, common subnets, batch "
                         "size and learning rate match, train only the rest (extends a grid across sessions; the "
                         "checkpoints of --work-dir do not outlive a session's machine)")
-    p.add_argument("--work-dir", type=Path, default=Path("runs/bench_training_grid"))
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench_training_grid"),
+                   help="where the runs' checkpoints go (default %(default)s)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go (default %(default)s)")
     args = p.parse_args(argv)
     datasets, methods = args.data.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

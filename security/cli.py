@@ -29,14 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--victim", type=int, default=None, help="zoo index of the victim (default: the middle)")
         p.add_argument("--budget", type=int, default=300, help="extraction queries (images) (default: %(default)s)")
         p.add_argument("--epochs", type=int, default=15, help="surrogate training epochs (default: %(default)s)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="seed of the attack's queries and the surrogate (default: %(default)s)")
         p.add_argument("--use-subnet-param", action="store_true",
                        help="let the attacker read subnet_id/subnet_accuracy when responses show them")
         p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
         p.add_argument("--json", type=Path, default=None, help="also write the full result here")
         if name == "attack":
             p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address (default: %(default)s)")
-            p.add_argument("--model", default="superserve")
+            p.add_argument("--model", default="superserve", help="model name on the server (default: %(default)s)")
             p.add_argument("--api-key", default=None, help="sent as 'authorization: Bearer <key>'")
             p.add_argument("--tls-ca", type=Path, default=None, help="PEM root certificate: connect with TLS")
         else:

@@ -36,10 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="checkpoint path (written periodically and at the end)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue a stopped run exactly (default checkpoint: --out)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds initialisation, data order, augmentation, subnet sampling and dropout (default "
+                        "%(default)s)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                   help="training batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (cosine, per step)")
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                   help="weight decay (default %(default)s)")
     p.add_argument("--num-subnets", type=int, default=TrainConfig.num_subnets, help="sandwich size n")
     p.add_argument("--fm-warmup-frac", type=float, default=TrainConfig.fm_warmup_frac,
                    help="DεpS: share of steps training the max net only")

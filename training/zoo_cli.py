@@ -27,8 +27,10 @@ from training.search import SearchConfig
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads while profiling (default 1)")
-    p.add_argument("--min-repeats", type=int, default=ProfileConfig.min_repeats)
-    p.add_argument("--max-repeats", type=int, default=ProfileConfig.max_repeats)
+    p.add_argument("--min-repeats", type=int, default=ProfileConfig.min_repeats,
+                   help="timed repeats per cell, at least (default %(default)s)")
+    p.add_argument("--max-repeats", type=int, default=ProfileConfig.max_repeats,
+                   help="timed repeats per cell, at most (default %(default)s)")
     p.add_argument("--target-s", type=float, default=ProfileConfig.target_s, help="timed seconds per cell")
     p.add_argument("--passes", type=int, default=ProfileConfig.passes,
                    help="rounds through all cells that share a cell's repeats, so that a slow spell of a shared host "
@@ -36,7 +38,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda or cuda:N: where the subnets run while searching and profiling (cuda: timed with "
                         "CUDA synchronisation, and the zoo's host fingerprint names the GPU)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,17 +49,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--out-ckpt", type=Path, help="calibrated checkpoint to write (default: supernet.pt next to --out)")
     b.add_argument("--data", help="dataset spec (default: the checkpoint's)")
     b.add_argument("--data-seed", type=int, help="split seed (default: the checkpoint's)")
-    b.add_argument("--num-random", type=int, default=SearchConfig.num_random)
-    b.add_argument("--generations", type=int, default=SearchConfig.generations)
-    b.add_argument("--population", type=int, default=SearchConfig.population)
+    b.add_argument("--num-random", type=int, default=SearchConfig.num_random,
+                   help="random subnets that seed the search (default %(default)s)")
+    b.add_argument("--generations", type=int, default=SearchConfig.generations,
+                   help="evolutionary search generations (default %(default)s)")
+    b.add_argument("--population", type=int, default=SearchConfig.population,
+                   help="evolutionary search population (default %(default)s)")
     b.add_argument("--min-size", type=int, default=SearchConfig.min_size, help="served subnets, at least")
     b.add_argument("--max-size", type=int, default=SearchConfig.max_size, help="served subnets, at most")
-    b.add_argument("--search-calibration-images", type=int, default=SearchConfig.search_calibration_images)
+    b.add_argument("--search-calibration-images", type=int, default=SearchConfig.search_calibration_images,
+                   help="images that calibrate each candidate's SubnetNorm during search (default %(default)s)")
     b.add_argument("--calibration-images", type=int, default=2000, help="for the served subnets")
-    b.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
+    b.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+                   help="batch sizes of the latency table, comma-separated (default %(default)s)")
     b.add_argument("--half", choices=("auto", "yes", "no"), default="auto",
                    help="float16 weights in the checkpoint (auto: when float32 would exceed 8 MB)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0,
+                   help="seed of the search and of the calibration images (default %(default)s)")
     _profile_args(b)
     o = sub.add_parser("import-ofa", help="turn once-for-all weights (OFA-MobileNetV3 / OFA-ResNet50) into a "
                                           "superserve checkpoint for `zoo build`",
@@ -74,22 +82,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="randomly initialised weights (seeded; chance accuracy): for trying the pipeline")
     o.add_argument("--seed", type=int, default=0, help="of --random-init")
     o.add_argument("--image-size", type=int, default=224, help="input side the zoo is built and served at")
-    o.add_argument("--num-classes", type=int, default=1000)
+    o.add_argument("--num-classes", type=int, default=1000,
+                   help="classes of the OFA classifier head (default %(default)s)")
     o.add_argument("--out", required=True, type=Path, help="superserve checkpoint to write")
     r = sub.add_parser("reprofile", help="re-measure a zoo's latency tables on this host (no retraining)")
-    r.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
-    r.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
+    r.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
+    r.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="supernet checkpoint (default: the shipped one)")
     r.add_argument("--out", type=Path, help="write here instead of overwriting --zoo")
     _profile_args(r)
     for name, text in (("check", "is the zoo's latency table valid on this host and for this checkpoint?"),
                        ("show", "print the zoo table (and any check problems)")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+        c.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
         c.add_argument("--ckpt", type=Path, help="also verify this checkpoint's sha256 against the zoo")
         c.add_argument("--threads", type=int, help="threads the server will use (default: the zoo's)")
-        c.add_argument("--device", default="cpu")
+        c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     pl = sub.add_parser("plot", help="write the front and latency-table PNGs of a zoo")
-    pl.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+    pl.add_argument("--zoo", type=Path, default=DEFAULT_ZOO, help="zoo file (default: the shipped one)")
     pl.add_argument("--out-dir", type=Path, help="default: the zoo's directory")
 
 

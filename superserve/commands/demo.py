@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-qps", type=float, default=None, help="mean request rate (default: from the zoo)")
     parser.add_argument("--slo-ms", type=float, default=None, help="latency SLO per request (default: from the zoo)")
     parser.add_argument("--out", type=Path, default=Path("superserve-demo.png"), help="PNG to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the trace (default %(default)s)")
 
 
 def size_load(zoo, max_rate_qps: float = 120.0) -> tuple[float, float]:  # noqa: ANN001 - a Zoo

@@ -46,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-match", action="store_true",
                    help="skip SlackFit's runs at each system configuration's accuracy (faster; no at-equal-accuracy "
                         "ratios)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out-dir", default="tradeoff_results", help="where the JSON and PNGs go (default ./tradeoff_results)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the traces and the simulator (default %(default)s)")
+    p.add_argument("--out-dir", default="tradeoff_results",
+                   help="where the JSON and PNGs go (default ./tradeoff_results)")
 
 
 def setup_from_args(args: argparse.Namespace) -> TradeoffSetup:

@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="re-profile a zoo's latency table on this host (background job of "
                                             "`superserve serve`)")
-    p.add_argument("--zoo", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--zoo", type=Path, required=True, help="zoo whose latency table is re-profiled")
+    p.add_argument("--checkpoint", type=Path, required=True, help="supernet checkpoint the subnets come from")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while profiling (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="zoo JSON to write with this host's table")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
