@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                              "client": {k: c[k] for k in ("send_lag_p50_ms", "send_lag_p99_ms", "send_lag_max_ms",
                                                           "client_overloaded_count", "client_cpu_fraction",
                                                           "client_bottleneck")}})
-                print(f"  {label:28s} {trace:8s} load {load:<4g} {rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
+                print(f"  [{len(rows)}/{len(policies) * len(runs)}] {label:28s} {trace:8s} load {load:<4g} "
+                      f"{rate:6.1f} q/s: real att {real.slo_attainment:.3f}"
                       f" acc {100 * real.mean_accuracy:5.2f}% | sim att {sim.slo_attainment:.3f} acc "
                       f"{100 * sim.mean_accuracy:5.2f}% (global calibration {sim_global.slo_attainment:.3f}"
                       f"{'' if sim_rolling is None else ', rolling %.3f' % sim_rolling['slo_attainment']}) | "
