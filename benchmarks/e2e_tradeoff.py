@@ -102,7 +102,7 @@ from loadtest.replayer import ReplaySpec, make_trace, replay  # noqa: E402
 from policies.base import make_policy  # noqa: E402
 from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO  # noqa: E402
 from superserve.experiments import capacity_qps, compare, Point, spread_indices  # noqa: E402
-from superserve.host_cost import ClientPath, HostCost, fit_client_path, fit_host_cost  # noqa: E402
+from superserve.host_cost import ClientPath, HostCost, fit_client_path, fit_host_cost, sim_fields  # noqa: E402
 from superserve.metrics import summarize  # noqa: E402
 from superserve.records import read_jsonl, write_jsonl  # noqa: E402
 from superserve.sim import SimConfig, simulate  # noqa: E402
@@ -222,27 +222,10 @@ def calibrate_host(zoo_path: Path, zoo: Zoo, work: Path, low_qps: float, high_qp
 
 def sim_config(host: HostCost, path: ClientPath | None, seed: int, host_spread: bool = False,
                server_clock: bool = True) -> SimConfig:
-    """The simulator on a host with this cost (and client path, unless None), correcting its table as the server.
-    With `host_spread` each batch's time also spreads around the fitted line as the host's did (the fit's residual
-    quantiles, in place of the table's own log-normal noise, which they include) and suffers the host's stalls at
-    their fitted rate per second of batch time. With `server_clock` (the default) calls reach the simulated server
-    after the client's send lag and the inbound half of the network, and its deadlines count from there, as the
-    server's do (`SimConfig.network_in_ms`, `client_send_lag_ms`)."""
-    extra: dict[str, Any] = {}
-    if host_spread and host.residual_quantiles_ms:
-        extra = {"host_batch_jitter_ms": host.residual_quantiles_ms, "noise": False}
-        if host.stall_rate_per_s > 0:
-            extra |= {"host_stall_rate_per_s": host.stall_rate_per_s, "host_stall_ms": host.stall_ms_quantiles}
-    if path is not None:
-        extra |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
-                 "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
-        if server_clock:
-            # The two processes' clocks do not share a zero, so the transport cannot be split by measurement: half
-            # each way, as on loopback with requests and answers of similar size.
-            extra |= {"network_in_ms": path.network_ms / 2, "client_send_lag_ms": path.send_lag_ms}
-    return SimConfig(workers=1, seed=seed, host_ms_per_request=host.ms_per_request, host_ms_per_batch=host.ms_per_batch,
-                     host_table_scale=host.table_scale,
-                     correction_interval_s=EngineConfig().correction_interval_s, **extra)
+    """The simulator on a host with this cost (and client path, unless None), correcting its table as the server
+    (`superserve.host_cost.sim_fields` says what `host_spread` and `server_clock`, the default, add)."""
+    return SimConfig(workers=1, seed=seed, correction_interval_s=EngineConfig().correction_interval_s,
+                     **sim_fields(host, path, host_spread, server_clock))
 
 
 def policy_factory(family: str, params: dict[str, Any]) -> Any:

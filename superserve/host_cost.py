@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -207,3 +208,30 @@ def fit_client_path(server_records: Iterable[RequestRecord], client_records: Ite
     return ClientPath(best[0], best[1], network, len(served), best[3],
                       tuple(round(float(x), 4) for x in np.maximum(jitter, -network)),
                       tuple(round(float(x), 4) for x in lag))
+
+
+def sim_fields(host: HostCost | None, path: ClientPath | None, host_spread: bool = False,
+               server_clock: bool = True) -> dict[str, Any]:
+    """The `superserve.sim.SimConfig` fields that make the simulator this host (None: that part ideal), so that every
+    driver (`superserve simulate`, the benchmarks) maps a fit to the simulator the same way.
+
+    With `host_spread` each batch's time spreads around the fitted line as the host's did (the fit's residual
+    quantiles, in place of the table's own log-normal noise, which they include) and suffers the host's stalls at
+    their fitted rate per second of batch time. With `server_clock` calls reach the simulated server after the
+    client's send lag and the inbound half of the transport, and its deadlines count from there, as the server's do.
+    The two processes' clocks share no zero, so the transport cannot be split by measurement: half each way, as on
+    loopback with calls and answers of similar size."""
+    fields: dict[str, Any] = {}
+    if host is not None:
+        fields |= {"host_ms_per_batch": host.ms_per_batch, "host_ms_per_request": host.ms_per_request,
+                   "host_table_scale": host.table_scale}
+        if host_spread and host.residual_quantiles_ms:
+            fields |= {"host_batch_jitter_ms": host.residual_quantiles_ms, "noise": False}
+            if host.stall_rate_per_s > 0:
+                fields |= {"host_stall_rate_per_s": host.stall_rate_per_s, "host_stall_ms": host.stall_ms_quantiles}
+    if path is not None:
+        fields |= {"host_ms_per_receive": path.ms_per_receive, "host_ms_per_answer": path.ms_per_answer,
+                   "network_ms": path.network_ms, "network_jitter_ms": path.jitter_ms}
+        if server_clock:
+            fields |= {"network_in_ms": path.network_ms / 2, "client_send_lag_ms": path.send_lag_ms}
+    return fields

@@ -258,3 +258,17 @@ def test_simulate_host_cost_flags_fit_and_online_correction(capsys, tmp_path: Pa
                      text), text
     assert cli_main(["simulate", *flags, "--client-records", str(records)]) == 2
     assert "needs --host-cost-from" in capsys.readouterr().err
+
+    # the server's clock: the client sent every call 4 ms after its scheduled time, so the simulated server sees it
+    # then and counts its deadline from there, while the client judges from the schedule (--no-server-clock: not)
+    late = tmp_path / "client_late.jsonl"
+    write_jsonl(late, [replace(r, arrival_s=r.arrival_s - 0.004, deadline_s=r.deadline_s - 0.004,
+                               dispatch_s=r.arrival_s) for r in read_jsonl(records)])
+    tight = [*flags, "--slo-ms", "12", "--host-cost-from", str(records), "--client-records", str(late)]
+    on, off = _simulate(capsys, *tight), _simulate(capsys, *tight, "--no-server-clock")
+    assert "server clock: calls reach the server 0 ms after they leave, plus the client's send lag (fitted, median " \
+           "4.0 ms)" in on, on
+    assert "server clock" not in off
+    assert _counts(on)["met"] < _counts(off)["met"]
+    assert cli_main(["simulate", *flags, "--host-spread"]) == 2
+    assert "needs --host-cost-from" in capsys.readouterr().err

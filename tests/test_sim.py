@@ -335,3 +335,25 @@ def test_a_table_off_by_a_factor_is_simulated_and_fitted_as_one() -> None:
     assert same.table_scale == pytest.approx(1.0, abs=0.01)
     with pytest.raises(ValueError):
         SimConfig(host_table_scale=0.0)
+
+
+def test_sim_fields_map_a_fit_onto_the_simulator():
+    """One mapping from fits to `SimConfig` for every driver: the host's line, its spread and stalls on request, the
+    client path, and the server's clock (half the transport inbound plus the client's send lag) unless turned off."""
+    from superserve.host_cost import ClientPath, HostCost, sim_fields
+    from superserve.sim import SimConfig
+
+    cost = HostCost(1.5, 0.4, 50, 2.0, 0.3, (-1.0, 0.0, 2.0), 0.5, (20.0, 40.0), 1.2)
+    path = ClientPath(0.3, 0.2, 1.2, 10, 0.1, (-0.5, 0.0, 2.0), (0.1, 0.8, 3.0))
+    assert sim_fields(None, None) == {}
+    plain = SimConfig(**sim_fields(cost, None))
+    assert (plain.host_ms_per_batch, plain.host_ms_per_request, plain.host_table_scale) == (1.5, 0.4, 1.2)
+    assert plain.noise and plain.host_batch_jitter_ms == () and not plain.client_path
+    spread = SimConfig(**sim_fields(cost, None, host_spread=True))
+    assert not spread.noise and spread.host_batch_jitter_ms == (-1.0, 0.0, 2.0)
+    assert spread.host_stall_rate_per_s == 0.5 and spread.host_stall_ms == (20.0, 40.0)
+    on = SimConfig(**sim_fields(cost, path))
+    assert (on.host_ms_per_receive, on.host_ms_per_answer, on.network_ms) == (0.3, 0.2, 1.2)
+    assert on.network_in_ms == pytest.approx(0.6) and on.client_send_lag_ms == (0.1, 0.8, 3.0)
+    off = SimConfig(**sim_fields(cost, path, server_clock=False))
+    assert off.network_in_ms == 0.0 and off.client_send_lag_ms == () and off.network_jitter_ms == (-0.5, 0.0, 2.0)

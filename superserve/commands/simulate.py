@@ -16,7 +16,7 @@ from policies.base import available, make_policy
 from superserve.experiments import capacity_qps
 from superserve.gpu_model import DEFAULT_GPU_PROFILE, GPU_PROFILES, describe, gpu_profile, gpu_zoo, ofa_resnet50_zoo
 from superserve.metrics import summarize, time_series
-from superserve.host_cost import fit_client_path, fit_host_cost
+from superserve.host_cost import fit_client_path, fit_host_cost, sim_fields
 from superserve.profile_correction import CORRECTION_INTERVAL_S
 from superserve.records import RecordError, read_jsonl, write_jsonl
 from superserve.sim import SimConfig, simulate
@@ -100,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="host work to send one answer; a batch's answers leave one after another, ms (default 0)")
     host.add_argument("--network-ms", type=float, default=None,
                       help="fixed client-server transport, both ways together, ms (default 0)")
+    host.add_argument("--server-clock", action=argparse.BooleanOptionalAction, default=True,
+                      help="with --client-records: calls reach the simulated server after the client's fitted send "
+                           "lag and half the network, and its deadlines count from there, as a real server's do "
+                           "(default on)")
+    host.add_argument("--host-spread", action="store_true",
+                      help="with --host-cost-from: batch times spread around the fitted line as the host's did, with "
+                           "its stalls, instead of the table's log-normal noise")
     host.add_argument("--correct-online", action="store_true",
                       help="correct the policy's table from the simulated service times every 0.25 s, as the server "
                            "does by default")
@@ -113,28 +120,28 @@ def run(args: argparse.Namespace) -> int:
         policy = make_policy(args.policy, zoo, **dict(args.param))
         rate = args.rate if args.rate is not None else args.load * capacity_qps(zoo, args.workers, args.slo_ms)
         arrivals = traces.named(args.trace, rate, args.duration, np.random.default_rng(args.seed))
-        per_batch, per_request, fitted = args.host_ms_per_batch, args.host_ms_per_request, None
-        receive, answer, network, path = args.host_ms_per_receive, args.host_ms_per_answer, args.network_ms, None
-        jitter: tuple[float, ...] = ()
+        manual = {k: v for k, v in (("host_ms_per_batch", args.host_ms_per_batch),
+                                    ("host_ms_per_request", args.host_ms_per_request),
+                                    ("host_ms_per_receive", args.host_ms_per_receive),
+                                    ("host_ms_per_answer", args.host_ms_per_answer),
+                                    ("network_ms", args.network_ms)) if v is not None}
+        fitted, path, fields = None, None, {"noise": not args.no_noise}
         if args.host_cost_from:
-            if per_batch is not None or per_request is not None:
+            if {"host_ms_per_batch", "host_ms_per_request"} & manual.keys():
                 raise ValueError("give --host-cost-from or --host-ms-per-batch/--host-ms-per-request, not both")
             server_records = read_jsonl(args.host_cost_from)
             fitted = fit_host_cost(server_records, zoo)
-            per_batch, per_request = fitted.ms_per_batch, fitted.ms_per_request
             if args.client_records:
-                if receive is not None or answer is not None or network is not None:
+                if manual:
                     raise ValueError("give --client-records or --host-ms-per-receive/--host-ms-per-answer/"
                                      "--network-ms, not both")
                 path = fit_client_path(server_records, read_jsonl(args.client_records))
-                receive, answer, network = path.ms_per_receive, path.ms_per_answer, path.network_ms
-                jitter = path.jitter_ms
+            fields |= sim_fields(fitted, path, args.host_spread, args.server_clock)
         elif args.client_records:
             raise ValueError("--client-records needs --host-cost-from (the server's records of the same run)")
-        config = SimConfig(workers=args.workers, late=args.late, noise=not args.no_noise, seed=args.seed,
-                           host_ms_per_batch=per_batch or 0.0, host_ms_per_request=per_request or 0.0,
-                           host_ms_per_receive=receive or 0.0, host_ms_per_answer=answer or 0.0,
-                           network_ms=network or 0.0, network_jitter_ms=jitter,
+        elif args.host_spread:
+            raise ValueError("--host-spread needs --host-cost-from (the spread is the fit's)")
+        config = SimConfig(workers=args.workers, late=args.late, seed=args.seed, **fields, **manual,
                            correction_interval_s=CORRECTION_INTERVAL_S if args.correct_online else None)
     except (ValueError, OSError, ZooError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -155,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
     if config.client_path:
         print(f"client path: {config.host_ms_per_receive:g} ms per call taken in, {config.host_ms_per_answer:g} ms per "
               f"answer, network {config.network_ms:g} ms; latencies and attainment are the client's")
+    if config.network_in_ms or config.client_send_lag_ms:
+        lag = config.client_send_lag_ms
+        print(f"server clock: calls reach the server {config.network_in_ms:g} ms after they leave, plus the client's send "
+              f"lag (fitted, median {lag[len(lag) // 2] if lag else 0:.1f} ms); its deadlines count from there")
     print(f"policy: {policy.name}  workers: {args.workers}  SLO: {args.slo_ms:g} ms  late requests: {args.late}")
     print(f"trace: {args.trace}, {json.dumps({k: round(v, 3) for k, v in traces.stats(arrivals).items()})}")
     start = time.perf_counter()
