@@ -200,6 +200,20 @@ def worker_kill_phase(seconds: float, rate_qps: float, seed: int) -> dict[str, f
                     answers.setdefault(k, []).append(("OK" if error is None else error.status(), time.monotonic()))
             return done
 
+        recovered: list[float | None] = [None]
+
+        def watch() -> None:  # from the kill, beside the load: the replacement may be up long before the load ends
+            while time.monotonic() < killed_s + 120:
+                try:
+                    up = srv.metric("superserve_workers_up") == 2
+                    if up and srv.metric("superserve_worker_restarts_total") == 1:
+                        recovered[0] = time.monotonic() - killed_s
+                        return
+                except OSError:  # a scrape that timed out under the load: try again
+                    pass
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
         kill_at = time.monotonic() + seconds / 3
         end = time.monotonic() + seconds
         killed_s = None
@@ -213,13 +227,11 @@ def worker_kill_phase(seconds: float, rate_qps: float, seed: int) -> dict[str, f
             if killed_s is None and time.monotonic() >= kill_at:
                 os.kill(workers[0].pid, signal.SIGKILL)
                 killed_s = time.monotonic()
+                watcher.start()
             time.sleep(rng.exponential(1.0 / rate_qps))
-        recovered_s = None
-        while time.monotonic() < killed_s + 120:
-            if srv.metric("superserve_workers_up") == 2 and srv.metric("superserve_worker_restarts_total") == 1:
-                recovered_s = time.monotonic() - killed_s
-                break
-            time.sleep(0.05)
+        if killed_s is not None:
+            watcher.join()
+        recovered_s = recovered[0]
         deadline = time.monotonic() + 40
         while len(answers) < sent[0] and time.monotonic() < deadline:
             time.sleep(0.05)
