@@ -365,3 +365,89 @@ def test_tls_covers_the_http_door(serving_assets, tmp_path):
             httpx.get(f"http://127.0.0.1:{srv.http_port}/v2/health/live", timeout=10)
     finally:
         srv.stop()
+
+
+# --- connection limits below the handlers (server/http_guard.py) -------------------------------------------------
+def _read_all(sock, timeout_s: float) -> bytes:
+    import socket
+
+    sock.settimeout(timeout_s)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data
+
+
+def test_the_http_door_times_out_stalled_headers_and_caps_open_connections():
+    """A connection that sends nothing, or half a request a byte at a time, is answered 408 and closed once its
+    headers are late (also for the second request of a keep-alive connection); beyond the cap a new connection is
+    answered 503; a normal client is served throughout."""
+    import asyncio
+    import socket
+
+    from fastapi import FastAPI
+
+    from superserve.server.http_app import HttpServer
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict:
+        return {"ok": True}
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    door = HttpServer(app, "127.0.0.1", 0, header_timeout_s=0.6, max_connections=3)
+    port = asyncio.run_coroutine_threadsafe(door.start(), loop).result(10)
+    get = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+    try:
+        silent = socket.create_connection(("127.0.0.1", port))
+        trickle = socket.create_connection(("127.0.0.1", port))
+        trickle.sendall(b"GET /ping HTTP/1.1\r\nHo")
+        t0 = time.monotonic()
+        for _ in range(3):  # each byte before the deadline: the deadline holds all the same
+            time.sleep(0.15)
+            trickle.sendall(b"s")
+        reply = _read_all(trickle, 3.0)
+        assert reply.startswith(b"HTTP/1.1 408") and b"not received within 0.6 s" in reply, reply
+        assert 0.5 < time.monotonic() - t0 < 2.5
+        assert _read_all(silent, 3.0).startswith(b"HTTP/1.1 408")
+        keep = socket.create_connection(("127.0.0.1", port))  # a served request, then a stalled second one
+        keep.sendall(get)
+        keep.settimeout(3.0)
+        assert keep.recv(4096).startswith(b"HTTP/1.1 200")
+        keep.sendall(b"GET /pi")
+        assert _read_all(keep, 3.0).startswith(b"HTTP/1.1 408")
+        for s in (silent, trickle, keep):
+            s.close()
+        time.sleep(0.2)
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.2)
+        over = socket.create_connection(("127.0.0.1", port))
+        reply = _read_all(over, 3.0)
+        assert reply.startswith(b"HTTP/1.1 503") and b"too many open connections (at most 3)" in reply, reply
+        for s in (*held, over):
+            s.close()
+        time.sleep(0.2)
+        with httpx.Client(timeout=5) as client:
+            assert client.get(f"http://127.0.0.1:{port}/ping").json() == {"ok": True}
+    finally:
+        asyncio.run_coroutine_threadsafe(door.stop(), loop).result(20)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_the_servers_http_door_closes_a_silent_connection(server):
+    """The door `superserve serve` starts has the guard: its default deadline, 10 s, ends a silent connection."""
+    import socket
+
+    from superserve.server.http_guard import HEADER_TIMEOUT_S, default_max_connections
+
+    assert HEADER_TIMEOUT_S == 10.0 and 16 <= default_max_connections() <= 2048
+    silent = socket.create_connection(("127.0.0.1", server.http_port))
+    t0 = time.monotonic()
+    assert _read_all(silent, 20.0).startswith(b"HTTP/1.1 408")
+    assert 9.0 < time.monotonic() - t0 < 15.0
+    silent.close()
