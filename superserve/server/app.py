@@ -25,6 +25,7 @@ from superserve.defaults import DEFAULT_CHECKPOINT, DEFAULT_ZOO
 from superserve.server.codec import ModelSpec
 from superserve.server.engine import Engine, EngineConfig
 from superserve.server.metrics import RecordWriter, ServerMetrics
+from superserve.server.http_guard import HEADER_TIMEOUT_S
 from superserve.server.security import HintDefenseHook, SecurityConfig, SecurityInterceptor, server_credentials
 from superserve.server.service import EntryInterceptor, InferenceService
 from superserve.server.workers import ProcessWorkerPool, ThreadWorkerPool
@@ -387,7 +388,11 @@ class Server:
     async def _start_grpc(self) -> int:
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                    ("grpc.max_send_message_length", self.config.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0),
+                   # a connection that has not finished its handshake (TLS, HTTP/2 preface and settings) within 10 s
+                   # is closed, as the HTTP door's header deadline does (gRPC's own default let silent connections
+                   # stay for 64-79 s here: a cheap way to hold file descriptors)
+                   ("grpc.server_handshake_timeout_ms", int(HEADER_TIMEOUT_S * 1000))]
         sec = self.config.security
         interceptors: list[Any] = [EntryInterceptor(self.clock)]  # first: the SLO clock starts here
         if self.limiter is not None:
