@@ -5,6 +5,7 @@ client disconnect withdrawing the call. One real server on free ports, both door
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -380,12 +381,10 @@ def _read_all(sock, timeout_s: float) -> bytes:
     return data
 
 
-def test_the_http_door_times_out_stalled_headers_and_caps_open_connections():
-    """A connection that sends nothing, or half a request a byte at a time, is answered 408 and closed once its
-    headers are late (also for the second request of a keep-alive connection); beyond the cap a new connection is
-    answered 503; a normal client is served throughout."""
+@contextlib.contextmanager
+def _ping_door(**limits):
+    """A standalone HTTP door (the server's HttpServer) on a one-route app, on its own event loop; yields its port."""
     import asyncio
-    import socket
 
     from fastapi import FastAPI
 
@@ -399,10 +398,20 @@ def test_the_http_door_times_out_stalled_headers_and_caps_open_connections():
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    door = HttpServer(app, "127.0.0.1", 0, header_timeout_s=0.6, max_connections=3)
-    port = asyncio.run_coroutine_threadsafe(door.start(), loop).result(10)
-    get = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+    door = HttpServer(app, "127.0.0.1", 0, **limits)
     try:
+        yield asyncio.run_coroutine_threadsafe(door.start(), loop).result(10)
+    finally:
+        asyncio.run_coroutine_threadsafe(door.stop(), loop).result(20)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_the_http_door_times_out_stalled_headers():
+    """A connection that sends nothing, or half a request a byte at a time, is answered 408 and closed once its
+    headers are late, also for the second request of a keep-alive connection; a normal client is served."""
+    import socket
+
+    with _ping_door(header_timeout_s=0.6) as port:
         silent = socket.create_connection(("127.0.0.1", port))
         trickle = socket.create_connection(("127.0.0.1", port))
         trickle.sendall(b"GET /ping HTTP/1.1\r\nHo")
@@ -415,7 +424,7 @@ def test_the_http_door_times_out_stalled_headers_and_caps_open_connections():
         assert 0.5 < time.monotonic() - t0 < 2.5
         assert _read_all(silent, 3.0).startswith(b"HTTP/1.1 408")
         keep = socket.create_connection(("127.0.0.1", port))  # a served request, then a stalled second one
-        keep.sendall(get)
+        keep.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
         keep.settimeout(3.0)
         first = b""
         while not first.endswith(b'{"ok":true}'):  # the whole first answer: headers and body may come apart
@@ -425,20 +434,32 @@ def test_the_http_door_times_out_stalled_headers_and_caps_open_connections():
         assert _read_all(keep, 3.0).startswith(b"HTTP/1.1 408")
         for s in (silent, trickle, keep):
             s.close()
-        time.sleep(0.2)
+        with httpx.Client(timeout=5) as client:
+            assert client.get(f"http://127.0.0.1:{port}/ping").json() == {"ok": True}
+
+
+def test_the_http_door_caps_open_connections():
+    """Beyond the cap a new connection is answered 503 and closed; once others close, clients are served again."""
+    import socket
+
+    with _ping_door(header_timeout_s=60.0, max_connections=3) as port:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         time.sleep(0.2)
         over = socket.create_connection(("127.0.0.1", port))
-        reply = _read_all(over, 3.0)
+        reply = _read_all(over, 5.0)
         assert reply.startswith(b"HTTP/1.1 503") and b"too many open connections (at most 3)" in reply, reply
         for s in (*held, over):
             s.close()
-        time.sleep(0.2)
         with httpx.Client(timeout=5) as client:
-            assert client.get(f"http://127.0.0.1:{port}/ping").json() == {"ok": True}
-    finally:
-        asyncio.run_coroutine_threadsafe(door.stop(), loop).result(20)
-        loop.call_soon_threadsafe(loop.stop)
+            for _ in range(50):  # until the door has seen the three close
+                answer = client.get(f"http://127.0.0.1:{port}/ping")
+                if answer.status_code == 200:
+                    assert answer.json() == {"ok": True}
+                    break
+                assert answer.status_code == 503
+                time.sleep(0.1)
+            else:
+                raise AssertionError("no client served after the held connections closed")
 
 
 def test_the_servers_doors_close_silent_connections(server):
