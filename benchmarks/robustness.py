@@ -11,13 +11,16 @@ does not matter here):
    replacement is up again, read from `superserve_workers_up`).
 3. SLO accounting: a burst beyond capacity; misses the client saw (failed, or answered after the SLO) against misses
    the server's records count (its SLO clock starts at the arrival stamp).
-4. the Redis cluster's faults (worker kill, Redis restart, Redis stall, front-end kill) from
+4. idle connections (slowloris): --idle-connections HTTP connections trickling half a request line and as many
+   silent TCP connections to the gRPC port, while both doors' health is probed: how many the server closed and when.
+5. the Redis cluster's faults (worker kill, Redis restart, Redis stall, front-end kill) from
    `benchmarks/robustness_cluster.py`, merged with a `cluster_` prefix (skip with --skip-cluster).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -258,6 +261,92 @@ def worker_kill_phase(seconds: float, rate_qps: float, seed: int) -> dict[str, f
     }
 
 
+def idle_connections_phase(connections: int) -> dict[str, float]:
+    """Slowloris: `connections` HTTP connections that send half a request line and then one byte a second, and as
+    many TCP connections to the gRPC port that send nothing, all at once, while ServerLive (gRPC) and
+    /v2/health/ready (HTTP) are probed. Counted: how many of each the server closed and when the last one went (the
+    doors' deadline is 10 s), how many HTTP ones got a 408, and the probes' p99."""
+    import socket
+
+    http_port = free_port()
+    srv = _Server("--http-port", str(http_port))
+    probe = _LiveProbe(srv.port)
+    http_ms: list[float] = []
+    http_failed = [0]
+    stop = threading.Event()
+
+    def http_probe() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=30) as r:
+                    r.read()
+            except Exception:  # noqa: BLE001 - counted
+                http_failed[0] += 1
+            http_ms.append((time.perf_counter() - t0) * 1e3)
+            stop.wait(0.02)
+
+    prober = threading.Thread(target=http_probe, daemon=True)
+    try:
+        probe.start()
+        prober.start()
+        t0 = time.monotonic()
+        http_socks = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(connections)]
+        grpc_socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(connections)]
+        for s in http_socks:
+            s.sendall(b"POST /v2/models/superserve/infer HTTP/1.1\r\nHo")
+        for s in (*http_socks, *grpc_socks):
+            s.setblocking(False)
+        got: dict[socket.socket, bytes] = {s: b"" for s in http_socks}
+        closed_at: dict[socket.socket, float] = {}
+        last_trickle = time.monotonic()
+        while len(closed_at) < 2 * connections and time.monotonic() - t0 < 60:
+            trickle = time.monotonic() - last_trickle >= 1.0
+            for s in (*http_socks, *grpc_socks):
+                if s in closed_at:
+                    continue
+                try:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        closed_at[s] = time.monotonic() - t0
+                    elif s in got:
+                        got[s] += chunk
+                except BlockingIOError:
+                    if trickle and s in got:
+                        with contextlib.suppress(OSError):
+                            s.send(b"s")
+                except OSError:
+                    closed_at[s] = time.monotonic() - t0
+            if trickle:
+                last_trickle = time.monotonic()
+            time.sleep(0.1)
+        for s in (*http_socks, *grpc_socks):
+            s.close()
+    finally:
+        stop.set()
+        probe.stop_event.set()
+        prober.join(5)
+        probe.join(5)
+        srv.stop()
+    http_closed = [closed_at[s] for s in http_socks if s in closed_at]
+    grpc_closed = [closed_at[s] for s in grpc_socks if s in closed_at]
+    print(f"idle connections: {len(http_closed)}/{connections} HTTP closed (last after "
+          f"{max(http_closed, default=-1):.1f} s), {len(grpc_closed)}/{connections} gRPC closed (last after "
+          f"{max(grpc_closed, default=-1):.1f} s)", flush=True)
+    return {
+        "idle_connections_per_door": connections,
+        "idle_http_connections_closed": len(http_closed),
+        "idle_http_connections_answered_408": sum(v.startswith(b"HTTP/1.1 408") for v in got.values()),
+        "idle_http_last_closed_after_s": round(max(http_closed, default=-1.0), 2),
+        "idle_grpc_connections_closed": len(grpc_closed),
+        "idle_grpc_last_closed_after_s": round(max(grpc_closed, default=-1.0), 2),
+        "idle_http_health_p99_ms": round(float(np.percentile(http_ms, 99)), 1) if http_ms else -1.0,
+        "idle_http_health_failed": http_failed[0],
+        "idle_grpc_serverlive_p99_ms": round(float(np.percentile(probe.ms, 99)), 1) if probe.ms else -1.0,
+        "idle_grpc_serverlive_failed": probe.failed,
+    }
+
+
 def slo_accounting_phase(calls: int, slo_ms: float) -> dict[str, float]:
     import tritonclient.grpc as tc
 
@@ -303,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=400, help="calls in the SLO-accounting burst")
     p.add_argument("--burst-slo-ms", type=float, default=100.0,
                    help="SLO of the burst's calls, ms (default %(default)s)")
+    p.add_argument("--idle-connections", type=int, default=1000,
+                   help="slowloris connections per door in the idle-connections phase (default %(default)s)")
     p.add_argument("--skip-cluster", action="store_true", help="leave out the Redis cluster's faults")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the malformed calls, the worker-kill load and the cluster faults (default "
@@ -312,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     headline.update(hostile_phase(args.malformed, args.seed))
     headline.update(worker_kill_phase(args.kill_seconds, args.rate_qps, args.seed))
     headline.update(slo_accounting_phase(args.burst, args.burst_slo_ms))
+    headline.update(idle_connections_phase(args.idle_connections))
     if not args.skip_cluster:
         from robustness_cluster import measure_cluster_faults
 
